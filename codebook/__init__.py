@@ -1,0 +1,1 @@
+"""Semantic codebook: residual quantization of item embeddings held in FAISS."""

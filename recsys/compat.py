@@ -1,0 +1,33 @@
+"""The one place that makes ``recbole==1.2.1`` work with numpy 2 and torch >= 2.6.
+
+RecBole 1.2.1 still uses numpy aliases removed in numpy 2 (``np.float_``, ``np.complex_``,
+``np.unicode_``, ``np.bool8``); they are restored before RecBole is imported. RecBole's own
+checkpoints pickle its ``Config``, so reloading them needs ``torch.load(..., weights_only=False)``:
+use :func:`load_recbole_checkpoint` for those (Persona's own checkpoints are plain state_dicts and
+load with ``weights_only=True``). Nothing here patches RecBole or torch functions.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+_NUMPY_ALIASES = {"float_": "float64", "complex_": "complex128", "unicode_": "str_", "bool8": "bool_"}
+
+
+def apply() -> None:
+    """Restore the numpy aliases RecBole 1.2.1 needs (idempotent)."""
+    for old, new in _NUMPY_ALIASES.items():
+        if not hasattr(np, old):
+            setattr(np, old, getattr(np, new))
+    # RecBole 1.2.1 uses pandas' chained in-place fillna, which pandas 2.x warns about on every load.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+
+
+def load_recbole_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint written by RecBole's own Trainer (it pickles the Config: trusted files only)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)

@@ -1,0 +1,161 @@
+"""Typed configuration with RecBole-style layering.
+
+Layers, later wins: ``configs/default.yaml`` → ``configs/datasets/<dataset>.yaml`` →
+``configs/models/<model>.yaml`` → a user file (``--config``) → ``key=value`` overrides
+(dotted keys, YAML-parsed values). Unknown keys are errors that name the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = Path(os.environ.get("PERSONA_CONFIG_DIR", PROJECT_ROOT / "configs"))
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Strict):
+    """Where the dataset comes from and how it is split."""
+
+    mirror: str | None = None  # raw-data mirror dir; None → $PERSONA_DATA_MIRROR or ../shared/data
+    workdir: str = "data/atomic"  # converted RecBole atomic files
+    protocol: Literal["shift", "order"] = "shift"
+    split: list[float] = Field(default_factory=lambda: [0.7, 0.1, 0.2])  # shift protocol ratios
+    max_seq_len: int = Field(50, ge=2)
+    download: bool = False  # fetch from the official URL when the mirror lacks the dataset
+
+
+class ModelConfig(_Strict):
+    """Device model: a RecBole sequence encoder plus the editable head."""
+
+    hidden_size: int = Field(64, ge=4)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(2, ge=1)
+    inner_size: int = Field(256, ge=4)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    head_layers: int = Field(2, ge=1)  # L editable dense layers (D x D)
+    head_activation: Literal["tanh", "relu", "gelu"] = "tanh"
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(5.0, gt=0)
+    patience: int = Field(5, ge=1)  # epochs without validation NDCG@10 gain before stopping
+    time_budget_s: float | None = None  # optional wall-clock cap per training run
+    threads: int = Field(1, ge=1)
+
+
+class EvalConfig(_Strict):
+    topk: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    batch_size: int = Field(256, ge=1)
+    valid_metric: str = "ndcg@10"
+
+
+class PersonaConfig(_Strict):
+    dataset: str = "ml-100k"
+    model: str = "sasrec"
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    output_dir: str = "runs"
+    reports_dir: str = "reports"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model_params: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def run_dir(self, seed: int) -> Path:
+        return Path(self.output_dir) / self.dataset / self.model / f"seed{seed}"
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """Recursively merge ``update`` into a copy of ``base``."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["train.lr=0.01", "seeds=[0,1]"]`` → nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override '{pair}' is not of the form key=value")
+        key, raw = pair.split("=", 1)
+        if not key:
+            raise ConfigError(f"override '{pair}' has an empty key")
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping")
+    return data
+
+
+def layered_dict(user_file: str | None = None, overrides: list[str] | None = None) -> dict:
+    """Merge the config layers into one plain dict (before validation)."""
+    user = read_yaml(Path(user_file)) if user_file else {}
+    cli = parse_overrides(overrides or [])
+    default = read_yaml(CONFIG_DIR / "default.yaml")
+    top = deep_merge(deep_merge(default, user), cli)  # decides which dataset/model layers apply
+    merged = default
+    for section, name in (("datasets", top.get("dataset")), ("models", top.get("model"))):
+        path = CONFIG_DIR / section / f"{name}.yaml"
+        if path.is_file():
+            merged = deep_merge(merged, read_yaml(path))
+    return deep_merge(deep_merge(merged, user), cli)
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def validate(data: dict, schema: type[C] = PersonaConfig) -> C:
+    """Validate ``data`` against ``schema`` (packages above recsys extend PersonaConfig with sections)."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"config field '{field}': {first['msg']}") from exc
+
+
+def load_config(
+    user_file: str | None = None, overrides: list[str] | None = None, schema: type[C] = PersonaConfig
+) -> C:
+    """Build the validated config from all layers."""
+    return validate(layered_dict(user_file, overrides), schema)
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

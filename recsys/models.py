@@ -1,0 +1,218 @@
+"""Editable device models: a RecBole sequence encoder, then an explicit editable head.
+
+``user state h = encoder(items)``; ``query q = h + head(h)`` with ``head`` = L dense D×D layers
+(activation between them); ``score(item) = q · e_item``. The head's ``(W_l, b_l)`` are the anchors
+that the cloud edits: :meth:`EditableHead.forward` applies per-sample ``clip(ΔW_l), clip(Δb_l)``
+with plain tensor ops, so an edited ranking needs forward passes only.
+
+One registry (``MODELS``) maps a model name to its RecBole class and the function that returns the
+encoder's output at every position; there is no import-by-string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import recsys  # noqa: F401  (numpy compatibility before RecBole)
+from recbole.model.sequential_recommender import GRU4Rec, SASRec
+from recsys.config import ModelConfig
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu}
+
+
+@dataclass
+class HeadEdit:
+    """Per-layer edits of the head: ``dW[l]`` is ``[B, D, D]`` (or ``[D, D]`` shared), ``db[l]`` ``[B, D]``/``[D]``.
+
+    ``None`` for a layer leaves it unedited. ``clip`` bounds every entry to ``[-clip, clip]``.
+    """
+
+    dW: list[torch.Tensor | None]
+    db: list[torch.Tensor | None]
+    clip: float = 1.0
+
+    @staticmethod
+    def zeros(n_layers: int, dim: int, batch: int | None = None) -> HeadEdit:
+        lead = () if batch is None else (batch,)
+        return HeadEdit(
+            [torch.zeros(*lead, dim, dim) for _ in range(n_layers)], [torch.zeros(*lead, dim) for _ in range(n_layers)]
+        )
+
+    def clipped(self) -> HeadEdit:
+        c = self.clip
+        return HeadEdit(
+            [None if w is None else w.clamp(-c, c) for w in self.dW],
+            [None if b is None else b.clamp(-c, c) for b in self.db],
+            clip=c,
+        )
+
+
+class EditableHead(nn.Module):
+    """``q = h + f(h)``, f = L dense layers; the last starts at zero so an untrained head is the identity."""
+
+    def __init__(self, dim: int, n_layers: int, activation: str = "tanh"):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))
+        self.activation = activation
+        nn.init.zeros_(self.layers[-1].weight)
+        nn.init.zeros_(self.layers[-1].bias)
+
+    @property
+    def dim(self) -> int:
+        return self.layers[0].in_features
+
+    def anchors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The editable ``(W_l, b_l)`` of each layer (live parameters)."""
+        return [(layer.weight, layer.bias) for layer in self.layers]
+
+    def forward(self, h: torch.Tensor, edit: HeadEdit | None = None) -> torch.Tensor:
+        act = ACTIVATIONS[self.activation]
+        edit = edit.clipped() if edit is not None else None
+        x = h
+        for i, layer in enumerate(self.layers):
+            y = F.linear(x, layer.weight, layer.bias)
+            if edit is not None:
+                dw, db = edit.dW[i], edit.db[i]
+                if dw is not None:
+                    y = y + (x @ dw.transpose(-1, -2) if dw.dim() == 2 else torch.bmm(x.unsqueeze(1), dw.transpose(1, 2)).squeeze(1))
+                if db is not None:
+                    y = y + db
+            x = act(y) if i < len(self.layers) - 1 else y
+        return h + x
+
+
+def _sasrec_positions(enc: SASRec, item_seq: torch.Tensor) -> torch.Tensor:
+    """SASRec's transformer output at every position (RecBole's forward, before its final gather)."""
+    pos = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0).expand_as(item_seq)
+    x = enc.item_embedding(item_seq) + enc.position_embedding(pos)
+    x = enc.dropout(enc.LayerNorm(x))
+    mask = enc.get_attention_mask(item_seq)
+    return enc.trm_encoder(x, mask, output_all_encoded_layers=True)[-1]
+
+
+def _gru4rec_positions(enc: GRU4Rec, item_seq: torch.Tensor) -> torch.Tensor:
+    """GRU4Rec's output at every position (RecBole's forward, before its final gather)."""
+    x = enc.emb_dropout(enc.item_embedding(item_seq))
+    out, _ = enc.gru_layers(x)
+    return enc.dense(out)
+
+
+def _sasrec_params(m: ModelConfig) -> dict:
+    return {
+        "n_layers": m.n_layers,
+        "n_heads": m.n_heads,
+        "hidden_size": m.hidden_size,
+        "inner_size": m.inner_size,
+        "hidden_dropout_prob": m.dropout,
+        "attn_dropout_prob": m.dropout,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12,
+        "initializer_range": 0.02,
+    }
+
+
+def _gru4rec_params(m: ModelConfig) -> dict:
+    return {"embedding_size": m.hidden_size, "hidden_size": m.hidden_size, "num_layers": m.n_layers, "dropout_prob": m.dropout}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    recbole_class: type
+    params: Callable[[ModelConfig], dict]
+    positions: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+MODELS: dict[str, ModelSpec] = {
+    "sasrec": ModelSpec("sasrec", SASRec, _sasrec_params, _sasrec_positions),
+    "gru4rec": ModelSpec("gru4rec", GRU4Rec, _gru4rec_params, _gru4rec_positions),
+}
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise UnknownModelError(f"unknown model '{name}' (known: {', '.join(sorted(MODELS))})")
+    return MODELS[name]
+
+
+class _ItemVocab:
+    """What RecBole's model constructors read from a Dataset: the number of item ids."""
+
+    def __init__(self, n_items: int):
+        self.n_items = n_items
+
+    def num(self, field: str) -> int:
+        return self.n_items
+
+
+def recbole_model_config(spec: ModelSpec, m: ModelConfig, max_seq_len: int) -> dict:
+    """The keys RecBole's sequential model constructors read, with our hyper-parameters."""
+    return {
+        "USER_ID_FIELD": "user_id",
+        "ITEM_ID_FIELD": "item_id",
+        "LIST_SUFFIX": "_list",
+        "ITEM_LIST_LENGTH_FIELD": "item_length",
+        "MAX_ITEM_LIST_LENGTH": max_seq_len,
+        "NEG_PREFIX": "neg_",
+        "device": "cpu",
+        "loss_type": "CE",
+        **spec.params(m),
+    }
+
+
+class EditableSeqRec(nn.Module):
+    """A RecBole sequential model (``encoder``) with an editable head between user state and scoring."""
+
+    def __init__(self, name: str, m: ModelConfig, n_items: int, max_seq_len: int):
+        super().__init__()
+        self.spec = get_spec(name)
+        self.n_items = n_items
+        self.max_seq_len = max_seq_len
+        self.encoder = self.spec.recbole_class(recbole_model_config(self.spec, m, max_seq_len), _ItemVocab(n_items))
+        self.head = EditableHead(m.hidden_size, m.head_layers, m.head_activation)
+
+    def position_states(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """``[B, T, D]`` encoder output at every position of right-padded ``item_seq``."""
+        return self.spec.positions(self.encoder, item_seq)
+
+    def user_state(self, item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
+        """``[B, D]`` state after the last real item of each row."""
+        states = self.position_states(item_seq)
+        idx = (item_len - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, states.size(-1))
+        return states.gather(1, idx).squeeze(1)
+
+    @property
+    def item_embeddings(self) -> torch.Tensor:
+        return self.encoder.item_embedding.weight
+
+    def logits(self, query: torch.Tensor) -> torch.Tensor:
+        """Scores of every item for ``query`` ``[..., D]``; the padding id 0 gets ``-inf``."""
+        scores = query @ self.item_embeddings.T
+        scores[..., 0] = float("-inf")
+        return scores
+
+    def score(self, item_seq: torch.Tensor, item_len: torch.Tensor, edit: HeadEdit | None = None) -> torch.Tensor:
+        """Full-catalogue scores ``[B, n_items]`` with an optional head edit."""
+        return self.logits(self.head(self.user_state(item_seq, item_len), edit))
+
+
+@torch.inference_mode()
+def score_with_edit(
+    model: EditableSeqRec, item_seq: torch.Tensor, item_len: torch.Tensor, edit: HeadEdit | None = None
+) -> torch.Tensor:
+    """Device-side ranking: forward passes only, no autograd graph, dropout off."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model.score(item_seq, item_len, edit)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,1 @@
+"""Persona's serving layer: CLI, config composition, pipelines and the FastAPI apps."""

@@ -1,0 +1,44 @@
+"""``persona`` command line: one subcommand per pipeline step."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from recsys.config import ConfigError
+from recsys.datasets import CsvFormatError, DatasetError
+from serving.commands import CliError
+from serving.commands import data as data_cmd
+from serving.commands import train as train_cmd
+
+COMMANDS = [data_cmd, train_cmd]
+EXPECTED_ERRORS = (CliError, ConfigError, DatasetError, CsvFormatError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="persona", description="Persona: backprop-free on-device recommender adaptation")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except EXPECTED_ERRORS as exc:
+        print(f"persona {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"persona {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
