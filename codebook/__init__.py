@@ -1,1 +1,10 @@
-"""Semantic codebook: residual quantization of item embeddings held in FAISS."""
+"""Semantic codebook: residual quantization of item embeddings held in FAISS.
+
+``SemanticCodebook.build(emb, cfg)`` → semantic IDs per item, codebook hits for any embedding,
+semantic-ID prefix → items, a quality report, and ``save``/``load`` of the FAISS index + JSON.
+"""
+
+from codebook.config import CodebookConfig
+from codebook.semantic import CodebookError, SemanticCodebook
+
+__all__ = ["CodebookConfig", "CodebookError", "SemanticCodebook"]

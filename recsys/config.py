@@ -150,9 +150,7 @@ def validate(data: dict, schema: type[C] = PersonaConfig) -> C:
         raise ConfigError(f"config field '{field}': {first['msg']}") from exc
 
 
-def load_config(
-    user_file: str | None = None, overrides: list[str] | None = None, schema: type[C] = PersonaConfig
-) -> C:
+def load_config(user_file: str | None = None, overrides: list[str] | None = None, schema: type[C] = PersonaConfig) -> C:
     """Build the validated config from all layers."""
     return validate(layered_dict(user_file, overrides), schema)
 

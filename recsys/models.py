@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from recbole.model.sequential_recommender import GRU4Rec, SASRec
 from torch import nn
 
 import recsys  # noqa: F401  (numpy compatibility before RecBole)
-from recbole.model.sequential_recommender import GRU4Rec, SASRec
 from recsys.config import ModelConfig
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu}
@@ -79,7 +79,11 @@ class EditableHead(nn.Module):
             if edit is not None:
                 dw, db = edit.dW[i], edit.db[i]
                 if dw is not None:
-                    y = y + (x @ dw.transpose(-1, -2) if dw.dim() == 2 else torch.bmm(x.unsqueeze(1), dw.transpose(1, 2)).squeeze(1))
+                    y = y + (
+                        x @ dw.transpose(-1, -2)
+                        if dw.dim() == 2
+                        else torch.bmm(x.unsqueeze(1), dw.transpose(1, 2)).squeeze(1)
+                    )
                 if db is not None:
                     y = y + db
             x = act(y) if i < len(self.layers) - 1 else y
@@ -117,7 +121,12 @@ def _sasrec_params(m: ModelConfig) -> dict:
 
 
 def _gru4rec_params(m: ModelConfig) -> dict:
-    return {"embedding_size": m.hidden_size, "hidden_size": m.hidden_size, "num_layers": m.n_layers, "dropout_prob": m.dropout}
+    return {
+        "embedding_size": m.hidden_size,
+        "hidden_size": m.hidden_size,
+        "num_layers": m.n_layers,
+        "dropout_prob": m.dropout,
+    }
 
 
 @dataclass(frozen=True)
@@ -175,6 +184,7 @@ class EditableSeqRec(nn.Module):
     def __init__(self, name: str, m: ModelConfig, n_items: int, max_seq_len: int):
         super().__init__()
         self.spec = get_spec(name)
+        self.model_config = m
         self.n_items = n_items
         self.max_seq_len = max_seq_len
         self.encoder = self.spec.recbole_class(recbole_model_config(self.spec, m, max_seq_len), _ItemVocab(n_items))

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-
-import recsys  # noqa: F401  (numpy compatibility before RecBole)
 from recbole.config import Config
 from recbole.data import create_dataset
 from recbole.data.interaction import Interaction
 from recbole.model.sequential_recommender import SASRec
+
+import recsys  # noqa: F401  (numpy compatibility before RecBole)
+from recsys.compat import recbole_argv_isolated
 from recsys.config import DataConfig, EvalConfig
 
 METRICS = ["NDCG", "Hit", "MRR"]
@@ -56,7 +56,8 @@ def recbole_config(name: str, atomic_root: Path, data: DataConfig, ev: EvalConfi
         "save_dataloaders": False,
         "checkpoint_dir": str(atomic_root / ".recbole_saved"),
     }
-    return Config(model=SASRec, dataset=name, config_dict=cfg)
+    with recbole_argv_isolated():
+        return Config(model=SASRec, dataset=name, config_dict=cfg)
 
 
 @dataclass

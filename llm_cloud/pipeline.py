@@ -1,0 +1,63 @@
+"""Prepare → item context → encode (cached) → semantic codebook, for one dataset."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from codebook import CodebookConfig, SemanticCodebook
+from llm_cloud.backbones import Backbone, BackboneConfig, build_backbone
+from llm_cloud.context import ContextConfig, fuse_image, item_texts
+from recsys.config import DataConfig
+from recsys.datasets import prepare, read_arrays, read_items
+
+log = logging.getLogger(__name__)
+
+
+class PipelineConfig(Protocol):
+    """The config sections this pipeline reads (``serving.config.AppConfig`` has them all)."""
+
+    data: DataConfig
+    backbone: BackboneConfig
+    context: ContextConfig
+    codebook: CodebookConfig
+
+
+@dataclass
+class ItemEmbeddings:
+    """Item ids, their context texts and embeddings (rows aligned with the dataset's item table)."""
+
+    item_ids: list[str]
+    texts: list[str]
+    embeddings: np.ndarray  # float32 [n_items, d]; text only, or text ⊕ image for datasets with images
+    fused_image: bool
+
+
+def encode_items(
+    dataset: str, data: DataConfig, context: ContextConfig, backbone: Backbone
+) -> ItemEmbeddings:
+    """Prepare ``dataset`` (if needed), build item texts, encode them, fuse shipped image features."""
+    out_dir = prepare(dataset, data)
+    items = read_items(out_dir, dataset)
+    texts = item_texts(items, dataset, context)
+    emb = backbone.encode(texts)
+    image = read_arrays(out_dir).get("image_features")
+    fused = image is not None and context.image_weight > 0
+    if fused:
+        emb = fuse_image(emb, image, context.image_weight)
+    log.info("%s: %d items encoded by %s → %s%s", dataset, len(texts), backbone.name, emb.shape,
+             " (text ⊕ image)" if fused else "")
+    return ItemEmbeddings(items["item_id"].tolist(), texts, emb, fused)
+
+
+def build_item_codebook(
+    cfg: PipelineConfig, dataset_name: str, backbone: Backbone | None = None
+) -> tuple[list[str], np.ndarray, SemanticCodebook]:
+    """Item ids, item embeddings (cached encoding) and the semantic codebook built on them."""
+    backbone = backbone or build_backbone(cfg.backbone)
+    enc = encode_items(dataset_name, cfg.data, cfg.context, backbone)
+    book = SemanticCodebook.build(enc.embeddings, cfg.codebook, item_ids=enc.item_ids)
+    return enc.item_ids, enc.embeddings, book

@@ -1,0 +1,95 @@
+"""Seeds × models: train base models, evaluate them (and popularity) on the test split, report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from recsys.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from recsys.config import PersonaConfig
+from recsys.datasets import prepare
+from recsys.evaluate import evaluate_rows, model_score_fn, popularity_score_fn
+from recsys.report import markdown_table, write_report
+from recsys.splits import SplitData, load_split
+from recsys.train import train_model
+
+log = logging.getLogger(__name__)
+
+
+def load_dataset_split(cfg: PersonaConfig) -> SplitData:
+    """Prepare the dataset's atomic files (if needed) and build RecBole's split."""
+    directory = prepare(cfg.dataset, cfg.data)
+    return load_split(cfg.dataset, directory.parent, cfg.data, cfg.eval)
+
+
+def train_seeds(cfg: PersonaConfig, split: SplitData | None = None, progress: bool = True) -> list[Path]:
+    """Train ``cfg.model`` once per seed; write each checkpoint to ``cfg.run_dir(seed)``."""
+    split = split or load_dataset_split(cfg)
+    paths = []
+    for seed in cfg.seeds:
+        result = train_model(split, cfg, seed, progress=progress)
+        extra = {
+            "seed": seed,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "train_seconds": round(result.seconds, 1),
+            "valid": result.best_valid,
+            "protocol": cfg.data.protocol,
+        }
+        paths.append(save_checkpoint(cfg.run_dir(seed), result.model, cfg.dataset, split.item_tokens, extra))
+        log.info("%s seed %d: best epoch %d, valid %s", cfg.model, seed, result.best_epoch, result.best_valid)
+    return paths
+
+
+def evaluate_models(cfg: PersonaConfig, models: list[str], split: SplitData | None = None) -> dict[str, list[dict]]:
+    """Test-split metrics per method and seed; ``pop`` is the popularity baseline."""
+    split = split or load_dataset_split(cfg)
+    rows = split.eval_rows("test")
+    results: dict[str, list[dict]] = {}
+    for name in models:
+        if name == "pop":
+            metrics = evaluate_rows(popularity_score_fn(split.train_counts), rows, split.config, cfg.eval.batch_size)
+            results["popularity"] = [metrics for _ in cfg.seeds]  # deterministic: same for every seed
+            continue
+        runs = []
+        for seed in cfg.seeds:
+            run_dir = cfg.model_copy(update={"model": name}).run_dir(seed)
+            try:
+                model, meta, _ = load_checkpoint(run_dir)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{exc}; run `persona train model={name}` first") from exc
+            if meta.n_items != split.n_items:
+                raise CheckpointError(f"{run_dir}: trained on {meta.n_items} items, dataset has {split.n_items}")
+            runs.append(evaluate_rows(model_score_fn(model), rows, split.config, cfg.eval.batch_size))
+        results[name] = runs
+    return results
+
+
+def report_base(cfg: PersonaConfig, results: dict[str, list[dict]], seconds: float) -> str:
+    """Write ``reports/<dataset>/base.{json,md}`` and return the Markdown table."""
+    meta = {
+        "dataset": cfg.dataset,
+        "protocol": cfg.data.protocol,
+        "seeds": list(cfg.seeds),
+        "evaluation": "RecBole full ranking over all items, test split",
+        "seconds": round(seconds, 1),
+    }
+    out = Path(cfg.reports_dir) / cfg.dataset
+    write_report(out, "base", f"Base models on {cfg.dataset} ({cfg.data.protocol} protocol)", results, meta)
+    return markdown_table(results)
+
+
+def run_base(model_cfgs: list[PersonaConfig], progress: bool = True) -> str:
+    """The main job's base stage: prepare, train each model (its own layered config) for every seed,
+    evaluate them and popularity on the test split, report. Configs differ only in ``model``."""
+    t0 = time.perf_counter()
+    cfg = model_cfgs[0]
+    split = load_dataset_split(cfg)
+    for model_cfg in model_cfgs:
+        train_seeds(model_cfg, split, progress)
+    results = evaluate_models(cfg, ["pop"] + [c.model for c in model_cfgs], split)
+    return report_base(cfg, results, time.perf_counter() - t0)
+
+
+__all__ = ["evaluate_models", "load_dataset_split", "report_base", "run_base", "train_seeds"]

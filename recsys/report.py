@@ -1,0 +1,46 @@
+"""Result tables: mean ± std over seeds, printed and written as JSON + Markdown (atomically)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from recsys.checkpoint import atomic_write_text
+from recsys.evaluate import REPORT_KEYS, summarize
+
+LABELS = {"ndcg": "NDCG", "hit": "HR", "mrr": "MRR"}
+
+
+def label(key: str) -> str:
+    name, k = key.split("@")
+    return f"{LABELS.get(name, name.upper())}@{k}"
+
+
+def markdown_table(results: dict[str, list[dict[str, float]]], keys: list[str] = REPORT_KEYS) -> str:
+    """``results`` maps a method to its per-seed metric dicts."""
+    head = "| method | seeds | " + " | ".join(label(k) for k in keys) + " |"
+    sep = "|---|---|" + "---|" * len(keys)
+    rows = [head, sep]
+    for method, runs in results.items():
+        stats = summarize(runs, keys)
+        cells = " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in (stats[k] for k in keys))
+        rows.append(f"| {method} | {len(runs)} | {cells} |")
+    return "\n".join(rows)
+
+
+def write_report(
+    directory: Path, stem: str, title: str, results: dict[str, list[dict[str, float]]], meta: dict
+) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` (every seed's metrics + summary) and ``<stem>.md``; returns both paths."""
+    directory = Path(directory)
+    payload = {
+        "meta": meta,
+        "runs": results,
+        "summary": {m: {k: {"mean": a, "std": b} for k, (a, b) in summarize(r).items()} for m, r in results.items()},
+    }
+    json_path, md_path = directory / f"{stem}.json", directory / f"{stem}.md"
+    atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
+    lines = [f"# {title}", "", markdown_table(results), ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items()]
+    atomic_write_text(md_path, "\n".join(lines) + "\n")
+    return json_path, md_path

@@ -1,0 +1,73 @@
+"""``persona train``, ``persona evaluate`` and ``persona run`` (the main job) for the base models."""
+
+from __future__ import annotations
+
+from serving.commands import CliError, add_common
+from serving.config import AppConfig, load_app_config
+
+BASE_MODELS = ["sasrec", "gru4rec"]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train the base device model for every seed (checkpoints under runs/)")
+    add_common(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("evaluate", help="full-ranking test metrics of trained models + popularity, mean ± std")
+    add_common(p)
+    p.add_argument("--models", default="pop,sasrec,gru4rec", help="comma-separated: pop and/or trained model names")
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser("run", help="main job: prepare, train, evaluate, report on the configured dataset")
+    add_common(p)
+    p.add_argument("--models", default=",".join(BASE_MODELS), help="comma-separated base models")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_main)
+
+
+def _model_configs(args, names: list[str]) -> list[AppConfig]:
+    from recsys.models import MODELS
+
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise CliError(f"unknown model '{unknown[0]}' (known: {', '.join(sorted(MODELS))})")
+    return [load_app_config(args.config, [*args.overrides, f"model={n}"]) for n in names]
+
+
+def run_train(args) -> int:
+    from recsys.experiment import train_seeds
+
+    cfg = _model_configs(args, [load_app_config(args.config, args.overrides).model])[0]
+    for path in train_seeds(cfg, progress=not args.quiet):
+        print(path)
+    return 0
+
+
+def run_evaluate(args) -> int:
+    import time
+
+    from recsys.checkpoint import CheckpointError
+    from recsys.experiment import evaluate_models, report_base
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    _model_configs(args, [n for n in names if n != "pop"])
+    cfg = load_app_config(args.config, args.overrides)
+    t0 = time.perf_counter()
+    try:
+        results = evaluate_models(cfg, names)
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from exc
+    print(report_base(cfg, results, time.perf_counter() - t0))
+    return 0
+
+
+def run_main(args) -> int:
+    from recsys.experiment import run_base
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    table = run_base(_model_configs(args, names), progress=not args.quiet)
+    cfg = load_app_config(args.config, args.overrides)
+    print(f"\n{cfg.dataset} ({cfg.data.protocol} protocol), test split, RecBole full ranking, seeds {cfg.seeds}\n")
+    print(table)
+    return 0

@@ -1,0 +1,122 @@
+"""Dataset conversion from the real mirror, the embedded default, and bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from recsys.config import DataConfig
+from recsys.datasets import CsvFormatError, DatasetError, import_csv, prepare, read_arrays, read_items
+from recsys.datasets.atomic import is_complete
+from recsys.datasets.registry import load_registry, md5sum
+from tests.conftest import needs_mirror
+
+EXPECTED = {  # users, items with interactions, interactions: the provenance README's figures
+    "ml-100k": (943, 1682, 100_000),
+    "ml-latest-small": (610, 9724, 100_836),
+    "amazon-beauty": (22_363, 12_101, 198_502),
+    "amazon-scientific": (2928, 1585, 19_712),
+}
+
+
+def _inter(directory, name):
+    import pandas as pd
+
+    return pd.read_csv(directory / f"{name}.inter", sep="\t", dtype=str)
+
+
+@needs_mirror
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_each_real_dataset_converts_with_text(name, tmp_path):
+    out = prepare(name, DataConfig(workdir=str(tmp_path)))
+    assert is_complete(out)
+    inter = _inter(out, name)
+    users, items, rows = EXPECTED[name]
+    assert (inter["user_id:token"].nunique(), inter["item_id:token"].nunique(), len(inter)) == (users, items, rows)
+    table = read_items(out, name)
+    assert set(inter["item_id:token"]) <= set(table["item_id"])
+    assert (table["title"].str.len() > 0).mean() > 0.99
+    if name == "amazon-scientific":
+        arrays = read_arrays(out)
+        assert arrays["image_features"].shape == (len(table), 512)
+        assert arrays["text_features"].shape == (len(table), 512)
+    if name == "ml-latest-small":
+        assert (table["tags"].str.len() > 0).sum() > 1500
+
+
+def test_ml100k_embedded_default_without_mirror(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSONA_DATA_MIRROR", "")
+    monkeypatch.setattr("recsys.datasets.default_mirror", lambda: None)
+    monkeypatch.setattr("recsys.datasets.registry.default_mirror", lambda: None)
+    out = prepare("ml-100k", DataConfig(workdir=str(tmp_path)))
+    assert len(_inter(out, "ml-100k")) == 100_000
+    assert read_items(out, "ml-100k")["title"].iloc[0] == "Toy Story"
+
+
+def test_unknown_dataset_names_it(tmp_path):
+    with pytest.raises(DatasetError, match="unknown dataset 'ml-20m'"):
+        prepare("ml-20m", DataConfig(workdir=str(tmp_path)))
+
+
+def test_missing_mirror_is_an_error_even_for_ml100k(tmp_path):
+    with pytest.raises(DatasetError, match="data mirror directory not found: .*nowhere"):
+        prepare("ml-100k", DataConfig(workdir=str(tmp_path), mirror=str(tmp_path / "nowhere")))
+
+
+@needs_mirror
+def test_corrupt_and_missing_raw_files_are_named(tmp_path):
+    from recsys.datasets.registry import default_mirror
+
+    mirror = tmp_path / "mirror"
+    shutil.copytree(default_mirror() / "ml-latest-small", mirror / "ml-latest-small")
+    ratings = mirror / "ml-latest-small" / "ratings.csv"
+    ratings.chmod(0o644)
+    with open(ratings, "a") as fh:
+        fh.write("1,1,5.0,0\n")
+    cfg = DataConfig(workdir=str(tmp_path / "out"), mirror=str(mirror))
+    with pytest.raises(DatasetError, match="corrupt file .*ratings.csv"):
+        prepare("ml-latest-small", cfg)
+    ratings.unlink()
+    with pytest.raises(DatasetError, match="missing file .*ratings.csv"):
+        prepare("ml-latest-small", cfg)
+    assert not (tmp_path / "out" / "ml-latest-small").exists()
+
+
+def test_registry_checksums_match_the_mirror():
+    from recsys.datasets.registry import default_mirror
+
+    mirror = default_mirror()
+    if mirror is None:
+        pytest.skip("no mirror")
+    for name, spec in load_registry().items():
+        for fname, md5 in spec.files.items():
+            if md5:
+                assert md5sum(mirror / name / fname) == md5, (name, fname)
+
+
+def test_user_csv_import(tmp_path):
+    csv = tmp_path / "events.csv"
+    csv.write_text("user,item,timestamp,title,brand\nu1,a,1,Alpha,X\nu1,b,2,Beta,Y\nu2,a,3,,\nu2,c,4,Gamma,Z\n")
+    out = import_csv(csv, "mine", DataConfig(workdir=str(tmp_path / "atomic")))
+    items = read_items(out, "mine")
+    assert list(items["item_id"]) == ["a", "b", "c"] and list(items["title"]) == ["Alpha", "Beta", "Gamma"]
+    assert len(_inter(out, "mine")) == 4
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("user,item\nu1,a\n", "missing column 'timestamp'"),
+        ("user,item,timestamp\nu1,a,yesterday\n", "column 'timestamp' line 2: not a number"),
+        ("user,item,timestamp\n,a,1\n", "column 'user' line 2: empty value"),
+        ("", "empty file"),
+        ('user,item,timestamp\nu1,"a,1\n', "not a readable CSV"),
+    ],
+)
+def test_malformed_csv_is_named(tmp_path, content, message):
+    csv = tmp_path / "bad.csv"
+    csv.write_text(content)
+    with pytest.raises(CsvFormatError, match=message):
+        import_csv(csv, "bad", DataConfig(workdir=str(tmp_path / "atomic")))
+    assert not (tmp_path / "atomic" / "bad").exists()

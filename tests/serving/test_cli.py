@@ -1,0 +1,84 @@
+"""The ``persona`` CLI end to end in a subprocess: exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, needs_mirror
+
+
+def persona(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("persona ")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_unknown_dataset(tmp_path):
+    _one_line_error(persona("prepare", "dataset=ml-20m", f"data.workdir={tmp_path}"), "unknown dataset 'ml-20m'")
+
+
+def test_missing_mirror(tmp_path):
+    proc = persona("prepare", f"data.mirror={tmp_path / 'nope'}", f"data.workdir={tmp_path}")
+    _one_line_error(proc, "data mirror directory not found", "nope")
+
+
+def test_malformed_csv(tmp_path):
+    csv = tmp_path / "x.csv"
+    csv.write_text("user,item\nu,i\n")
+    proc = persona("prepare", "--csv", str(csv), "--name", "mine", f"data.workdir={tmp_path}")
+    _one_line_error(proc, "missing column 'timestamp'")
+
+
+def test_bad_config_field_is_named(tmp_path):
+    _one_line_error(persona("prepare", "train.lr=-1"), "train.lr")
+    _one_line_error(persona("prepare", "trian.lr=1"), "trian")
+    _one_line_error(persona("train", "model=bert4rec", f"data.workdir={tmp_path}"), "unknown model 'bert4rec'")
+
+
+def test_evaluate_without_checkpoint_says_what_to_run(tmp_path):
+    proc = persona("evaluate", "--models", "sasrec", f"output_dir={tmp_path}", f"data.workdir={tmp_path / 'a'}")
+    _one_line_error(proc, "persona train model=sasrec")
+
+
+@needs_mirror
+def test_run_end_to_end_on_a_small_real_dataset(tmp_path):
+    proc = persona(
+        "run",
+        "--quiet",
+        "dataset=amazon-scientific",
+        "seeds=[0,1]",
+        "train.epochs=2",
+        f"output_dir={tmp_path / 'runs'}",
+        f"reports_dir={tmp_path / 'reports'}",
+        f"data.workdir={tmp_path / 'atomic'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| popularity | 2 |" in proc.stdout and "| sasrec | 2 |" in proc.stdout and "| gru4rec | 2 |" in proc.stdout
+    report = json.loads((tmp_path / "reports" / "amazon-scientific" / "base.json").read_text())
+    assert len(report["runs"]["sasrec"]) == 2 and "ndcg@10" in report["summary"]["gru4rec"]
+    ckpt = tmp_path / "runs" / "amazon-scientific" / "sasrec" / "seed1"
+    assert {p.name for p in ckpt.iterdir()} == {"model.pt", "model.yaml", "items.txt"}
+
+
+@pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run"])
+def test_help(cmd):
+    assert persona(cmd, "--help").returncode == 0
