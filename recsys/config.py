@@ -69,6 +69,7 @@ class EvalConfig(_Strict):
 
 class PersonaConfig(_Strict):
     dataset: str = "ml-100k"
+    device: str = "cpu"  # torch device for training/evaluation: cpu, cuda, cuda:N, or auto
     model: str = "sasrec"
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     output_dir: str = "runs"
@@ -77,6 +78,13 @@ class PersonaConfig(_Strict):
     model_params: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def torch_device(self) -> str:
+        if self.device == "auto":
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
 
     def run_dir(self, seed: int) -> Path:
         return Path(self.output_dir) / self.dataset / self.model / f"seed{seed}"

@@ -21,14 +21,19 @@ ScoreFn = Callable[[Interaction], torch.Tensor]
 REPORT_KEYS = ["ndcg@5", "ndcg@10", "ndcg@20", "hit@5", "hit@10", "hit@20", "mrr@10"]
 
 
-def evaluate_rows(score_fn: ScoreFn, rows: Interaction, recbole_config, batch_size: int) -> dict[str, float]:
-    """RecBole full-ranking metrics of ``score_fn`` over ``rows`` (fields item_id_list/item_length/item_id)."""
+def evaluate_rows(
+    score_fn: ScoreFn, rows: Interaction, recbole_config, batch_size: int, device: str = "cpu"
+) -> dict[str, float]:
+    """RecBole full-ranking metrics of ``score_fn`` over ``rows`` (fields item_id_list/item_length/item_id).
+
+    ``score_fn`` sees each batch on ``device``; RecBole's collector gets the scores back on the CPU.
+    """
     collector = Collector(recbole_config)
     evaluator = Evaluator(recbole_config)
-    with torch.inference_mode():
+    with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            scores = score_fn(batch).float().clone()
+            scores = score_fn(batch.to(device) if device != "cpu" else batch).float().cpu().clone()
             scores[:, 0] = float("-inf")
             positive_u = torch.arange(len(batch))
             collector.eval_batch_collect(scores, batch, positive_u, batch["item_id"])

@@ -85,8 +85,10 @@ def train_model(split: SplitData, cfg: PersonaConfig, seed: int, progress: bool 
     """Train ``cfg.model`` on ``split``'s training period; keep the epoch best on validation."""
     seed_everything(seed)
     torch.set_num_threads(cfg.train.threads)
-    model = EditableSeqRec(cfg.model, cfg.model_params, split.n_items, cfg.data.max_seq_len)
+    device = cfg.torch_device()
+    model = EditableSeqRec(cfg.model, cfg.model_params, split.n_items, cfg.data.max_seq_len).to(device)
     inputs, targets = make_windows(split.train_sequences, cfg.data.max_seq_len)
+    inputs, targets = inputs.to(device), targets.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     metric = cfg.eval.valid_metric.lower()
     best_state, best_valid, best_epoch, bad = None, None, -1, 0
@@ -95,7 +97,7 @@ def train_model(split: SplitData, cfg: PersonaConfig, seed: int, progress: bool 
     bar = tqdm(range(cfg.train.epochs), desc=f"train {cfg.model} seed {seed}", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
-        order = torch.from_numpy(epoch_order(len(inputs), seed, epoch))
+        order = torch.from_numpy(epoch_order(len(inputs), seed, epoch)).to(device)
         total, batches = 0.0, 0
         for start in range(0, len(order), cfg.train.batch_size):
             idx = order[start : start + cfg.train.batch_size]
@@ -106,7 +108,9 @@ def train_model(split: SplitData, cfg: PersonaConfig, seed: int, progress: bool 
             opt.step()
             total += loss.item()
             batches += 1
-        valid = evaluate_rows(model_score_fn(model), split.eval_rows("valid"), split.config, cfg.eval.batch_size)
+        valid = evaluate_rows(
+            model_score_fn(model), split.eval_rows("valid"), split.config, cfg.eval.batch_size, device
+        )
         history.append({"epoch": epoch, "loss": total / max(batches, 1), **valid})
         bar.set_postfix(loss=f"{total / max(batches, 1):.3f}", **{metric: f"{valid[metric]:.4f}"})
         if best_valid is None or valid[metric] > best_valid[metric]:
@@ -119,5 +123,5 @@ def train_model(split: SplitData, cfg: PersonaConfig, seed: int, progress: bool 
             log.info("time budget reached after epoch %d", epoch)
             break
     model.load_state_dict(best_state)
-    model.eval()
+    model.cpu().eval()
     return TrainResult(model, best_epoch, best_valid, history, time.perf_counter() - t0)

@@ -1,0 +1,135 @@
+"""The Persona adapter: a device's real-time window → per-layer codes → head edits, one forward pass.
+
+``window items (+ their semantic codes) → GRU → z`` (with the device model's user state ``h``), then
+per-layer codes ``z_1 … z_L``: with ``cross_layer`` a stacked recurrent net (``z_l = GRUCell_l(z,
+z_{l-1})``) so each layer's edit is conditioned on the lower layers'; without it, independent maps.
+Registered projections turn ``z_l`` into ``ΔW_l`` (full rank, or ``U_l V_l`` of rank r) and ``Δb_l``;
+they start at zero, so an untrained adapter leaves the base head unchanged. With ``anchor=False``
+(the DUET-style baseline) the projections generate the head outright and the base head is unused.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llm_cloud.adapter_config import AdapterConfig
+from recsys.models import EditableSeqRec, HeadEdit
+
+NO_CLIP = 1e6
+
+
+def left_padded_windows(seq: torch.Tensor, end: torch.Tensor, n: int) -> torch.Tensor:
+    """``[B, n]`` windows of ``seq`` (right-padded ``[B, T]``) ending before ``end`` (exclusive), left-padded."""
+    idx = end.view(-1, 1) - n + torch.arange(n, device=seq.device).view(1, -1)
+    valid = idx >= 0
+    out = seq.gather(1, idx.clamp(min=0))
+    return out * valid
+
+
+class Adapter(nn.Module):
+    """Hypernetwork from a device's window (+ semantic codes, + user state) to head edits."""
+
+    def __init__(
+        self,
+        cfg: AdapterConfig,
+        n_items: int,
+        dim: int,
+        n_layers: int,
+        code_sizes: list[int] | None = None,
+        item_init: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        self.cfg, self.dim, self.n_layers = cfg, dim, n_layers
+        dz = cfg.code_dim
+        self.item_emb = nn.Embedding(n_items, dim, padding_idx=0)
+        if item_init is not None:
+            self.item_emb.weight.data.copy_(item_init)
+        self.code_sizes = list(code_sizes or []) if cfg.use_codebook else []
+        self.code_embs = nn.ModuleList(nn.Embedding(size + 1, dim, padding_idx=0) for size in self.code_sizes)
+        self.gru = nn.GRU(dim, dz, batch_first=True)
+        self.state_proj = nn.Linear(dim, dz) if cfg.use_state else None
+        self.mix = nn.Sequential(nn.Linear(dz * (2 if cfg.use_state else 1), dz), nn.Tanh(), nn.Linear(dz, dz))
+        if cfg.cross_layer:
+            self.layer_cells = nn.ModuleList(nn.GRUCell(dz, dz) for _ in range(n_layers))
+        else:
+            self.layer_maps = nn.ModuleList(nn.Linear(dz, dz) for _ in range(n_layers))
+        out_w = dim * dim if cfg.rank == 0 else dim * cfg.rank
+        self.proj_w = nn.ModuleList(nn.Linear(dz, out_w) for _ in range(n_layers))
+        self.proj_v = nn.ModuleList(nn.Linear(dz, cfg.rank * dim) for _ in range(n_layers)) if cfg.rank else None
+        self.proj_b = nn.ModuleList(nn.Linear(dz, dim) for _ in range(n_layers))
+        if cfg.anchor:  # start from "no edit"
+            for lin in [*self.proj_w, *self.proj_b]:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+        else:
+            for lin in [*self.proj_w, *self.proj_b]:
+                nn.init.normal_(lin.weight, std=0.01)
+                nn.init.zeros_(lin.bias)
+
+    def sequence_code(self, window: torch.Tensor, codes: torch.Tensor | None, state: torch.Tensor | None):
+        """``z`` ``[B, dz]`` from a left-padded window ``[B, N]``, its codes ``[B, N, levels]`` and ``h``."""
+        x = self.item_emb(window)
+        if self.code_sizes and codes is not None:
+            for level, emb in enumerate(self.code_embs):
+                x = x + emb(codes[..., level])
+        out, _ = self.gru(x)
+        parts = [out[:, -1]]
+        if self.state_proj is not None:
+            parts.append(torch.tanh(self.state_proj(state)))
+        return self.mix(torch.cat(parts, dim=-1))
+
+    def layer_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """``[B, L, dz]``: per-layer codes (layer-major when flattened)."""
+        if self.cfg.cross_layer:
+            h, out = torch.zeros_like(z), []
+            for cell in self.layer_cells:
+                h = cell(z, h)
+                out.append(h)
+        else:
+            out = [torch.tanh(m(z)) for m in self.layer_maps]
+        return torch.stack(out, dim=1)
+
+    def edits_from_codes(self, codes: torch.Tensor, base: EditableSeqRec | None = None) -> HeadEdit:
+        """Head edit from per-layer codes ``[B, L, dz]``."""
+        b, d = codes.size(0), self.dim
+        dws, dbs = [], []
+        for layer in range(self.n_layers):
+            zl = codes[:, layer]
+            if self.cfg.rank == 0:
+                dw = self.proj_w[layer](zl).view(b, d, d)
+            else:
+                u = self.proj_w[layer](zl).view(b, d, self.cfg.rank)
+                v = self.proj_v[layer](zl).view(b, self.cfg.rank, d)
+                dw = u @ v
+            db = self.proj_b[layer](zl)
+            if not self.cfg.anchor:  # generated outright: express it as an (unclipped) edit of the base
+                w0, b0 = base.head.anchors()[layer]
+                dw, db = dw - w0.detach(), db - b0.detach()
+            dws.append(dw)
+            dbs.append(db)
+        return HeadEdit(dws, dbs, clip=self.cfg.clip if self.cfg.anchor else NO_CLIP)
+
+    def forward(
+        self,
+        window: torch.Tensor,
+        codes: torch.Tensor | None,
+        state: torch.Tensor | None,
+        base: EditableSeqRec | None = None,
+    ) -> tuple[torch.Tensor, HeadEdit]:
+        layer_codes = self.layer_codes(self.sequence_code(window, codes, state))
+        return layer_codes, self.edits_from_codes(layer_codes, base)
+
+
+def edited_logits(base: EditableSeqRec, state: torch.Tensor, edit: HeadEdit | None) -> torch.Tensor:
+    """Scores of all items for user states ``h`` under an edit of the (frozen) base head."""
+    return base.logits(base.head(state, edit))
+
+
+def multi_target_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean CE over the non-zero targets ``[B, n_future]`` (each target scored by the same logits)."""
+    logp = F.log_softmax(logits, dim=-1)
+    mask = targets > 0
+    picked = logp.gather(1, targets.clamp(min=0))
+    return -(picked * mask).sum() / mask.sum().clamp(min=1)

@@ -1,0 +1,48 @@
+"""Typed config of the adapter (editor) and the prototype bank."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class AdapterConfig(_Strict):
+    """The cloud hypernetwork that turns a device's recent window into head edits."""
+
+    window: int = Field(20, ge=1)  # last N items of the device's real-time data
+    code_dim: int = Field(64, ge=4)  # per-layer code z_l
+    cross_layer: bool = True  # stacked recurrent codes across layers (False = independent maps)
+    use_codebook: bool = True  # semantic-code embeddings of the window's items as input
+    use_state: bool = True  # the device model's user state h as input
+    rank: int = Field(0, ge=0)  # 0 = full-rank ΔW_l; r > 0 = ΔW_l = U_l(z_l) V_l(z_l), rank r
+    clip: float = Field(0.1, gt=0)  # entries of ΔW_l, Δb_l are clipped to ±clip
+    anchor: bool = True  # False = DUET-style: the head is generated outright, base head unused
+    n_future: int = Field(1, ge=1)  # train the edited head on the next n_future items
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    patience: int = Field(3, ge=1)
+    max_train_samples: int | None = Field(None, ge=1)  # subsample training windows (large datasets)
+
+
+class PrototypeConfig(_Strict):
+    """The prototype bank built from adapter codes."""
+
+    k: int = Field(8, ge=1)  # initial prototypes (k-means over layer-major codes)
+    max_k: int = Field(16, ge=1)  # cap when out-of-distribution windows open new prototypes
+    variant: Literal["finetune", "centre"] = "finetune"  # prototype head: fine-tuned on its cluster, or centre edit
+    finetune_epochs: int = Field(3, ge=1)
+    finetune_lr: float = Field(1e-3, gt=0)
+    residual_clip: float = Field(0.5, gt=0)  # clip of the per-sample residual edit on top of a prototype
+    total_clip: float = Field(1.0, gt=0)
+    ood_quantile: float = Field(0.95, gt=0, lt=1)  # OOD threshold = this quantile of training distances
+    refine_rate: float = Field(0.05, gt=0, le=1)  # dynamic refinement: centre ← centre + rate·(z − centre)
+    assignment: Literal["nearest", "min-residual"] = "nearest"
+    spawn: bool = True  # OOD windows open a new prototype (else: fall back to the per-sample edit)

@@ -1,0 +1,90 @@
+"""Adapter + prototype-bank artefacts on disk (state_dicts + YAML) and the semantic-code table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from codebook import SemanticCodebook
+from llm_cloud.adapter import Adapter
+from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
+from llm_cloud.prototypes import PrototypeBank
+from recsys.checkpoint import atomic_torch_save, atomic_write_text
+from recsys.models import EditableSeqRec
+
+
+class ArtifactError(RuntimeError):
+    pass
+
+
+def code_table_for(codebook_dir: Path, item_tokens: np.ndarray) -> torch.Tensor:
+    """``[n_items, levels]`` semantic codes per internal item id (+1; 0 = padding / unknown item)."""
+    if not (Path(codebook_dir) / "meta.json").is_file():
+        raise ArtifactError(f"no semantic codebook in {codebook_dir}; run `persona codebook` first")
+    book = SemanticCodebook.load(codebook_dir)
+    row = {item: i for i, item in enumerate(book.item_ids)}
+    ids = book.semantic_ids
+    table = np.zeros((len(item_tokens), ids.shape[1]), dtype=np.int64)
+    for internal, token in enumerate(item_tokens):
+        r = row.get(str(token))
+        if internal > 0 and r is not None:
+            table[internal] = ids[r] + 1
+    return torch.from_numpy(table)
+
+
+def save_adapter(directory: Path, adapter: Adapter, meta: dict) -> Path:
+    directory = Path(directory)
+    (directory / "adapter.yaml").unlink(missing_ok=True)
+    atomic_torch_save(adapter.state_dict(), directory / "adapter.pt")
+    info = {
+        "config": adapter.cfg.model_dump(),
+        "n_items": adapter.item_emb.num_embeddings,
+        "dim": adapter.dim,
+        "n_layers": adapter.n_layers,
+        "code_sizes": adapter.code_sizes,
+        **meta,
+    }
+    atomic_write_text(directory / "adapter.yaml", yaml.safe_dump(info, sort_keys=False))
+    return directory
+
+
+def load_adapter(directory: Path) -> tuple[Adapter, dict]:
+    directory = Path(directory)
+    if not (directory / "adapter.yaml").is_file():
+        raise ArtifactError(f"no complete adapter in {directory}")
+    info = yaml.safe_load((directory / "adapter.yaml").read_text())
+    adapter = Adapter(
+        AdapterConfig(**info["config"]), info["n_items"], info["dim"], info["n_layers"], info["code_sizes"] or None
+    )
+    adapter.load_state_dict(torch.load(directory / "adapter.pt", map_location="cpu", weights_only=True))
+    return adapter.eval(), info
+
+
+def save_bank(directory: Path, bank: PrototypeBank) -> Path:
+    directory = Path(directory)
+    (directory / "bank.yaml").unlink(missing_ok=True)
+    atomic_torch_save(bank.state_dict(), directory / "bank.pt")
+    info = {"config": bank.cfg.model_dump(), "n_layers": bank.n_layers, "code_dim": bank.code_dim}
+    info["adapter_clip"] = bank.adapter_clip
+    atomic_write_text(directory / "bank.yaml", yaml.safe_dump(info, sort_keys=False))
+    return directory
+
+
+def load_bank(directory: Path) -> PrototypeBank:
+    directory = Path(directory)
+    if not (directory / "bank.yaml").is_file():
+        raise ArtifactError(f"no complete prototype bank in {directory}")
+    info = yaml.safe_load((directory / "bank.yaml").read_text())
+    bank = PrototypeBank(PrototypeConfig(**info["config"]), info["n_layers"], info["code_dim"], info["adapter_clip"])
+    bank.load_state_dict(torch.load(directory / "bank.pt", map_location="cpu", weights_only=True))
+    return bank
+
+
+def freeze(model: EditableSeqRec) -> EditableSeqRec:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

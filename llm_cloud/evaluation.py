@@ -1,0 +1,193 @@
+"""Evaluate adaptation methods side by side on the test split (RecBole full ranking + sampled AUC).
+
+Methods (``METHODS``): ``static`` base model; ``finetune`` on-device fine-tuning of the head on the
+window; ``duet`` head generated outright (no anchor); ``edit`` Persona per-sample edit; ``proto``
+frozen prototype bank (fine-tuned prototype heads, nearest centre); ``proto-centre`` frozen bank of
+centre edits; ``proto-res`` frozen bank + per-sample residual; ``proto-dyn`` prototype + residual with
+dynamic refinement and OOD spawning while the test period streams in time order; ``no-xlayer`` and
+``no-codebook`` ablations of the edit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llm_cloud.adapter import Adapter, edited_logits
+from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
+from llm_cloud.adapter_data import TrainingSamples, batch_from_rows
+from llm_cloud.adapter_train import adapter_score_fn, train_adapter
+from llm_cloud.artifacts import code_table_for, freeze, save_adapter, save_bank
+from llm_cloud.prototypes import PrototypeBank, _clipped
+from recsys.evaluate import evaluate_rows, model_score_fn
+from recsys.finetune import finetune_edit
+from recsys.models import EditableSeqRec, HeadEdit, score_with_edit
+from recsys.splits import SplitData
+
+log = logging.getLogger(__name__)
+
+METHODS = ["static", "finetune", "duet", "edit", "proto", "proto-centre", "proto-res", "proto-dyn", "no-xlayer",
+           "no-codebook"]
+ADAPTER_OF = {  # method → adapter variant (config overrides)
+    "edit": "main", "proto": "main", "proto-centre": "main", "proto-res": "main", "proto-dyn": "main",
+    "duet": "duet", "no-xlayer": "no-xlayer", "no-codebook": "no-codebook",
+}
+VARIANTS = {"main": {}, "duet": {"anchor": False}, "no-xlayer": {"cross_layer": False},
+            "no-codebook": {"use_codebook": False}}
+
+
+@dataclass
+class RowRecord:
+    """Per-row outcomes for plots and OOD analysis (filled in evaluation order)."""
+
+    rank: list[torch.Tensor] = field(default_factory=list)
+    auc: list[torch.Tensor] = field(default_factory=list)
+    ood_distance: list[torch.Tensor] = field(default_factory=list)
+
+    def cat(self, name: str) -> np.ndarray:
+        parts = getattr(self, name)
+        return torch.cat(parts).numpy() if parts else np.array([])
+
+
+def recording(score_fn, record: RowRecord, n_neg: int = 100, seed: int = 0):
+    """Wrap a score function to keep each row's target rank and sampled AUC (``n_neg`` negatives)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def fn(rows):
+        scores = score_fn(rows)
+        pos = rows["item_id"]
+        s = scores.clone()
+        s[:, 0] = float("-inf")
+        ps = s.gather(1, pos.view(-1, 1))
+        record.rank.append((s > ps).sum(1).cpu())
+        neg = torch.randint(1, s.size(1), (len(pos), n_neg), generator=gen).to(s.device)
+        neg = torch.where(neg == pos.view(-1, 1), (neg % (s.size(1) - 1)) + 1, neg)
+        ns = s.gather(1, neg)
+        record.auc.append(((ps > ns).float() + 0.5 * (ps == ns).float()).mean(1).cpu())
+        return scores
+
+    return fn
+
+
+class Adaptation:
+    """Everything one (dataset, model, seed) needs: base model, split, adapters, banks."""
+
+    def __init__(self, base: EditableSeqRec, split: SplitData, adapter_cfg: AdapterConfig,
+                 proto_cfg: PrototypeConfig, seed: int, codebook_dir: Path | None, out_dir: Path,
+                 eval_batch_size: int = 256, progress: bool = True, device: str = "cpu"):
+        self.device = device
+        self.base, self.split, self.seed = freeze(base).to(device), split, seed
+        self.adapter_cfg, self.proto_cfg = adapter_cfg, proto_cfg
+        self.out_dir, self.eval_batch_size, self.progress = Path(out_dir), eval_batch_size, progress
+        self.code_table = None
+        if adapter_cfg.use_codebook and codebook_dir is not None:
+            self.code_table = code_table_for(codebook_dir, split.item_tokens).to(device)
+        self.adapters: dict[str, tuple[Adapter, TrainingSamples]] = {}
+        self.banks: dict[str, PrototypeBank] = {}
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ training
+    def adapter(self, variant: str) -> tuple[Adapter, TrainingSamples]:
+        if variant not in self.adapters:
+            cfg = self.adapter_cfg.model_copy(update=VARIANTS[variant])
+            table = self.code_table if cfg.use_codebook else None
+            t0 = time.perf_counter()
+            res = train_adapter(self.base, self.split, cfg, self.seed, table, self.eval_batch_size, self.progress)
+            self.timings[f"adapter:{variant}"] = time.perf_counter() - t0
+            meta = {"seed": self.seed, "best_epoch": res.best_epoch, "valid": res.best_valid}
+            save_adapter(self.out_dir / f"adapter-{variant}", res.adapter, meta)
+            self.adapters[variant] = (res.adapter, res.samples)
+            log.info("adapter %s: best epoch %d valid %s", variant, res.best_epoch, res.best_valid)
+        return self.adapters[variant]
+
+    def table_for(self, adapter: Adapter):
+        return self.code_table if adapter.code_sizes else None
+
+    def bank(self, variant: str) -> PrototypeBank:
+        """``finetune`` or ``centre`` prototype bank built on the main adapter's training codes."""
+        if variant not in self.banks:
+            adapter, samples = self.adapter("main")
+            cfg = self.proto_cfg.model_copy(update={"variant": variant})
+            t0 = time.perf_counter()
+            with torch.enable_grad():
+                self.banks[variant] = PrototypeBank.build(cfg, self.base, adapter, samples,
+                                                          self.table_for(adapter), self.seed)
+            self.timings[f"bank:{variant}"] = time.perf_counter() - t0
+            save_bank(self.out_dir / f"bank-{variant}", self.banks[variant])
+        return self.banks[variant]
+
+    # ------------------------------------------------------------------ scoring
+    def score_fn(self, method: str, record: RowRecord):
+        base = self.base
+        if method == "static":
+            return model_score_fn(base)
+        if method == "finetune":
+            def fn(rows):
+                edit = finetune_edit(base, rows["item_id_list"], rows["item_length"], self.adapter_cfg.window)
+                return score_with_edit(base, rows["item_id_list"], rows["item_length"], edit)
+            return fn
+        adapter, _ = self.adapter(ADAPTER_OF[method])
+        if method in ("edit", "duet", "no-xlayer", "no-codebook"):
+            return adapter_score_fn(base, adapter, adapter.cfg.window, self.table_for(adapter))
+        frozen = method != "proto-dyn"
+        bank = self.bank("centre" if method == "proto-centre" else "finetune")
+        bank = bank if frozen else bank.copy()
+        residual = method in ("proto-res", "proto-dyn")
+        return self._proto_fn(adapter, bank, residual=residual, dynamic=not frozen, record=record)
+
+    def _proto_fn(self, adapter: Adapter, bank: PrototypeBank, residual: bool, dynamic: bool, record: RowRecord):
+        base, table = self.base, self.table_for(adapter)
+
+        def fn(rows):
+            b = batch_from_rows(base, rows, adapter.cfg.window, table)
+            codes = adapter.layer_codes(adapter.sequence_code(b.window, b.codes, b.state))
+            flat = codes.flatten(1)
+            if bank.cfg.assignment == "min-residual":
+                k = bank.assign_min_residual(adapter.edits_from_codes(codes, base))
+                dist = (flat - bank.centres[k]).norm(dim=1)
+            else:
+                k, dist = bank.assign_nearest(flat)
+            record.ood_distance.append(dist.cpu())
+            sample_edit = centre_edit = None
+            if residual:
+                sample_edit = adapter.edits_from_codes(codes, base)
+                centre_edit = adapter.edits_from_codes(bank.centres[k].view_as(codes), base)
+            edit = bank.edit_for(k, sample_edit, centre_edit)
+            if dynamic:
+                ood = dist > bank.ood_threshold
+                mine = _clipped(sample_edit, adapter.cfg.clip)
+                parts = [torch.where(ood.view(-1, *[1] * (p.dim() - 1)), m, p)
+                         for p, m in zip(edit.dW + edit.db, mine)]
+                edit = HeadEdit(parts[: bank.n_layers], parts[bank.n_layers:], clip=edit.clip)
+                self._stream_update(bank, k, ood, flat, parts, b.state)
+            return edited_logits(base, b.state, edit)
+
+        return fn
+
+    @staticmethod
+    def _stream_update(bank: PrototypeBank, k, ood, flat, parts, state) -> None:
+        """After answering a batch (in time order), refine assigned prototypes and open new ones."""
+        for i in range(len(k)):
+            row_parts = [p[i] for p in parts]
+            if bool(ood[i]) and bank.spawn(flat[i], row_parts, state[i]) is not None:
+                continue
+            bank.refine(int(k[i]), flat[i], row_parts, state[i])
+
+    def evaluate(self, method: str) -> tuple[dict[str, float], RowRecord]:
+        record = RowRecord()
+        fn = recording(self.score_fn(method, record), record, seed=self.seed)
+        batch = self.eval_batch_size if method != "finetune" else min(self.eval_batch_size, 128)
+        t0 = time.perf_counter()
+        metrics = evaluate_rows(fn, self.split.eval_rows("test"), self.split.config, batch, self.device)
+        self.timings[f"eval:{method}"] = time.perf_counter() - t0
+        aucs = record.cat("auc")
+        users = self.split.eval_rows("test")["user_id"].numpy()
+        per_user = np.bincount(users, weights=aucs) / np.maximum(np.bincount(users), 1)
+        metrics["auc"] = float(aucs.mean())
+        metrics["uauc"] = float(per_user[np.bincount(users) > 0].mean())
+        return metrics, record

@@ -1,0 +1,219 @@
+"""The prototype bank: k-means over adapter codes, specialised prototype heads, dynamic refinement, OOD.
+
+Codes are stored layer-major (``[z_1 … z_L]`` flattened), the layout they are clustered in. Every
+prototype k has a centre, a head edit ``E_k`` relative to the base head (``finetune``: the base head
+fine-tuned on its cluster; ``centre``: the adapter's edit of the centre code), and a signature in the
+device model's user-state space (mean state of its cluster) so a device can pick its prototype with
+no cloud call. A device is served ``E_k + clip(residual)``, the residual being its own edit minus the
+centre's. While the test period streams in, assigned codes pull their centre and head along
+(``refine``), and codes farther than the OOD threshold open a new prototype (``spawn``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import faiss
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llm_cloud.adapter import Adapter
+from llm_cloud.adapter_config import PrototypeConfig
+from llm_cloud.adapter_data import TrainingSamples
+from recsys.models import EditableSeqRec, HeadEdit
+from recsys.runtime import EditPayload, PrototypeSnapshot
+
+
+@torch.no_grad()
+def sample_codes(adapter: Adapter, samples: TrainingSamples, code_table, batch: int = 1024) -> torch.Tensor:
+    """Layer codes ``[S, L, dz]`` of every training sample."""
+    out = []
+    for start in range(0, len(samples), batch):
+        b = samples.batch(torch.arange(start, min(start + batch, len(samples))), code_table)
+        out.append(adapter.layer_codes(adapter.sequence_code(b.window, b.codes, b.state)))
+    return torch.cat(out)
+
+
+def _clipped(edit: HeadEdit, c: float) -> list[torch.Tensor]:
+    """Weights and biases of a full edit, clipped, as ``[dW_1 … dW_L, db_1 … db_L]``."""
+    return [w.clamp(-c, c) for w in edit.dW] + [b.clamp(-c, c) for b in edit.db]
+
+
+class PrototypeBank:
+    """Prototypes as tensors: ``centres [K, L·dz]``, ``weights[l] [K, D, D]``, ``biases[l] [K, D]``."""
+
+    def __init__(self, cfg: PrototypeConfig, n_layers: int, code_dim: int, adapter_clip: float):
+        self.cfg, self.n_layers, self.code_dim, self.adapter_clip = cfg, n_layers, code_dim, adapter_clip
+        self.centres = torch.empty(0, n_layers * code_dim)
+        self.weights: list[torch.Tensor] = []
+        self.biases: list[torch.Tensor] = []
+        self.signatures = torch.empty(0)
+        self.counts = torch.empty(0)
+        self.ood_threshold = float("inf")
+        self.spawned = 0
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(
+        cls,
+        cfg: PrototypeConfig,
+        base: EditableSeqRec,
+        adapter: Adapter,
+        samples: TrainingSamples,
+        code_table,
+        seed: int = 0,
+    ) -> PrototypeBank:
+        bank = cls(cfg, len(base.head.layers), adapter.cfg.code_dim, adapter.cfg.clip)
+        codes = sample_codes(adapter, samples, code_table)
+        flat = codes.reshape(len(codes), -1).contiguous()
+        k = min(cfg.k, len(flat))
+        km = faiss.Kmeans(flat.size(1), k, niter=25, seed=seed, verbose=False)
+        km.train(flat.cpu().numpy().astype(np.float32))
+        bank.centres = torch.from_numpy(km.centroids.copy()).to(flat.device)
+        assign, dist = bank.assign_nearest(flat)
+        bank.counts = torch.bincount(assign, minlength=k).float()
+        sig = torch.zeros(k, samples.state.size(1), device=flat.device).index_add_(0, assign, samples.state)
+        bank.signatures = sig / bank.counts.clamp(min=1).unsqueeze(1)
+        bank.ood_threshold = float(torch.quantile(dist[: min(len(dist), 200_000)], cfg.ood_quantile))
+        with torch.no_grad():
+            centre_edit = adapter.edits_from_codes(bank.centres.view(k, bank.n_layers, -1), base)
+        parts = _clipped(centre_edit, adapter.cfg.clip)
+        bank.weights, bank.biases = parts[: bank.n_layers], parts[bank.n_layers :]
+        if cfg.variant == "finetune":
+            bank._finetune_heads(base, samples, assign, seed)
+        return bank
+
+    def _finetune_heads(self, base: EditableSeqRec, samples: TrainingSamples, assign: torch.Tensor, seed: int) -> None:
+        """Prototype k = the base head fine-tuned (from its centre edit) on cluster k's training samples."""
+        g = torch.Generator(device=samples.state.device).manual_seed(seed)
+        anchors = base.head.anchors()
+        for k in range(len(self.centres)):
+            idx = torch.nonzero(assign == k).flatten()
+            if len(idx) == 0:
+                continue
+            ws = [(a.detach() + self.weights[i][k]).clone().requires_grad_() for i, (a, _) in enumerate(anchors)]
+            bs = [(a.detach() + self.biases[i][k]).clone().requires_grad_() for i, (_, a) in enumerate(anchors)]
+            opt = torch.optim.Adam([*ws, *bs], lr=self.cfg.finetune_lr)
+            for _ in range(self.cfg.finetune_epochs):
+                perm = idx[torch.randperm(len(idx), generator=g, device=idx.device)]
+                for start in range(0, len(perm), 512):
+                    sel = perm[start : start + 512]
+                    edit = HeadEdit(
+                        [w - a.detach() for w, (a, _) in zip(ws, anchors)],
+                        [b - a.detach() for b, (_, a) in zip(bs, anchors)],
+                        clip=1e6,
+                    )
+                    logits = base.logits(base.head(samples.state[sel], edit))
+                    target = samples.targets[sel, 0]
+                    loss = F.cross_entropy(logits, target)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            for i, (a, b) in enumerate(anchors):
+                self.weights[i][k] = (ws[i].detach() - a.detach()).clamp(-self.cfg.total_clip, self.cfg.total_clip)
+                self.biases[i][k] = (bs[i].detach() - b.detach()).clamp(-self.cfg.total_clip, self.cfg.total_clip)
+
+    # ------------------------------------------------------------- assignment
+    @property
+    def size(self) -> int:
+        return len(self.centres)
+
+    def assign_nearest(self, flat_codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest centre (Euclidean, layer-major codes) and the distance to it."""
+        dist = torch.cdist(flat_codes, self.centres)
+        d, k = dist.min(dim=1)
+        return k, d
+
+    def assign_min_residual(self, edit: HeadEdit) -> torch.Tensor:
+        """The prototype whose head needs the smallest residual edit ``‖clip(ΔW) − E_k‖``."""
+        total = torch.zeros(edit.dW[0].size(0), self.size, device=self.centres.device)
+        for i, part in enumerate(_clipped(edit, self.adapter_clip)):
+            proto = (self.weights + self.biases)[i]
+            total += torch.cdist(part.flatten(1), proto.flatten(1)) ** 2
+        return total.argmin(dim=1)
+
+    def edit_for(self, k: torch.Tensor, sample_edit: HeadEdit | None, centre_edit: HeadEdit | None) -> HeadEdit:
+        """``E_k`` (+ the sample's residual ``clip(ΔW(z)) − clip(ΔW(c_k))``, clipped) as one edit."""
+        protos = [p[k] for p in self.weights + self.biases]
+        if sample_edit is not None and centre_edit is not None:
+            r = self.cfg.residual_clip
+            mine, theirs = _clipped(sample_edit, self.adapter_clip), _clipped(centre_edit, self.adapter_clip)
+            protos = [p + (m - t).clamp(-r, r) for p, m, t in zip(protos, mine, theirs)]
+        return HeadEdit(protos[: self.n_layers], protos[self.n_layers :], clip=self.cfg.total_clip)
+
+    # ------------------------------------------------------- dynamic updates
+    def refine(self, k: int, code: torch.Tensor, sample_parts: list[torch.Tensor], state: torch.Tensor) -> None:
+        """Move prototype ``k`` toward an assigned device: centre, head and signature (running update)."""
+        rate = self.cfg.refine_rate
+        self.centres[k] += rate * (code - self.centres[k])
+        self.signatures[k] += rate * (state - self.signatures[k])
+        for i, part in enumerate(sample_parts):
+            target = (self.weights + self.biases)[i]
+            target[k] += rate * (part - target[k])
+        self.counts[k] += 1
+
+    def spawn(self, code: torch.Tensor, sample_parts: list[torch.Tensor], state: torch.Tensor) -> int | None:
+        """Open a prototype at an out-of-distribution code; ``None`` when the bank is full."""
+        if not self.cfg.spawn or self.size >= self.cfg.max_k:
+            return None
+        self.centres = torch.cat([self.centres, code.view(1, -1)])
+        self.signatures = torch.cat([self.signatures, state.view(1, -1)])
+        self.counts = torch.cat([self.counts, torch.ones(1, device=self.counts.device)])
+        for i, part in enumerate(sample_parts):
+            if i < self.n_layers:
+                self.weights[i] = torch.cat([self.weights[i], part.unsqueeze(0)])
+            else:
+                j = i - self.n_layers
+                self.biases[j] = torch.cat([self.biases[j], part.unsqueeze(0)])
+        self.spawned += 1
+        return self.size - 1
+
+    def copy(self) -> PrototypeBank:
+        other = PrototypeBank(self.cfg, self.n_layers, self.code_dim, self.adapter_clip)
+        other.centres, other.signatures = self.centres.clone(), self.signatures.clone()
+        other.counts = self.counts.clone()
+        other.weights = [w.clone() for w in self.weights]
+        other.biases = [b.clone() for b in self.biases]
+        other.ood_threshold, other.spawned = self.ood_threshold, self.spawned
+        return other
+
+    # ---------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {"centres": self.centres, "signatures": self.signatures, "counts": self.counts}
+        out["ood_threshold"] = torch.tensor(self.ood_threshold)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            out[f"weight_{i}"], out[f"bias_{i}"] = w, b
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.centres, self.signatures, self.counts = state["centres"], state["signatures"], state["counts"]
+        self.ood_threshold = float(state["ood_threshold"])
+        self.weights = [state[f"weight_{i}"] for i in range(self.n_layers)]
+        self.biases = [state[f"bias_{i}"] for i in range(self.n_layers)]
+
+    @property
+    def version(self) -> str:
+        h = hashlib.sha256()
+        for t in self.state_dict().values():
+            h.update(t.detach().cpu().numpy().tobytes())
+        return f"bank-{h.hexdigest()[:12]}"
+
+    def snapshot(self) -> PrototypeSnapshot:
+        """The device cache: signatures, per-prototype head edits, the OOD threshold in state space."""
+        version = self.version
+        edits = [
+            EditPayload.from_head_edit(
+                HeadEdit([w[k] for w in self.weights], [b[k] for b in self.biases], clip=self.cfg.total_clip),
+                version,
+                k,
+            )
+            for k in range(self.size)
+        ]
+        return PrototypeSnapshot(
+            version=version,
+            dim=int(self.signatures.size(1)),
+            signatures=self.signatures.tolist(),
+            edits=edits,
+            ood_threshold=None,
+        )
