@@ -40,7 +40,7 @@ def _finetune(model, item_seq, item_len, window, steps, lr) -> HeadEdit:
         states = model.position_states(item_seq)  # [B, T, D], encoder frozen
     b, t, _ = states.shape
     # pairs (state after position p, item at p + 1) for the last `window` transitions before item_len
-    offs = torch.arange(window)
+    offs = torch.arange(window, device=item_seq.device)
     src = item_len.view(-1, 1) - 1 - window + offs.view(1, -1)  # p in [len-1-window, len-2]
     valid = src >= 0
     src_c = src.clamp(min=0)

@@ -29,18 +29,28 @@ def markdown_table(results: dict[str, list[dict[str, float]]], keys: list[str] =
 
 
 def write_report(
-    directory: Path, stem: str, title: str, results: dict[str, list[dict[str, float]]], meta: dict
+    directory: Path,
+    stem: str,
+    title: str,
+    results: dict[str, list[dict[str, float]]],
+    meta: dict,
+    keys: list[str] = REPORT_KEYS,
+    notes: str = "",
 ) -> tuple[Path, Path]:
     """Write ``<stem>.json`` (every seed's metrics + summary) and ``<stem>.md``; returns both paths."""
     directory = Path(directory)
     payload = {
         "meta": meta,
         "runs": results,
-        "summary": {m: {k: {"mean": a, "std": b} for k, (a, b) in summarize(r).items()} for m, r in results.items()},
+        "summary": {
+            m: {k: {"mean": a, "std": b} for k, (a, b) in summarize(r, keys).items()} for m, r in results.items()
+        },
     }
     json_path, md_path = directory / f"{stem}.json", directory / f"{stem}.md"
     atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
-    lines = [f"# {title}", "", markdown_table(results), ""]
+    lines = [f"# {title}", "", markdown_table(results, keys), ""]
+    if notes:
+        lines += [notes, ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     atomic_write_text(md_path, "\n".join(lines) + "\n")
     return json_path, md_path

@@ -17,6 +17,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="full-ranking test metrics of trained models + popularity, mean ± std")
     add_common(p)
     p.add_argument("--models", default="pop,sasrec,gru4rec", help="comma-separated: pop and/or trained model names")
+    p.add_argument(
+        "--methods",
+        help="adaptation methods for cfg.model instead of base models, comma-separated or 'all': "
+        "static,finetune,duet,edit,proto,proto-centre,proto-res,proto-dyn,no-xlayer,no-codebook",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser("run", help="main job: prepare, train, evaluate, report on the configured dataset")
@@ -50,6 +56,8 @@ def run_evaluate(args) -> int:
     from recsys.checkpoint import CheckpointError
     from recsys.experiment import evaluate_models, report_base
 
+    if args.methods:
+        return run_methods(args)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     _model_configs(args, [n for n in names if n != "pop"])
     cfg = load_app_config(args.config, args.overrides)
@@ -59,6 +67,26 @@ def run_evaluate(args) -> int:
     except CheckpointError as exc:
         raise CliError(str(exc)) from exc
     print(report_base(cfg, results, time.perf_counter() - t0))
+    return 0
+
+
+def run_methods(args) -> int:
+    from llm_cloud.artifacts import ArtifactError
+    from llm_cloud.evaluation import METHODS
+    from llm_cloud.experiment import report_adaptation, run_adaptation
+    from recsys.checkpoint import CheckpointError
+
+    cfg = load_app_config(args.config, args.overrides)
+    methods = METHODS if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise CliError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
+    try:
+        out = run_adaptation(cfg, methods, progress=not args.quiet)
+    except (CheckpointError, ArtifactError) as exc:
+        raise CliError(f"{exc}; run `persona train` (and `persona codebook`) first") from exc
+    print(f"\n{cfg.dataset} / {cfg.model} ({cfg.data.protocol} protocol), test split, seeds {cfg.seeds}\n")
+    print(report_adaptation(cfg, out))
     return 0
 
 

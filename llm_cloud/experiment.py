@@ -1,0 +1,157 @@
+"""``persona evaluate --methods``: adaptation methods × seeds on one dataset, tables, plots, OOD AUROC."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llm_cloud.evaluation import METHODS, Adaptation, RowRecord
+from recsys.checkpoint import atomic_write_text, load_checkpoint
+from recsys.experiment import load_dataset_split
+from recsys.report import markdown_table, write_report
+
+log = logging.getLogger(__name__)
+TABLE_KEYS = ["ndcg@10", "hit@10", "mrr@10", "auc", "uauc"]
+N_TIME_WINDOWS = 8
+
+
+def codebook_dir(cfg) -> Path:
+    return Path(cfg.output_dir) / cfg.dataset / "codebook"
+
+
+def adaptation_for_seed(cfg, seed: int, split, progress: bool = True) -> Adaptation:
+    run_dir = cfg.run_dir(seed)
+    base, _, _ = load_checkpoint(run_dir)
+    cb = codebook_dir(cfg) if cfg.adapter.use_codebook else None
+    return Adaptation(
+        base, split, cfg.adapter, cfg.prototypes, seed, cb, run_dir, cfg.eval.batch_size, progress, cfg.torch_device()
+    )
+
+
+def ndcg_at_10(rank: np.ndarray) -> np.ndarray:
+    return np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0)
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney), ties counted half."""
+    from scipy.stats import rankdata
+
+    pos, neg = labels.sum(), len(labels) - labels.sum()
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def run_adaptation(cfg, methods: list[str], progress: bool = True) -> dict:
+    """Evaluate ``methods`` for every seed; returns per-method runs, time-window NDCG and OOD AUROC."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
+    split = load_dataset_split(cfg)
+    rows = split.eval_rows("test")
+    # test rows are in time order (shift protocol) or user order (order protocol): equal-count windows
+    window_of = np.arange(len(rows)) * N_TIME_WINDOWS // len(rows)
+    times = rows["timestamp"].numpy()
+    edges = [float(times[window_of == w].min()) for w in range(N_TIME_WINDOWS)] + [float(times.max())]
+    results: dict[str, list[dict]] = {m: [] for m in methods}
+    over_time: dict[str, list[list[float]]] = {m: [] for m in methods}
+    ood: dict[str, list[float]] = {}
+    timings: list[dict] = []
+    for seed in cfg.seeds:
+        t0 = time.perf_counter()
+        ad = adaptation_for_seed(cfg, seed, split, progress)
+        records: dict[str, RowRecord] = {}
+        for method in methods:
+            metrics, record = ad.evaluate(method)
+            results[method].append(metrics)
+            records[method] = record
+            nd = ndcg_at_10(record.cat("rank"))
+            over_time[method].append([float(nd[window_of == w].mean()) for w in range(N_TIME_WINDOWS)])
+            log.info("seed %d %-12s ndcg@10 %.4f", seed, method, metrics["ndcg@10"])
+        if "static" in records:
+            missed = (records["static"].cat("rank") >= 10).astype(int)
+            for method in ("proto", "proto-res", "proto-dyn"):
+                if method in records:
+                    ood.setdefault(method, []).append(auroc(records[method].cat("ood_distance"), missed))
+        timings.append(
+            {
+                "seed": seed,
+                "seconds": round(time.perf_counter() - t0, 1),
+                **{k: round(v, 1) for k, v in ad.timings.items()},
+            }
+        )
+    return {
+        "results": results,
+        "over_time": over_time,
+        "ood_auroc": ood,
+        "timings": timings,
+        "window_edges": edges.tolist(),
+    }
+
+
+def plot_over_time(out: dict, path: Path, title: str) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(1, N_TIME_WINDOWS + 1)
+    for method in ("static", "proto", "proto-res", "proto-dyn", "edit", "finetune"):
+        if method in out["over_time"]:
+            arr = np.array(out["over_time"][method])
+            ax.errorbar(x, arr.mean(0), yerr=arr.std(0), label=method, marker="o", capsize=3)
+    ax.set_xlabel("test-period time window (equal-count, in time order)")
+    ax.set_ylabel("NDCG@10")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def report_adaptation(cfg, out: dict) -> str:
+    """Write ``reports/<dataset>/adaptation-<model>.{json,md,png}``; return the Markdown table."""
+    directory = Path(cfg.reports_dir) / cfg.dataset
+    stem = f"adaptation-{cfg.model}"
+    meta = {
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "protocol": cfg.data.protocol,
+        "seeds": list(cfg.seeds),
+        "adapter": cfg.adapter.model_dump(),
+        "prototypes": cfg.prototypes.model_dump(),
+        "device": cfg.torch_device(),
+    }
+    atomic_write_text(
+        directory / f"{stem}-extra.json",
+        json.dumps({k: out[k] for k in ("over_time", "ood_auroc", "timings", "window_edges")}, indent=1) + "\n",
+    )
+    plot_over_time(
+        out, directory / f"{stem}-ndcg-over-time.png", f"{cfg.dataset} {cfg.model}: NDCG@10 over the test period"
+    )
+    table = markdown_table(out["results"], TABLE_KEYS)
+    static = out["results"].get("static")
+    lines = [table, ""]
+    if static:
+        base = np.mean([r["ndcg@10"] for r in static])
+        for m, runs in out["results"].items():
+            rel = np.array([r["ndcg@10"] for r in runs]) / np.array([r["ndcg@10"] for r in static]) - 1
+            lines.append(
+                f"- {m}: NDCG@10 {100 * (np.mean([r['ndcg@10'] for r in runs]) / base - 1):+.1f}% vs static "
+                f"(per seed {', '.join(f'{100 * v:+.1f}%' for v in rel)})"
+            )
+    for m, vals in out["ood_auroc"].items():
+        lines.append(f"- OOD AUROC ({m}): {np.mean(vals):.3f} ± {np.std(vals):.3f}")
+    md = "\n".join(lines)
+    notes = "\n".join(lines[2:])
+    write_report(directory, stem, f"Adaptation on {cfg.dataset} ({cfg.model})", out["results"], meta, TABLE_KEYS, notes)
+    return md
