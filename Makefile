@@ -27,8 +27,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-serve: $(STAMP)
-	$(BIN)/persona serve --role all $(ARGS)
+serve: $(STAMP)  ## device :8000 + cloud :8001 on 127.0.0.1 from `make run`'s ml-100k seed-0 SASRec
+	$(BIN)/persona serve --role all --host 127.0.0.1 $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

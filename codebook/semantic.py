@@ -85,7 +85,9 @@ class SemanticCodebook:
 
     # ---- build -------------------------------------------------------------------------------
     @classmethod
-    def build(cls, emb: np.ndarray, cfg: CodebookConfig, item_ids: Sequence[str] | None = None) -> SemanticCodebook:
+    def build(
+        cls, emb: np.ndarray, cfg: CodebookConfig, item_ids: Sequence[str] | None = None
+    ) -> SemanticCodebook:
         """Train on item embeddings ``[n_items, d]`` (rows aligned with ``item_ids``)."""
         emb = _check(emb, None)
         n = len(emb)
@@ -98,17 +100,20 @@ class SemanticCodebook:
             raise CodebookError("item ids are not unique")
         mean = emb.mean(0) if cfg.center else np.zeros(emb.shape[1], dtype=np.float32)
         x = _transform(emb, mean, cfg.normalize)
-        build_log = []
-        for levels in range(cfg.levels, max(cfg.levels, cfg.max_levels) + 1):
-            t0 = time.perf_counter()
-            index = quantizer.train_index(x, levels, cfg.bits, cfg.beam_size, cfg.kmeans_iters, cfg.seed)
+        t0 = time.perf_counter()
+        top = max(cfg.levels, cfg.max_levels)  # train once with the most levels, keep the shortest prefix
+        full = quantizer.train_index(x, top, cfg.bits, cfg.beam_size, cfg.kmeans_iters, cfg.seed, cfg.progressive_dim)
+        build_log = [{"trained_levels": top, "train_s": time.perf_counter() - t0}]
+        for levels in range(cfg.levels, top + 1):
+            index = quantizer.truncate(full, levels) if levels < top else full
             codes = quantizer.encode(index, x)
             rate = metrics.collision_rate(codes)
-            build_log.append({"levels": levels, "collision_rate": rate, "train_s": time.perf_counter() - t0})
+            build_log.append({"levels": levels, "collision_rate": rate})
             log.info("codebook: %d levels x %d bits → learned-code collision rate %.2f%%", levels, cfg.bits,
                      100 * rate)
             if rate <= cfg.max_collision_rate:
                 break
+        index.add(x)
         sizes = [1 << cfg.bits] * index.rq.M
         ids = codes
         if cfg.dedup:
@@ -123,7 +128,7 @@ class SemanticCodebook:
         return _transform(_check(embeddings, self.dim), self.mean, self.cfg.normalize)
 
     def hits(self, embeddings: np.ndarray) -> np.ndarray:
-        """Codebook hits: the nearest codeword per learned level (residual beam search) → int ``[n, levels]``."""
+        """Codebook hits: nearest codeword per learned level (residual beam search) → int ``[n, levels]``."""
         return quantizer.encode(self.index, self.transform(embeddings))
 
     def semantic_id(self, item_id: str) -> tuple[int, ...]:
@@ -161,7 +166,8 @@ class SemanticCodebook:
         """Quality report on item embeddings ``emb`` (the ones the codebook was built from)."""
         x = self.transform(emb)
         codes = quantizer.encode(self.index, x)
-        learned = self.semantic_ids[:, : self.levels] if len(x) == len(self.semantic_ids) else codes
+        own = len(x) == len(self.semantic_ids)  # the build's items: report their stored IDs
+        learned = self.semantic_ids[:, : self.levels] if own else codes
         levels = metrics.level_stats(learned, self.level_sizes[: self.levels])
         report = {
             "n_items": len(x),
@@ -173,7 +179,7 @@ class SemanticCodebook:
             "per_level": levels,
             "min_utilisation": min(level["utilisation"] for level in levels),
             "collision_rate_learned": metrics.collision_rate(learned),
-            "collision_rate": metrics.collision_rate(self.semantic_ids if len(x) == len(self.semantic_ids) else codes),
+            "collision_rate": metrics.collision_rate(self.semantic_ids if own else codes),
             "duplicate_vector_rate": metrics.collision_rate(np.round(x, 5)),
             "reconstruction": metrics.reconstruction(x, quantizer.decode(self.index, codes)),
             f"recall@{self.cfg.recall_k}": metrics.neighbour_recall(
@@ -189,6 +195,7 @@ class SemanticCodebook:
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+        tmp.chmod(0o755)
         try:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             np.save(tmp / "semantic_ids.npy", self.semantic_ids, allow_pickle=False)
@@ -225,7 +232,12 @@ class SemanticCodebook:
         meta = json.loads((directory / "meta.json").read_text())
         if meta.get("format_version") != FORMAT_VERSION:
             raise CodebookError(f"codebook dir {directory}: unsupported format {meta.get('format_version')}")
-        index = faiss.downcast_index(faiss.read_index(str(directory / "index.faiss")))
+        raw = faiss.read_index(str(directory / "index.faiss"))
+        index = faiss.downcast_index(raw)
+        if not isinstance(index, faiss.IndexResidualQuantizer):
+            raise CodebookError(f"codebook dir {directory}: index is {type(index).__name__}, not a residual quantizer")
+        raw.this.disown()  # the downcast wrapper now owns the C++ object (else it dies with `raw`)
+        index.this.own(True)
         index.rq.max_beam_size = meta["config"]["beam_size"]
         return cls(
             index,

@@ -40,7 +40,7 @@ class ContextConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     templates: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
-    default_template: str | None = None  # datasets without a template; None → "field: value. ..." of all fields
+    default_template: str | None = None  # for datasets without a template; None → "field: value." per field
     empty_text: str = "item {item_id}"  # used when an item's template renders to nothing
     image_weight: float = Field(0.3, ge=0.0, le=1.0)  # share of the fused cosine from image features; 0 = off
     user_template: str = "Recently: {items}"

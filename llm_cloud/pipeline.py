@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from codebook import CodebookConfig, SemanticCodebook
 from llm_cloud.backbones import Backbone, BackboneConfig, build_backbone
-from llm_cloud.context import ContextConfig, fuse_image, item_texts
+from llm_cloud.context import ContextConfig, ContextError, fuse_image, item_texts, user_context
 from recsys.config import DataConfig
 from recsys.datasets import prepare, read_arrays, read_items
 
@@ -34,6 +35,7 @@ class ItemEmbeddings:
     texts: list[str]
     embeddings: np.ndarray  # float32 [n_items, d]; text only, or text ⊕ image for datasets with images
     fused_image: bool
+    image: np.ndarray | None = None  # the shipped image features when fused (rows aligned)
 
 
 def encode_items(
@@ -50,7 +52,28 @@ def encode_items(
         emb = fuse_image(emb, image, context.image_weight)
     log.info("%s: %d items encoded by %s → %s%s", dataset, len(texts), backbone.name, emb.shape,
              " (text ⊕ image)" if fused else "")
-    return ItemEmbeddings(items["item_id"].tolist(), texts, emb, fused)
+    return ItemEmbeddings(items["item_id"].tolist(), texts, emb, fused, image if fused else None)
+
+
+def encode_user_contexts(
+    histories: Sequence[Sequence[int]], items: ItemEmbeddings, context: ContextConfig, backbone: Backbone
+) -> np.ndarray:
+    """LLM encodings of users' contexts, one row per history of item rows (oldest first).
+
+    The text is :func:`user_context` of the recent items; where item embeddings are text ⊕ image,
+    the user's image part is the mean of the recent items' image features, fused the same way, so
+    the result lives in the codebook's space (``codebook.hits(...)`` takes it directly).
+    """
+    if not histories:
+        raise ContextError("no user histories to encode")
+    recent = [list(h)[-context.user_max_items :] for h in histories]
+    if any(not h for h in recent):
+        raise ContextError("a user history is empty")
+    emb = backbone.encode([user_context([items.texts[r] for r in h], context) for h in recent])
+    if items.image is not None:
+        unit = items.image / np.maximum(np.linalg.norm(items.image, axis=1, keepdims=True), 1e-12)
+        emb = fuse_image(emb, np.stack([unit[h].mean(0) for h in recent]), context.image_weight)
+    return emb
 
 
 def build_item_codebook(

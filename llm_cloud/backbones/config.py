@@ -24,11 +24,10 @@ class HFConfig(_Strict):
     instruction: str = ""  # prefix prepended to every text, e.g. "Represent this product: "
     max_length: int = Field(128, ge=4)  # tokens per text (longer texts are truncated)
     normalize: bool = False  # raw states by default: the codebook centres them on the corpus mean first
-    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
 
 
 class OpenAIHTTPConfig(_Strict):
-    base_url: str = "http://127.0.0.1:8000/v1"  # server root incl. /v1; requests go to {base_url}/embeddings
+    base_url: str = "http://127.0.0.1:8001/v1"  # server root incl. /v1; requests go to {base_url}/embeddings
     model: str = "all-MiniLM-L6-v2"
     api_key: str | None = None  # sent as "Authorization: Bearer ..."; None → $<api_key_env> if set
     api_key_env: str = "PERSONA_EMBEDDINGS_API_KEY"
@@ -45,6 +44,7 @@ class BackboneConfig(_Strict):
 
     name: str = "sentence-transformers"
     batch_size: int = Field(64, ge=1)
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads for local models; None = torch's default
     progress: bool = True  # tqdm bar when encoding more than one batch
     cache: bool = True  # cache embeddings on disk, keyed by backbone identity + content hash
     cache_dir: str = ".cache/embeddings"

@@ -50,7 +50,6 @@ class HFBackbone(Backbone):
     def __init__(self, cfg: HFConfig, **kw):
         super().__init__(**kw)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.cfg = cfg
@@ -59,8 +58,6 @@ class HFBackbone(Backbone):
             raise BackboneError(f"hf model not found: {self.path}")
         if self.path.is_file() and self.path.suffix != ".gguf":
             raise BackboneError(f"hf model file must be a .gguf file or a model directory: {self.path}")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         gguf = self.path.is_file()
         src, extra = (self.path.parent, {"gguf_file": self.path.name}) if gguf else (self.path, {})
         try:
@@ -104,4 +101,8 @@ class HFBackbone(Backbone):
 
 
 def build(cfg: BackboneConfig) -> HFBackbone:
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)  # process-wide: torch has one intra-op pool
     return HFBackbone(cfg.hf, batch_size=cfg.batch_size, progress=cfg.progress)

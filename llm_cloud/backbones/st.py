@@ -36,8 +36,8 @@ class SentenceTransformerBackbone(Backbone):
             self.model = SentenceTransformer(str(self.model_dir), device="cpu", local_files_only=True)
         except (OSError, ValueError) as exc:
             raise BackboneError(f"cannot load sentence-transformers model {self.model_dir}: {exc}") from exc
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self._dim = int(get_dim())
+        m = self.model
+        self._dim = int((getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension)())
 
     @property
     def key(self) -> str:
@@ -56,4 +56,8 @@ class SentenceTransformerBackbone(Backbone):
 
 def build(cfg: BackboneConfig) -> SentenceTransformerBackbone:
     c = cfg.sentence_transformers
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)  # process-wide: torch has one intra-op pool
     return SentenceTransformerBackbone(c.model, c.normalize, batch_size=cfg.batch_size, progress=cfg.progress)

@@ -1,0 +1,228 @@
+"""The cloud service: edits for devices, the prototype bank snapshot, embeddings; API key on all but health.
+
+The editor (adapter + prototype bank, :func:`llm_cloud.editor.load_editor`) is held in one immutable
+:class:`CloudState`. A reload (``POST /admin/reload``, or a changed file in the checkpoint or adapter
+dir, polled every ``serve.reload_poll_s``) builds the new state in a thread and swaps the reference,
+so requests in flight finish on the state they started with and none is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi.responses import PlainTextResponse, Response
+
+from llm_cloud.backbones import Backbone, BackboneConfig, build_backbone
+from llm_cloud.editor import Editor, load_editor
+from recsys.checkpoint import load_checkpoint
+from recsys.runtime import EditPayload, PrototypeSnapshot
+from serving.config import AppConfig
+from serving.embeddings_api import embeddings_router
+from serving.metrics import Metrics
+from serving.schemas import AUTH_ERRORS, ERRORS, EditRequest, Health
+from serving.web import ServiceMiddleware, api_key_dependency, install_error_handlers, metrics_response
+
+log = logging.getLogger(__name__)
+
+EditorFactory = Callable[[], Editor]
+
+
+@dataclass(frozen=True)
+class CloudState:
+    editor: Editor
+    token_to_id: dict[str, int]
+    model: str
+    dataset: str
+    n_items: int
+    dim: int
+    snapshot: PrototypeSnapshot
+    snapshot_json: bytes
+
+
+class CloudService:
+    """Loads the checkpoint's vocabulary and the editor; reloads both when their files change."""
+
+    def __init__(self, cfg: AppConfig, checkpoint_dir: Path, editor_factory: EditorFactory | None = None):
+        self.cfg, self.s = cfg, cfg.serve
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.adapter_dir = Path(cfg.serve.adapter_dir) if cfg.serve.adapter_dir else None
+        self._factory = editor_factory
+        self.metrics = Metrics("cloud")
+        self.delay_s = self.s.inject_delay_ms / 1e3  # testing only: simulate a slow cloud
+        self._reload_lock: asyncio.Lock | None = None
+        self._fingerprint = self._files_fingerprint()
+        self.state = self._build_state()
+        self._watcher: asyncio.Task | None = None
+
+    def _build_state(self) -> CloudState:
+        model, meta, tokens = load_checkpoint(self.checkpoint_dir)
+        dim = model.head.dim
+        editor = self._factory() if self._factory else load_editor(self.checkpoint_dir, dim, self.adapter_dir)
+        snapshot = editor.snapshot()
+        t2i = {str(t): i for i, t in enumerate(np.asarray(tokens)) if i > 0}
+        return CloudState(
+            editor, t2i, meta.model, meta.dataset, model.n_items - 1, dim, snapshot,
+            snapshot.model_dump_json().encode(),
+        )
+
+    def _files_fingerprint(self) -> tuple:
+        files = [p for p in self.checkpoint_dir.glob("*") if p.is_file()]
+        if self.adapter_dir is not None and self.adapter_dir.is_dir():
+            files += [p for p in self.adapter_dir.rglob("*") if p.is_file()]
+        out = []
+        for p in sorted(files):
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                out.append((str(p), st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    async def reload(self) -> CloudState:
+        """Build a new state off the event loop and swap it in; the old one serves until then."""
+        async with self._reload_lock or asyncio.Lock():
+            fingerprint = self._files_fingerprint()
+            try:
+                state = await asyncio.to_thread(self._build_state)
+            except Exception:
+                self.metrics.reloads.labels("error").inc()
+                log.exception("reload failed; keeping version %s", self.state.editor.version)
+                raise
+            self.state, self._fingerprint = state, fingerprint
+            self.metrics.reloads.labels("ok").inc()
+            log.info("editor reloaded", extra={"version": state.editor.version, "prototypes": state.snapshot.size})
+            return state
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.s.reload_poll_s)
+            if self._files_fingerprint() != self._fingerprint:
+                with contextlib.suppress(Exception):
+                    await self.reload()
+
+    async def start(self) -> None:
+        self._reload_lock = asyncio.Lock()  # bound to the serving loop
+        if self.s.reload_poll_s > 0:
+            self._watcher = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+    async def edit(self, req: EditRequest) -> EditPayload:
+        if self.delay_s > 0:
+            await asyncio.sleep(self.delay_s)
+        state = self.state
+        ids = [state.token_to_id[t] for t in req.items if t in state.token_to_id]
+        return await asyncio.to_thread(state.editor.edit, ids)
+
+    def health(self) -> Health:
+        st = self.state
+        return Health(
+            service="cloud", model=st.model, dataset=st.dataset, n_items=st.n_items, version=st.editor.version,
+            prototypes=st.snapshot.size,
+        )
+
+
+class LazyBackbone(Backbone):
+    """The configured backbone, built on the first embeddings request (the cloud starts without it)."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__(batch_size=cfg.batch_size, progress=False)
+        self.cfg, self.name = cfg, cfg.name
+        self._inner: Backbone | None = None
+        self._lock = threading.Lock()
+
+    def inner(self) -> Backbone:
+        with self._lock:
+            if self._inner is None:
+                self._inner = build_backbone(self.cfg)
+            return self._inner
+
+    @property
+    def key(self) -> str:
+        return self.inner().key
+
+    @property
+    def dim(self) -> int | None:
+        return self.inner().dim
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        return self.inner().encode(texts)
+
+    def encode(self, texts) -> np.ndarray:
+        return self.inner().encode(texts)
+
+
+def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | None = None) -> FastAPI:
+    """The cloud FastAPI app; ``backbone`` defaults to the configured one, built lazily."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="Persona cloud",
+        version="1.0",
+        description="Edits and prototype banks for Persona devices; OpenAI-compatible embeddings. "
+        "Every route but /healthz needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    auth = [Depends(api_key_dependency(lambda: api_key))]
+    unauthorized = {**AUTH_ERRORS, **ERRORS}
+
+    @app.post("/v1/edits", response_model=EditPayload, dependencies=auth, responses=unauthorized,
+              summary="an edit of the device head for a recent item history")
+    async def edits(body: EditRequest) -> EditPayload:
+        return await service.edit(body)
+
+    @app.get("/v1/prototypes", response_model=PrototypeSnapshot, dependencies=auth,
+             responses={**unauthorized, 304: {"description": "the device's cached version is current"}},
+             summary="the prototype bank snapshot (ETag = version)")
+    async def prototypes(if_none_match: str | None = Header(None)):
+        st = service.state
+        etag = f'"{st.snapshot.version}"'
+        if if_none_match is not None and if_none_match.strip() == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        return Response(st.snapshot_json, media_type="application/json", headers={"ETag": etag})
+
+    @app.post("/admin/reload", dependencies=auth, responses=unauthorized, summary="reload editor and prototypes now")
+    async def reload() -> dict[str, str | int]:
+        try:
+            st = await service.reload()
+        except Exception as exc:  # noqa: BLE001 - reported, the old state keeps serving
+            raise HTTPException(503, f"reload failed ({type(exc).__name__}: {exc}); still serving "
+                                     f"{service.state.editor.version}") from exc
+        return {"version": st.editor.version, "prototypes": st.snapshot.size}
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        return service.health()
+
+    @app.get("/metrics", dependencies=auth, responses=unauthorized, response_class=PlainTextResponse)
+    async def metrics():
+        return metrics_response(service.metrics)
+
+    backbone = backbone or LazyBackbone(service.cfg.backbone)
+    app.include_router(embeddings_router(backbone, api_key=api_key))
+
+    app.add_middleware(
+        ServiceMiddleware, metrics=service.metrics, max_body_bytes=service.s.max_body_bytes,
+        log_requests=service.s.access_log,
+    )
+    return app

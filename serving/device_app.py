@@ -1,0 +1,321 @@
+"""The device service: durable events, and full-catalogue ranking with the best adaptation available.
+
+Per ranking request: the user's stored events (+ an explicit recent history) → user state → nearest
+prototype of the cached bank. A cloud edit is reused until the refresh policy asks for a new one
+(``refresh_every`` new events, a change of prototype, or a new bank). A refresh waits at most
+``budget_ms`` for the cloud; when the cloud is slow, failing or down the request is answered with the
+cached prototype's edit (``prototype-cache``) or the base head (``base``), and the late answer, if it
+comes, fills the cache for the next request (background catch-up). The cloud never causes an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+
+from recsys.models import HeadEdit
+from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
+from serving.artefacts import Artefacts
+from serving.cloud_client import CloudClient, CloudError
+from serving.config import AppConfig
+from serving.event_store import EventStore
+from serving.metrics import Metrics
+from serving.schemas import ERRORS, EventsRequest, EventsResponse, Health, RankedItem, RankRequest, RankResponse
+from serving.web import ServiceMiddleware, field_error, install_error_handlers, metrics_response
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CachedEdit:
+    payload: EditPayload
+    edit: HeadEdit | None
+    n_events: int  # history length when it was requested
+    prototype: int | None  # the device's prototype then
+    bank: str | None  # the bank version then
+
+
+class DeviceService:
+    """State of one device worker: runtime, event store, cloud client, per-user edit cache."""
+
+    def __init__(self, cfg: AppConfig, art: Artefacts, cloud_url: str | None = None, api_key: str | None = None):
+        self.cfg, self.s = cfg, cfg.serve
+        self.art = art
+        self.runtime = DeviceRuntime(art.model, art.tokens)
+        self.cache_path = Path(self.s.prototype_cache)
+        if self.cache_path.is_file():
+            try:
+                self.runtime.set_prototypes(PrototypeSnapshot.load(self.cache_path))
+            except (ValueError, OSError) as exc:
+                log.warning("ignoring prototype cache %s: %s", self.cache_path, exc)
+        self.metrics = Metrics("device")
+        self.store = EventStore(Path(self.s.db_path), self.s.sqlite_synchronous)
+        self.cloud = (
+            CloudClient(cloud_url, api_key, self.s.catchup_timeout_s, self.s.cloud_retry_s, self.metrics)
+            if cloud_url
+            else None
+        )
+        self.edits: OrderedDict[str, CachedEdit] = OrderedDict()
+        self.inflight: dict[str, asyncio.Task] = {}
+        self._bg: asyncio.Task | None = None
+
+    @property
+    def catalogue(self) -> int:
+        return self.runtime.n_items - 1  # id 0 is padding
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.cloud is not None:
+            self._bg = asyncio.create_task(self._prototype_loop())
+
+    async def stop(self) -> None:
+        if self._bg is not None:
+            self._bg.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._bg
+        for task in list(self.inflight.values()):
+            task.cancel()
+        if self.cloud is not None:
+            await self.cloud.aclose()
+        await asyncio.to_thread(self.store.close)
+
+    async def refresh_prototypes(self) -> bool:
+        """Fetch the bank snapshot if it changed; keep it in memory and in the cache file."""
+        current = self.runtime.prototypes.version if self.runtime.prototypes else None
+        snapshot = await self.cloud.prototypes(etag=current)
+        if snapshot is None or snapshot.version == current:
+            return False
+        try:
+            self.runtime.set_prototypes(snapshot)
+        except ValueError as exc:
+            raise CloudError(str(exc)) from exc
+        await asyncio.to_thread(snapshot.save, self.cache_path)
+        log.info("prototype bank updated", extra={"version": snapshot.version, "prototypes": snapshot.size})
+        return True
+
+    async def _prototype_loop(self) -> None:
+        while True:
+            delay = self.s.prototypes_refresh_s
+            if self.cloud.available:
+                try:
+                    await self.refresh_prototypes()
+                except CloudError as exc:
+                    log.warning("prototype refresh failed", extra={"error": str(exc)})
+                    delay = min(delay, max(self.s.cloud_retry_s, 0.2))
+            else:
+                delay = min(delay, max(self.s.cloud_retry_s, 0.2))
+            await asyncio.sleep(delay)
+
+    # ---- events ---------------------------------------------------------------------------------
+
+    async def add_events(self, req: EventsRequest) -> EventsResponse:
+        now = time.time()
+        rows = [(e.event_id, e.user_id, e.item_id, now if e.timestamp is None else e.timestamp) for e in req.events]
+        result = await self.store.append(rows)
+        self.metrics.events.labels("inserted").inc(result.inserted)
+        self.metrics.events.labels("duplicate").inc(result.duplicates)
+        self.metrics.event_batch.observe(len(rows))
+        unknown = sorted({e.item_id for e in req.events if e.item_id not in self.runtime.token_to_id})
+        return EventsResponse(accepted=result.inserted, duplicates=result.duplicates, unknown_items=unknown)
+
+    # ---- ranking --------------------------------------------------------------------------------
+
+    async def rank(self, req: RankRequest) -> RankResponse:
+        if not 1 <= req.k <= self.catalogue:
+            raise field_error("k", f"must be between 1 and the catalogue size {self.catalogue}")
+        t2i = self.runtime.token_to_id
+        tokens = self.store.history(req.user_id) if req.user_id is not None else []
+        tokens += req.history or []
+        ids = [t2i[t] for t in tokens if t in t2i]
+        unknown = sorted({t for t in tokens if t not in t2i} | {t for t in req.exclude if t not in t2i})
+        exclude = {t2i[t] for t in req.exclude if t in t2i}
+        if req.exclude_seen:
+            exclude.update(ids)
+
+        window = ids[-self.runtime.model.max_seq_len :]
+        with torch.inference_mode():
+            state = self.runtime.user_state(window)
+            proto, dist = self.runtime.assign(state)
+        if self.runtime.is_ood(dist):
+            proto = None
+        kind, version, proto_id, edit = await self._adaptation(req, window, len(ids), proto)
+        items, scores = self._top_k(state, req.k, exclude, edit)
+        self.metrics.adaptation.labels(kind).inc()
+        tok, titles = self.art.tokens, self.art.titles
+        return RankResponse(
+            items=[RankedItem(item_id=str(tok[i]), title=titles[i], score=s) for i, s in zip(items, scores)],
+            adaptation=kind,
+            version=version,
+            prototype_id=proto_id,
+            history_length=len(ids),
+            unknown_items=unknown,
+        )
+
+    @torch.inference_mode()
+    def _top_k(self, state: torch.Tensor, k: int, exclude: set[int], edit: HeadEdit | None):
+        """``DeviceRuntime.rank`` from an already computed user state (the encoder runs once per request)."""
+        model = self.runtime.model
+        scores = model.logits(model.head(state.view(1, -1), edit))[0]
+        if exclude:
+            scores[torch.tensor(sorted(exclude), dtype=torch.long)] = float("-inf")
+        k = min(k, int(torch.isfinite(scores).sum()))
+        top = torch.topk(scores, k)
+        return top.indices.tolist(), top.values.tolist()
+
+    def _fallback(self, proto: int | None):
+        bank = self.runtime.prototypes
+        if proto is not None and bank is not None:
+            return "prototype-cache", bank.version, proto, self.runtime.prototype_edit(proto)
+        return "base", None, None, None
+
+    @staticmethod
+    def _from_cloud(c: CachedEdit):
+        return ("cloud-edit" if c.edit is not None else "base"), c.payload.version, c.payload.prototype_id, c.edit
+
+    async def _adaptation(self, req: RankRequest, window: list[int], n_events: int, proto: int | None):
+        if self.cloud is None:
+            return self._fallback(proto)
+        key = f"u:{req.user_id}" if req.user_id is not None else "h:" + hashlib.sha1(repr(window).encode()).hexdigest()
+        bank = self.runtime.prototypes.version if self.runtime.prototypes else None
+        cached = self.edits.get(key)
+        if cached is not None and not self._stale(cached, n_events, proto, bank):
+            self.edits.move_to_end(key)
+            return self._from_cloud(cached)
+        if not self.cloud.available:
+            self.metrics.fallback.labels("unavailable").inc()
+            return self._fallback(proto)
+        task = self.inflight.get(key)
+        if task is None:
+            tokens = [str(self.art.tokens[i]) for i in window]
+            task = asyncio.create_task(self._fetch(key, tokens, req.user_id, n_events, proto, bank))
+            task.add_done_callback(_consume)  # a late failure nobody waits for any more is not an error
+            self.inflight[key] = task
+        try:
+            fresh = await asyncio.wait_for(asyncio.shield(task), self.s.budget_ms / 1e3)
+        except asyncio.TimeoutError:
+            self.cloud.mark_down()  # slow cloud: stop waiting on it for a while; the fetch goes on
+            self.metrics.fallback.labels("timeout").inc()
+            log.warning("cloud edit over budget", extra={"key": key, "budget_ms": self.s.budget_ms})
+            return self._fallback(proto)
+        except CloudError as exc:
+            self.metrics.fallback.labels("error").inc()
+            log.warning("cloud edit failed", extra={"key": key, "error": str(exc)})
+            return self._fallback(proto)
+        return self._from_cloud(fresh)
+
+    def _stale(self, c: CachedEdit, n_events: int, proto: int | None, bank: str | None) -> bool:
+        return n_events - c.n_events >= self.s.refresh_every or n_events < c.n_events or c.prototype != proto or (
+            c.bank != bank
+        )
+
+    async def _fetch(self, key: str, tokens: list[str], user_id: str | None, n_events: int, proto, bank) -> CachedEdit:
+        try:
+            payload = await self.cloud.edit(tokens, user_id)
+            try:
+                edit = payload.head_edit()
+                if edit is not None:
+                    self._check_edit(edit)
+            except (ValueError, RuntimeError) as exc:
+                raise CloudError(f"unusable edit: {exc}") from exc
+            cached = CachedEdit(payload, edit, n_events, proto, bank)
+            self.edits[key] = cached
+            self.edits.move_to_end(key)
+            while len(self.edits) > self.s.edit_cache_size:
+                self.edits.popitem(last=False)
+            return cached
+        finally:
+            self.inflight.pop(key, None)
+
+    def _check_edit(self, edit: HeadEdit) -> None:
+        dim, n_layers = self.runtime.model.head.dim, len(self.runtime.model.head.layers)
+        if len(edit.dW) != n_layers:
+            raise ValueError(f"edit has {len(edit.dW)} layers, head has {n_layers}")
+        for w, b in zip(edit.dW, edit.db):
+            if w is not None and tuple(w.shape) != (dim, dim) or b is not None and tuple(b.shape) != (dim,):
+                raise ValueError(f"edit shapes do not match the head dim {dim}")
+
+    def health(self) -> Health:
+        bank = self.runtime.prototypes
+        return Health(
+            service="device",
+            model=self.art.meta.model,
+            dataset=self.art.meta.dataset,
+            n_items=self.catalogue,
+            version=bank.version if bank else None,
+            prototypes=bank.size if bank else 0,
+            cloud_url=self.cloud.base_url if self.cloud else None,
+            cloud_available=self.cloud.available if self.cloud else None,
+        )
+
+
+def _consume(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def create_device_app(service: DeviceService) -> FastAPI:
+    """The device FastAPI app around ``service`` (started and stopped with the app's lifespan)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="Persona device",
+        version="1.0",
+        description="On-device ranking with cloud edits, a cached prototype bank, or the base model.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    install_error_handlers(app)
+
+    @app.post("/v1/events", response_model=EventsResponse, responses=ERRORS,
+              summary="append user events (durable: acknowledged after commit; idempotent on event_id)")
+    async def events(body: EventsRequest) -> EventsResponse:
+        return await service.add_events(body)
+
+    @app.post(
+        "/v1/rank",
+        response_model=RankResponse,
+        summary="rank the full catalogue for a user and/or an explicit history",
+        responses=ERRORS,
+    )
+    async def rank(body: RankRequest) -> RankResponse:
+        return await service.rank(body)
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        return service.health()
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics():
+        return metrics_response(service.metrics)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:  # k's upper bound is the loaded catalogue
+            schema = FastAPI.openapi(app)
+            schema["components"]["schemas"]["RankRequest"]["properties"]["k"]["maximum"] = service.catalogue
+        return app.openapi_schema
+
+    app.openapi = openapi
+    app.add_middleware(
+        ServiceMiddleware, metrics=service.metrics, max_body_bytes=service.s.max_body_bytes,
+        log_requests=service.s.access_log,
+    )
+    return app

@@ -1,0 +1,50 @@
+"""Prometheus metrics of one service (its own registry, so device and cloud can share a process)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+disable_created_metrics()  # no *_created series: counts, sums and buckets only
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Metrics:
+    """Request counts and latencies for every service; ranking, fallback and cloud metrics for the device."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, service: str):
+        self.registry = CollectorRegistry()
+        r, p = self.registry, "persona"
+        self.requests = Counter(f"{p}_requests", "HTTP requests", ["service", "route", "method", "status"], registry=r)
+        self.latency = Histogram(
+            f"{p}_request_seconds", "HTTP request latency", ["service", "route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.adaptation = Counter(f"{p}_rank_adaptation", "rankings by adaptation used", ["adaptation"], registry=r)
+        self.fallback = Counter(f"{p}_cloud_fallback", "rankings that fell back from the cloud", ["reason"], registry=r)
+        self.cloud_rtt = Histogram(
+            f"{p}_cloud_rtt_seconds", "device→cloud round trips", ["endpoint", "outcome"], buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.events = Counter(f"{p}_events", "events received", ["result"], registry=r)
+        self.event_batch = Histogram(
+            f"{p}_event_request_size", "events per /v1/events request", buckets=(1, 2, 5, 10, 50, 100, 500, 1000),
+            registry=r,
+        )
+        self.reloads = Counter(f"{p}_reloads", "editor/prototype reloads", ["outcome"], registry=r)
+        self.service = service
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(self.service, route, method, str(status)).inc()
+        self.latency.labels(self.service, route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

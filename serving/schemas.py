@@ -1,0 +1,166 @@
+"""Request and response bodies of the device and cloud APIs (OpenAPI examples included).
+
+Item and user ids are the dataset's tokens as JSON strings (``"50"``, not ``50``); types are strict.
+Unknown item ids are not an error: they are ignored for ranking and listed in ``unknown_items``.
+Errors are ``{"detail": [{"field", "msg", "type"}], "message": "field: msg"}`` (:class:`ErrorResponse`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StringConstraints,
+)
+
+
+def _utf8(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid UTF-8 text") from exc
+    return value
+
+
+Token = Annotated[
+    str, Strict(), StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00]+$"), AfterValidator(_utf8)
+]
+
+
+def _json_int(value):
+    """JSON integers only: ``3`` and ``3.0`` (JSON Schema's integer), not ``"3"``, ``true`` or ``3.5``."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+StrictInt = Annotated[int, BeforeValidator(_json_int), Strict()]
+StrictFloat = Annotated[float, Strict()]
+Adaptation = Literal["cloud-edit", "prototype-cache", "base"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Event(_Body):
+    event_id: Token = Field(..., description="client-chosen unique id; re-sending it is a no-op")
+    user_id: Token
+    item_id: Token = Field(..., description="item token of the dataset (e.g. a MovieLens item id)")
+    timestamp: StrictFloat | None = Field(
+        None, ge=0, allow_inf_nan=False, description="unix seconds; default: time of receipt (orders the history)"
+    )
+
+
+class EventsRequest(_Body):
+    events: list[Event] = Field(..., min_length=1, max_length=1000)
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"events": [{"event_id": "u1-0001", "user_id": "u1", "item_id": "50", "timestamp": 1700000000}]}
+            ]
+        }
+    )
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(..., description="events newly stored (committed before this response)")
+    duplicates: int = Field(..., description="events whose event_id was already stored (ignored)")
+    unknown_items: list[str] = Field(default_factory=list, description="stored, but not in the model's catalogue")
+
+
+class RankRequest(_Body):
+    user_id: Token | None = Field(
+        None, description="rank for this user's stored events (unknown user or none at all: cold start)"
+    )
+    history: list[Token] | None = Field(
+        None, max_length=10_000, description="recent item ids, oldest first; appended after the stored events"
+    )
+    k: StrictInt = Field(10, ge=1, description="how many items (1 ≤ k ≤ catalogue size)")
+    exclude: list[Token] = Field(default_factory=list, max_length=10_000, description="item ids never to return")
+    exclude_seen: StrictBool = Field(True, description="leave out items in the user's history")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"user_id": "u1", "k": 5},
+                {"history": ["50", "172", "181"], "k": 10, "exclude": ["1"]},
+            ]
+        }
+    )
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    title: str | None = None
+    score: float
+
+
+class RankResponse(BaseModel):
+    items: list[RankedItem]
+    adaptation: Adaptation = Field(..., description="cloud-edit, prototype-cache (cloud slow/down) or base")
+    version: str | None = Field(None, description="version of the edit or prototype bank used")
+    prototype_id: int | None = None
+    history_length: int = Field(..., description="known items in the history the ranking used")
+    unknown_items: list[str] = Field(default_factory=list, description="ignored: not in the catalogue")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [{"item_id": "100", "title": "Fargo", "score": 7.31}],
+                    "adaptation": "cloud-edit",
+                    "version": "base-3f2a1c9d0b7e",
+                    "prototype_id": 2,
+                    "history_length": 3,
+                    "unknown_items": [],
+                }
+            ]
+        }
+    )
+
+
+class EditRequest(_Body):
+    items: list[Token] = Field(..., max_length=10_000, description="the device's recent item ids, oldest first")
+    user_id: Token | None = Field(None, description="optional, for logs only")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": ["50", "172", "181"]}]})
+
+
+class FieldError(BaseModel):
+    field: str = Field(..., description="dotted path of the offending field, e.g. `events.0.item_id`")
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: list[FieldError] | str
+    message: str = Field(..., description="one line naming the field")
+
+
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "the body could not be read (e.g. not UTF-8)"},
+    413: {"model": ErrorResponse, "description": "request body larger than serve.max_body_bytes"},
+    422: {"model": ErrorResponse, "description": "invalid request; `message` names the field"},
+}
+AUTH_ERRORS = {401: {"model": ErrorResponse, "description": "missing or wrong API key"}}
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    service: Literal["device", "cloud"]
+    model: str
+    dataset: str
+    n_items: int
+    version: str | None = Field(None, description="cloud: editor version; device: cached prototype bank version")
+    prototypes: int = Field(0, description="prototypes in the (cached) bank")
+    cloud_url: str | None = None
+    cloud_available: bool | None = None

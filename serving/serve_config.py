@@ -1,0 +1,46 @@
+"""The ``serve:`` config section: addresses, roles, the cloud latency budget, refresh policy, limits."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+API_KEY_ENV = "PERSONA_API_KEY"
+
+
+class ServeConfig(BaseModel):
+    """Device and cloud services (``persona serve``)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    role: Literal["device", "cloud", "all"] = "all"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)  # device service (role device / all)
+    cloud_port: int = Field(8001, ge=0, le=65535)  # cloud service (role cloud / all)
+    workers: int = Field(1, ge=1, le=64)  # uvicorn worker processes (role device / cloud)
+    cloud_url: str | None = None  # the device's cloud; role all → this process's cloud service
+    api_key: str | None = None  # cloud API key; None → $PERSONA_API_KEY (role all: a random one if unset)
+
+    checkpoint: str | None = None  # base checkpoint dir; None → <output_dir>/<dataset>/<model>/seed<seed>
+    seed: int = 0  # which seed's checkpoint to serve when ``checkpoint`` is None
+    adapter_dir: str | None = None  # adapter + prototype bank artefacts for the cloud editor
+    db_path: str = "runs/serve/events.db"  # device event log (SQLite)
+    prototype_cache: str = "runs/serve/prototypes.json"  # the device's cached bank snapshot
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"  # FULL: an ack survives power loss too
+
+    budget_ms: float = Field(50.0, gt=0)  # wait at most this long for a cloud edit while ranking
+    catchup_timeout_s: float = Field(5.0, gt=0)  # a late edit request keeps going this long in the background
+    cloud_retry_s: float = Field(2.0, ge=0)  # after a cloud failure, serve fallbacks this long before retrying
+    refresh_every: int = Field(5, ge=1)  # ask the cloud for a new edit every N new events of a user
+    prototypes_refresh_s: float = Field(60.0, gt=0)  # how often the device refetches the bank snapshot
+    edit_cache_size: int = Field(10_000, ge=1)  # users whose cloud edit a device worker keeps
+
+    max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
+    reload_poll_s: float = Field(2.0, ge=0)  # cloud: check editor artefacts for changes (0 = only /admin/reload)
+    access_log: bool = True  # one JSON log line per request
+    inject_delay_ms: float = Field(0.0, ge=0)  # testing only: the cloud's /v1/edits waits this long first
+
+    def resolved_api_key(self) -> str | None:
+        return self.api_key or os.environ.get(API_KEY_ENV) or None

@@ -1,0 +1,140 @@
+"""Run the services with uvicorn (httptools + uvloop): one role per process, or both (``role all``).
+
+``workers > 1`` (role device or cloud) binds the socket once and starts that many spawned worker
+processes, each building its own app from the config (no import strings); they share the port and,
+for the device, the SQLite event log (WAL). Every worker scores with one torch thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import secrets
+import signal
+import socket
+
+import torch
+import uvicorn
+import uvloop
+from fastapi import FastAPI
+
+from serving.artefacts import checkpoint_dir, load_artefacts
+from serving.cloud_app import CloudService, create_cloud_app
+from serving.config import AppConfig
+from serving.device_app import DeviceService, create_device_app
+from serving.serve_config import API_KEY_ENV
+from serving.web import setup_json_logging
+
+log = logging.getLogger(__name__)
+
+
+def cloud_url_for(cfg: AppConfig) -> str | None:
+    s = cfg.serve
+    if s.cloud_url:
+        return s.cloud_url
+    return f"http://{s.host}:{s.cloud_port}" if s.role == "all" else None
+
+
+def build_app(cfg: AppConfig, role: str, api_key: str | None) -> FastAPI:
+    """The device or cloud app for ``cfg`` (loads the checkpoint)."""
+    torch.set_num_threads(1)
+    if role == "device":
+        return create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud_url_for(cfg), api_key))
+    if not api_key:
+        raise ValueError(f"the cloud needs an API key: set ${API_KEY_ENV} or serve.api_key")
+    return create_cloud_app(CloudService(cfg, checkpoint_dir(cfg)), api_key)
+
+
+def uvicorn_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=host, port=port, loop="uvloop", http="httptools", log_config=None, access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _worker(cfg_json: str, role: str, api_key: str | None, sock: socket.socket) -> None:
+    setup_json_logging()
+    cfg = AppConfig.model_validate_json(cfg_json)
+    uvicorn.Server(uvicorn_config(build_app(cfg, role, api_key), cfg.serve.host, 0)).run(sockets=[sock])
+
+
+def _supervise(cfg: AppConfig, role: str, api_key: str | None, port: int) -> int:
+    sock = bind(cfg.serve.host, port)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker, args=(cfg.model_dump_json(), role, api_key, sock), name=f"{role}-worker-{i}")
+        for i in range(cfg.serve.workers)
+    ]
+    for p in procs:
+        p.start()
+    log.info("serving", extra={"role": role, "url": f"http://{cfg.serve.host}:{port}", "workers": len(procs)})
+
+    def stop(signum, frame):
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for p in procs:
+        p.join()
+    return max([0] + [p.exitcode for p in procs if p.exitcode and p.exitcode > 0])
+
+
+class _SharedSignalServer(uvicorn.Server):
+    """A server that leaves signals to :func:`_serve_all`, which stops every server on one signal."""
+
+    def capture_signals(self):
+        return contextlib.nullcontext()
+
+
+async def _serve_all(servers: list[uvicorn.Server]) -> None:
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    tasks = []
+    for server in servers:  # in order: the cloud listens before the device asks it for prototypes
+        tasks.append(asyncio.create_task(server.serve()))
+        while not server.started and not tasks[-1].done():
+            await asyncio.sleep(0.01)
+    await asyncio.gather(*tasks)
+
+
+def serve(cfg: AppConfig) -> int:
+    """Run ``cfg.serve.role`` until interrupted; returns the exit code."""
+    s = cfg.serve
+    api_key = s.resolved_api_key()
+    if s.role == "all":
+        if not api_key:
+            api_key = secrets.token_urlsafe(16)
+            log.warning(f"no ${API_KEY_ENV}: generated a cloud API key for this run", extra={"api_key": api_key})
+        cloud = build_app(cfg, "cloud", api_key)
+        device = build_app(cfg, "device", api_key)
+        log.info("serving", extra={"device": f"http://{s.host}:{s.port}", "cloud": f"http://{s.host}:{s.cloud_port}"})
+        servers = [_SharedSignalServer(uvicorn_config(cloud, s.host, s.cloud_port)),
+                   _SharedSignalServer(uvicorn_config(device, s.host, s.port))]
+        uvloop.run(_serve_all(servers))
+        return 0
+    port = s.port if s.role == "device" else s.cloud_port
+    if s.workers > 1:
+        return _supervise(cfg, s.role, api_key, port)
+    app = build_app(cfg, s.role, api_key)
+    log.info("serving", extra={"role": s.role, "url": f"http://{s.host}:{port}"})
+    uvicorn.Server(uvicorn_config(app, s.host, port)).run()
+    return 0

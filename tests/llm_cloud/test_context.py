@@ -1,0 +1,95 @@
+"""Item and user context on real dataset tables; image fusion on amazon-scientific's shipped features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llm_cloud.context import ContextConfig, ContextError, fuse_image, item_texts, render, user_context
+from recsys.config import DataConfig
+from recsys.datasets import prepare, read_arrays, read_items
+from tests.conftest import needs_mirror
+from tests.llm_cloud.helpers import minilm
+
+
+def test_ml100k_item_texts(workdir):
+    items = read_items(prepare("ml-100k", DataConfig(workdir=str(workdir))), "ml-100k")
+    texts = item_texts(items, "ml-100k", ContextConfig())
+    assert len(texts) == len(items) and all(t.strip() for t in texts)
+    assert texts[0] == "Toy Story (1995). Genres: Animation, Children's, Comedy."
+    no_year = items.index[items["release_year"] == ""]
+    assert len(no_year) and "()" not in texts[no_year[0]]  # the optional segment is dropped
+
+
+def test_render_and_fallbacks():
+    assert render("{title}.[ Tags: {tags}.]", {"title": "Heat", "tags": ""}) == "Heat."
+    assert render("{title}.[ Tags: {tags}.]", {"title": "Heat", "tags": "heist"}) == "Heat. Tags: heist."
+    with pytest.raises(ContextError, match="'brand' is not an item column"):
+        render("{brand}", {"title": "x"})
+    import pandas as pd
+
+    items = pd.DataFrame({"item_id": ["a", "b"], "title": ["Heat", ""]})
+    assert item_texts(items, "my-csv", ContextConfig()) == ["title: Heat.", "item b"]
+
+
+def test_user_context_most_recent_first():
+    cfg = ContextConfig(user_max_items=2)
+    assert user_context(["old", "mid", "new"], cfg) == "Recently: new | mid"
+    with pytest.raises(ContextError):
+        user_context(["", " "], cfg)
+
+
+def test_fusion_cosine_is_weighted_mix():
+    rng = np.random.default_rng(0)
+    t, i = rng.normal(size=(4, 6)), rng.normal(size=(4, 5)) * 10
+    fused = fuse_image(t, i, 0.3)
+    np.testing.assert_allclose(np.linalg.norm(fused, axis=1), 1, atol=1e-6)
+    unit = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)
+    expect = 0.7 * unit(t) @ unit(t).T + 0.3 * unit(i) @ unit(i).T
+    np.testing.assert_allclose(fused @ fused.T, expect, atol=1e-5)
+    with pytest.raises(ContextError, match="3 text embeddings but 4"):
+        fuse_image(t[:3], i, 0.3)
+
+
+@needs_mirror
+def test_amazon_scientific_text_and_image(workdir):
+    out = prepare("amazon-scientific", DataConfig(workdir=str(workdir)))
+    items = read_items(out, "amazon-scientific")
+    image = read_arrays(out)["image_features"]
+    assert image.shape == (len(items), 512)
+    texts = item_texts(items.iloc[:16], "amazon-scientific", ContextConfig())
+    fused = fuse_image(minilm().encode(texts), image[:16], 0.3)
+    assert fused.shape == (16, 384 + 512) and np.isfinite(fused).all()
+
+
+def test_user_context_encodings_hit_the_codebook(workdir, emb_cache):
+    from codebook import CodebookConfig, SemanticCodebook
+    from llm_cloud.pipeline import encode_user_contexts
+    from tests.llm_cloud.helpers import ml100k_embeddings
+
+    items = ml100k_embeddings(workdir, emb_cache)
+    book = SemanticCodebook.build(items.embeddings, CodebookConfig(bits=6, levels=2, max_levels=2))
+    star_wars, empire, jedi = (items.item_ids.index(i) for i in ("50", "172", "181"))
+    users = encode_user_contexts([[0, 1, star_wars, empire, jedi], [2]], items, ContextConfig(), minilm())
+    assert users.shape == (2, 384)
+    hits = book.hits(users)
+    assert hits.shape == (2, 2) and (hits < 64).all()
+    _, rows = book.neighbours(users[:1], 20)
+    assert {star_wars, empire, jedi} & set(rows[0].tolist())
+    with pytest.raises(ContextError, match="empty"):
+        encode_user_contexts([[]], items, ContextConfig(), minilm())
+
+
+@needs_mirror
+def test_user_context_fused_with_images(workdir):
+    from llm_cloud.pipeline import ItemEmbeddings, encode_user_contexts
+
+    out = prepare("amazon-scientific", DataConfig(workdir=str(workdir)))
+    table = read_items(out, "amazon-scientific").iloc[:8]
+    image = read_arrays(out)["image_features"][:8]
+    texts = item_texts(table, "amazon-scientific", ContextConfig())
+    items = ItemEmbeddings(table["item_id"].tolist(), texts, np.zeros((8, 896), np.float32), True, image)
+    users = encode_user_contexts([[0, 1, 2], [5]], items, ContextConfig(), minilm())
+    assert users.shape == (2, 896)
+    unit = image[5] / np.linalg.norm(image[5])
+    np.testing.assert_allclose(users[1, 384:], np.sqrt(0.3) * unit, atol=1e-5)

@@ -1,0 +1,143 @@
+"""Serving fixtures: a tiny real SASRec checkpoint (1 epoch on ml-100k), live uvicorn servers on 127.0.0.1,
+and a test double of the cloud's editor that returns real, non-zero edits."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+import uvicorn
+
+from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
+from serving.config import AppConfig, load_app_config
+from serving.server import bind, uvicorn_config
+
+API_KEY = "test-key"
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint dir, data workdir) of SASRec trained one epoch on ml-100k (about 10 s)."""
+    from recsys.experiment import train_seeds
+
+    root = tmp_path_factory.mktemp("serving")
+    cfg = load_app_config(
+        overrides=["train.epochs=1", "seeds=[0]", f"output_dir={root / 'runs'}", f"data.workdir={root / 'atomic'}"]
+    )
+    torch.set_num_threads(1)
+    (path,) = train_seeds(cfg, progress=False)
+    return path, root / "atomic"
+
+
+@pytest.fixture(scope="session")
+def runtime(checkpoint) -> DeviceRuntime:
+    return DeviceRuntime.load(checkpoint[0])
+
+
+def serve_config(checkpoint, tmp_path: Path, *overrides: str) -> AppConfig:
+    ckpt, workdir = checkpoint
+    return load_app_config(
+        overrides=[
+            f"serve.checkpoint={ckpt}",
+            f"data.workdir={workdir}",
+            f"serve.db_path={tmp_path / 'events.db'}",
+            f"serve.prototype_cache={tmp_path / 'prototypes.json'}",
+            f"serve.api_key={API_KEY}",
+            "serve.budget_ms=200",
+            "serve.cloud_retry_s=0.3",
+            "serve.prototypes_refresh_s=0.3",
+            "serve.refresh_every=2",
+            "serve.reload_poll_s=0",
+            "serve.access_log=false",
+            *overrides,
+        ]
+    )
+
+
+class LiveServer:
+    """A real uvicorn server (httptools + uvloop) for ``app`` in a thread, on 127.0.0.1."""
+
+    def __init__(self, app, port: int = 0):
+        self.app = app
+        sock = bind("127.0.0.1", port)
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", self.port))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "server did not stop"
+
+    def __enter__(self) -> LiveServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _seeded(key: str) -> torch.Generator:
+    return torch.Generator().manual_seed(int(hashlib.sha256(key.encode()).hexdigest()[:12], 16))
+
+
+def random_edit(key: str, dim: int, n_layers: int, version: str, prototype_id: int | None = None) -> EditPayload:
+    gen = _seeded(key)
+    layers = [
+        {
+            "dW": (torch.randn(dim, dim, generator=gen) * 0.3).tolist(),
+            "db": (torch.randn(dim, generator=gen) * 0.3).tolist(),
+        }
+        for _ in range(n_layers)
+    ]
+    return EditPayload.model_validate({"version": version, "prototype_id": prototype_id, "clip": 1.0, "layers": layers})
+
+
+class RandomEditor:
+    """TEST DOUBLE of the cloud's producer only (the real one is ``llm_cloud.editor.load_editor``): returns
+    real, non-zero edits — random ΔW/Δb seeded by the item ids — and a bank of ``n_prototypes`` random
+    signatures with random edits, so the services' use of edits and prototypes is observable in rankings."""
+
+    def __init__(self, dim: int, n_layers: int, version: str = "test-v1", n_prototypes: int = 3):
+        self.dim, self.n_layers, self.version = dim, n_layers, version
+        gen = _seeded(f"{version}:signatures")
+        self.signatures = torch.randn(n_prototypes, dim, generator=gen)
+        self.calls = 0
+
+    def edit(self, item_ids: list[int]) -> EditPayload:
+        self.calls += 1
+        return random_edit(f"{self.version}:{item_ids}", self.dim, self.n_layers, self.version)
+
+    def snapshot(self) -> PrototypeSnapshot:
+        edits = [
+            random_edit(f"{self.version}:proto{k}", self.dim, self.n_layers, self.version, k)
+            for k in range(len(self.signatures))
+        ]
+        return PrototypeSnapshot(version=self.version, dim=self.dim, signatures=self.signatures.tolist(), edits=edits)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
+    """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` passes (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def rank(client: httpx.Client, url: str, **body) -> httpx.Response:
+    return client.post(f"{url}/v1/rank", json=body)

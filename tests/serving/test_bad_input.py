@@ -1,0 +1,179 @@
+"""Bad input gets a 4xx whose message names the field (never a 5xx); odd but valid input gets a sensible 200."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from serving.artefacts import load_artefacts
+from serving.cloud_app import CloudService, create_cloud_app
+from serving.device_app import DeviceService, create_device_app
+from tests.serving.conftest import API_KEY, LiveServer, RandomEditor, serve_config
+
+
+@pytest.fixture(scope="module")
+def services(checkpoint, runtime, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad-input")
+    cfg = serve_config(checkpoint, tmp, "serve.max_body_bytes=200000")
+    dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
+    cloud = LiveServer(create_cloud_app(CloudService(cfg, cfg.serve.checkpoint, lambda: RandomEditor(dim, n_layers)),
+                                        API_KEY))
+    device = LiveServer(create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY)))
+    with httpx.Client(timeout=30) as client:
+        yield device.url, cloud.url, client
+    device.stop()
+    cloud.stop()
+
+
+def catalogue(runtime) -> int:
+    return runtime.n_items - 1
+
+
+def assert_names(resp: httpx.Response, status: int, field: str) -> None:
+    assert resp.status_code == status, resp.text
+    assert field in resp.json()["message"], resp.json()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user_id": "u", "k": 0}, "k"),
+        ({"user_id": "u", "k": -3}, "k"),
+        ({"user_id": "u", "k": "ten"}, "k"),
+        ({"user_id": "u", "k": 1.5}, "k"),
+        ({"user_id": ["u"]}, "user_id"),
+        ({"user_id": ""}, "user_id"),
+        ({"history": "50"}, "history"),
+        ({"history": [{"id": 50}]}, "history.0"),
+        ({"history": ["50"] * 10_001}, "history"),
+        ({"history": ["50"], "exclude": 3}, "exclude"),
+        ({"history": ["50"], "exclude_seen": "maybe"}, "exclude_seen"),
+        ({"history": ["50"], "colour": "red"}, "colour"),
+        ({"user_id": 7}, "user_id"),
+        ({"history": [50]}, "history.0"),
+        ({"user_id": "u\ud800"}, "user_id"),
+    ],
+)
+def test_rank_rejects_bad_fields(services, body, field):
+    device, _, c = services
+    raw = json.dumps(body)  # ASCII JSON: a lone surrogate travels as its \\u escape
+    assert_names(c.post(f"{device}/v1/rank", content=raw, headers={"content-type": "application/json"}), 422, field)
+
+
+def test_k_above_catalogue(services, runtime):
+    device, _, c = services
+    n = catalogue(runtime)
+    assert_names(c.post(f"{device}/v1/rank", json={"history": [], "k": n + 1}), 422, "k")
+    full = c.post(f"{device}/v1/rank", json={"history": ["50", "172"], "k": n}).json()
+    assert len(full["items"]) == n - 2  # everything but the two seen items
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"events": []}, "events"),
+        ({"events": {}}, "events"),
+        ({"events": [{"user_id": "u", "item_id": "50"}]}, "events.0.event_id"),
+        ({"events": [{"event_id": "e", "user_id": "u", "item_id": {}}]}, "events.0.item_id"),
+        ({"events": [{"event_id": "e", "user_id": "u", "item_id": "5", "timestamp": -1}]}, "events.0.timestamp"),
+        ({"events": [{"event_id": "e", "user_id": "u", "item_id": "5", "timestamp": "noon"}]}, "events.0.timestamp"),
+        ({"events": [{"event_id": "e" * 300, "user_id": "u", "item_id": "5"}]}, "events.0.event_id"),
+        ({"events": [{"event_id": "e", "user_id": "u\x00", "item_id": "5"}]}, "events.0.user_id"),
+        ({"events": [{"event_id": str(i), "user_id": "u", "item_id": "5"} for i in range(1001)]}, "events"),
+    ],
+)
+def test_events_reject_bad_fields(services, body, field):
+    device, _, c = services
+    assert_names(c.post(f"{device}/v1/events", json=body), 422, field)
+
+
+@pytest.mark.parametrize("path", ["/v1/rank", "/v1/events"])
+@pytest.mark.parametrize("raw", [b'{"user_id": "u", "k": ', b"not json", b"[1, 2]", b"", b"\xff\xfe"])
+def test_malformed_json_is_422(services, path, raw):
+    device, _, c = services
+    resp = c.post(f"{device}{path}", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 422 and resp.json()["message"], resp.text
+
+
+def test_unknown_user_gets_a_cold_start_ranking(services, runtime):
+    device, _, c = services
+    body = c.post(f"{device}/v1/rank", json={"user_id": "never-seen", "k": 10}).json()
+    assert body["adaptation"] == "cloud-edit"  # the cloud's edit for an empty history
+    editor = RandomEditor(runtime.model.head.dim, len(runtime.model.head.layers))
+    cold, _ = runtime.rank([], 10, edit=editor.edit([]).head_edit())
+    assert [it["item_id"] for it in body["items"]] == [str(runtime.item_tokens[i]) for i in cold]
+    assert body["history_length"] == 0
+    anonymous = c.post(f"{device}/v1/rank", json={"k": 10}).json()  # neither user nor history: cold start too
+    assert anonymous["items"] == body["items"]
+
+
+def test_unknown_item_ids_are_ignored_and_listed(services, runtime):
+    device, _, c = services
+    body = c.post(f"{device}/v1/rank", json={"history": ["50", "no-such-item", "99999"], "exclude": ["zz"]}).json()
+    assert body["unknown_items"] == ["99999", "no-such-item", "zz"] and body["history_length"] == 1
+    events = [{"event_id": "x1", "user_id": "carol", "item_id": "no-such-item"}]
+    assert c.post(f"{device}/v1/events", json={"events": events}).json()["unknown_items"] == ["no-such-item"]
+
+
+def test_empty_and_10000_item_histories(services, runtime):
+    device, _, c = services
+    empty = c.post(f"{device}/v1/rank", json={"history": [], "k": 3})
+    assert empty.status_code == 200 and len(empty.json()["items"]) == 3
+    tokens = [str(runtime.item_tokens[1 + i % catalogue(runtime)]) for i in range(10_000)]
+    long = c.post(f"{device}/v1/rank", json={"history": tokens, "k": 3, "exclude_seen": False})
+    assert long.status_code == 200 and long.json()["history_length"] == 10_000
+    ids = [runtime.token_to_id[t] for t in tokens]
+    window = ids[-runtime.model.max_seq_len :]  # the model (and the cloud) read the last max_seq_len items
+    editor = RandomEditor(runtime.model.head.dim, len(runtime.model.head.layers))
+    assert long.json()["adaptation"] == "cloud-edit"
+    want, _ = runtime.rank(ids, 3, edit=editor.edit(window).head_edit())
+    assert [it["item_id"] for it in long.json()["items"]] == [str(runtime.item_tokens[i]) for i in want]
+
+
+def test_oversized_bodies_are_413(services):
+    device, cloud, c = services
+    big = json.dumps({"history": ["1234567"] * 30_000}).encode()  # ~330 kB > 200 kB limit
+    for url in (f"{device}/v1/rank", f"{cloud}/v1/edits"):
+        resp = c.post(url, content=big, headers={"content-type": "application/json", "x-api-key": API_KEY})
+        assert resp.status_code == 413, resp.text
+
+        def chunks():  # no Content-Length: the limit applies to the streamed bytes
+            for i in range(0, len(big), 65536):
+                yield big[i : i + 65536]
+
+        resp = c.post(url, content=chunks(), headers={"content-type": "application/json", "x-api-key": API_KEY})
+        assert resp.status_code == 413, resp.text
+
+
+@pytest.mark.parametrize("path", ["/v1/prototypes", "/metrics"])
+def test_cloud_needs_the_api_key(services, path):
+    _, cloud, c = services
+    assert c.get(f"{cloud}{path}").status_code == 401
+    assert c.get(f"{cloud}{path}", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.get(f"{cloud}{path}", headers={"X-API-Key": "wrong"}).status_code == 401
+    assert c.get(f"{cloud}{path}", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    assert c.get(f"{cloud}{path}", headers={"X-API-Key": API_KEY}).status_code == 200
+
+
+def test_cloud_auth_on_posts_and_health_is_open(services):
+    _, cloud, c = services
+    assert c.post(f"{cloud}/v1/edits", json={"items": ["50"]}).status_code == 401
+    assert c.post(f"{cloud}/admin/reload").status_code == 401
+    assert c.post(f"{cloud}/v1/embeddings", json={"input": "hi"}).status_code == 401
+    assert c.get(f"{cloud}/healthz").status_code == 200
+    ok = c.post(f"{cloud}/v1/edits", json={"items": ["50", "bogus"]}, headers={"x-api-key": API_KEY})
+    assert ok.status_code == 200 and len(ok.json()["layers"]) == 2
+    assert_names(c.post(f"{cloud}/v1/edits", json={"items": "50"}, headers={"x-api-key": API_KEY}), 422, "items")
+
+
+def test_openapi_has_examples(services):
+    device, cloud, c = services
+    spec = c.get(f"{device}/openapi.json").json()
+    assert {"/v1/events", "/v1/rank", "/healthz", "/metrics"} <= set(spec["paths"])
+    assert spec["components"]["schemas"]["RankRequest"]["examples"]
+    assert spec["components"]["schemas"]["EventsRequest"]["examples"]
+    cloud_spec = c.get(f"{cloud}/openapi.json").json()
+    assert {"/v1/edits", "/v1/prototypes", "/v1/embeddings", "/admin/reload"} <= set(cloud_spec["paths"])
+    assert cloud_spec["components"]["securitySchemes"]
