@@ -41,7 +41,7 @@ def summarise(name, codes, x, x_hat, rec, seconds, bits=8) -> dict:
     stats = metrics.level_stats(codes, [1 << bits] * codes.shape[1])
     return {"method": name, "levels": codes.shape[1], "train_s": seconds,
             "utilisation": [s["utilisation"] for s in stats],
-            "normalised_entropy": [round(s["normalised_entropy"], 3) for s in stats],
+            "normalised_entropy": [round(float(s["normalised_entropy"]), 3) for s in stats],
             "collision_rate": metrics.collision_rate(codes),
             "recon_relative": metrics.reconstruction(x, x_hat)["relative"], "recall@10": rec}
 
@@ -74,6 +74,17 @@ def compare(dataset: str, levels: int | None, epochs: int) -> list[dict]:
     return rows
 
 
+def to_markdown(rows: list[dict]) -> str:
+    lines = ["| dataset | method | levels | train s | min util | norm. entropy | collisions | recon (rel) "
+             "| recall@10 |",
+             "|---|---|---:|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['levels']} | {r['train_s']:.1f} | "
+                     f"{100 * min(r['utilisation']):.0f}% | {' '.join(f'{v:.2f}' for v in r['normalised_entropy'])} | "
+                     f"{100 * r['collision_rate']:.2f}% | {r['recon_relative']:.3f} | {r['recall@10']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=["ml-100k", "ml-latest-small", "amazon-beauty",
@@ -89,14 +100,7 @@ def main() -> None:
             rows += compare(d, lv, args.epochs)
             for r in rows[-2:]:
                 print(json.dumps(r), flush=True)
-    lines = ["| dataset | method | levels | train s | min util | norm. entropy | collisions | recon (rel) "
-             "| recall@10 |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['dataset']} | {r['method']} | {r['levels']} | {r['train_s']:.1f} | "
-                     f"{100 * min(r['utilisation']):.0f}% | {r['normalised_entropy']} | "
-                     f"{100 * r['collision_rate']:.2f}% | {r['recon_relative']:.3f} | {r['recall@10']:.3f} |")
-    md = "\n".join(lines) + "\n"
+    md = to_markdown(rows)
     print(md)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

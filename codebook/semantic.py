@@ -93,6 +93,9 @@ class SemanticCodebook:
         n = len(emb)
         if n < 2:
             raise CodebookError(f"need at least 2 items to build a codebook, got {n}")
+        if n < 1 << cfg.bits:
+            k = 1 << cfg.bits
+            raise CodebookError(f"{n} items are fewer than the {k} codewords per level: lower codebook.bits")
         item_ids = [str(i) for i in item_ids] if item_ids is not None else [str(i) for i in range(n)]
         if len(item_ids) != n:
             raise CodebookError(f"{len(item_ids)} item ids for {n} embeddings")

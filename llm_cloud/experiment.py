@@ -90,7 +90,7 @@ def run_adaptation(cfg, methods: list[str], progress: bool = True) -> dict:
         "over_time": over_time,
         "ood_auroc": ood,
         "timings": timings,
-        "window_edges": edges.tolist(),
+        "window_edges": edges,
     }
 
 

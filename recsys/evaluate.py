@@ -26,17 +26,20 @@ def evaluate_rows(
 ) -> dict[str, float]:
     """RecBole full-ranking metrics of ``score_fn`` over ``rows`` (fields item_id_list/item_length/item_id).
 
-    ``score_fn`` sees each batch on ``device``; RecBole's collector gets the scores back on the CPU.
+    ``score_fn`` sees each batch on ``device``; RecBole's collector takes the top-k there and keeps
+    its results on the CPU.
     """
     collector = Collector(recbole_config)
     evaluator = Evaluator(recbole_config)
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            scores = score_fn(batch.to(device) if device != "cpu" else batch).float().cpu().clone()
+            if device != "cpu":
+                batch = batch.to(device)
+            scores = score_fn(batch).float().clone()
             scores[:, 0] = float("-inf")
-            positive_u = torch.arange(len(batch))
-            collector.eval_batch_collect(scores, batch, positive_u, batch["item_id"])
+            positive_u = torch.arange(len(batch), device=scores.device)
+            collector.eval_batch_collect(scores, batch, positive_u, batch["item_id"].to(scores.device))
     return {k: float(v) for k, v in evaluator.evaluate(collector.get_data_struct()).items()}
 
 

@@ -30,12 +30,16 @@ class Artefacts:
     titles: list[str | None]  # item id → title (None when unknown)
 
 
-def load_artefacts(cfg: AppConfig) -> Artefacts:
+def require_checkpoint(cfg: AppConfig) -> Path:
+    """The checkpoint dir to serve; a :class:`CheckpointError` saying what to run when it is missing."""
     directory = checkpoint_dir(cfg)
     if not (directory / "model.yaml").is_file():
-        raise CheckpointError(
-            f"no trained model at {directory}: run `make run` first (or set serve.checkpoint=DIR)"
-        )
+        raise CheckpointError(f"no trained model at {directory}: run `make run` first (or set serve.checkpoint=DIR)")
+    return directory
+
+
+def load_artefacts(cfg: AppConfig) -> Artefacts:
+    directory = require_checkpoint(cfg)
     model, meta, tokens = load_checkpoint(directory)
     titles: list[str | None] = [None] * len(tokens)
     items_dir = Path(cfg.data.workdir) / meta.dataset

@@ -20,7 +20,7 @@ import uvicorn
 import uvloop
 from fastapi import FastAPI
 
-from serving.artefacts import checkpoint_dir, load_artefacts
+from serving.artefacts import load_artefacts, require_checkpoint
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.config import AppConfig
 from serving.device_app import DeviceService, create_device_app
@@ -44,7 +44,7 @@ def build_app(cfg: AppConfig, role: str, api_key: str | None) -> FastAPI:
         return create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud_url_for(cfg), api_key))
     if not api_key:
         raise ValueError(f"the cloud needs an API key: set ${API_KEY_ENV} or serve.api_key")
-    return create_cloud_app(CloudService(cfg, checkpoint_dir(cfg)), api_key)
+    return create_cloud_app(CloudService(cfg, require_checkpoint(cfg)), api_key)
 
 
 def uvicorn_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:

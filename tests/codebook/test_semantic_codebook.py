@@ -126,6 +126,8 @@ def test_unpacking_matches_faiss_decode(bits):
 def test_bad_build_input():
     with pytest.raises(CodebookError, match="at least 2 items"):
         SemanticCodebook.build(np.ones((1, 4)), CodebookConfig())
+    with pytest.raises(CodebookError, match="fewer than the 256 codewords"):
+        SemanticCodebook.build(np.eye(100), CodebookConfig())
     with pytest.raises(CodebookError, match="NaN"):
         SemanticCodebook.build(np.full((4, 4), np.nan), CodebookConfig())
     with pytest.raises(CodebookError, match="not unique"):

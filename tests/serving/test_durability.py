@@ -15,6 +15,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.conftest import ROOT
 from tests.serving.conftest import wait_for
@@ -109,8 +110,9 @@ def persona(*args: str) -> subprocess.CompletedProcess:
                           timeout=120, env=env)
 
 
-def test_serve_without_a_trained_model_says_run_make_run(tmp_path):
-    proc = persona("serve", "--role", "device", f"serve.checkpoint={tmp_path / 'none'}")
+@pytest.mark.parametrize("role", ["device", "all"])
+def test_serve_without_a_trained_model_says_run_make_run(tmp_path, role):
+    proc = persona("serve", "--role", role, f"serve.checkpoint={tmp_path / 'none'}")
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("persona serve")]
     assert len(lines) == 1 and "run `make run` first" in lines[0], proc.stderr

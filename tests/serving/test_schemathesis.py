@@ -25,7 +25,7 @@ def test_schemathesis_finds_no_server_error(checkpoint, runtime, tmp_path):
     cloud = LiveServer(create_cloud_app(CloudService(cfg, cfg.serve.checkpoint, lambda: RandomEditor(dim, n_layers)),
                                         API_KEY))
     device = LiveServer(create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY)))
-    common = ["--checks", "not_a_server_error", "--max-time", "12", "--max-examples", "40", "--seed", "7", "-w", "1",
+    common = ["--checks", "not_a_server_error", "--max-time", "8", "--max-examples", "40", "--seed", "7", "-w", "1",
               "--no-color"]
     try:
         runs = [
