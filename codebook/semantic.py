@@ -116,6 +116,9 @@ class SemanticCodebook:
                      100 * rate)
             if rate <= cfg.max_collision_rate:
                 break
+        else:
+            log.warning("codebook: %.2f%% learned-code collisions even with %d levels (target %.2f%%)",
+                        100 * rate, top, 100 * cfg.max_collision_rate)
         index.add(x)
         sizes = [1 << cfg.bits] * index.rq.M
         ids = codes

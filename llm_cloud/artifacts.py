@@ -35,10 +35,13 @@ def code_table_for(codebook_dir: Path, item_tokens: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(table)
 
 
-def save_adapter(directory: Path, adapter: Adapter, meta: dict) -> Path:
+def save_adapter(directory: Path, adapter: Adapter, meta: dict, code_table: torch.Tensor | None = None) -> Path:
+    """``adapter.pt`` + ``adapter.yaml`` (+ ``code_table.pt``, the semantic codes it reads), atomically."""
     directory = Path(directory)
     (directory / "adapter.yaml").unlink(missing_ok=True)
     atomic_torch_save(adapter.state_dict(), directory / "adapter.pt")
+    if code_table is not None:
+        atomic_torch_save({"codes": code_table.cpu()}, directory / "code_table.pt")
     info = {
         "config": adapter.cfg.model_dump(),
         "n_items": adapter.item_emb.num_embeddings,
@@ -49,6 +52,11 @@ def save_adapter(directory: Path, adapter: Adapter, meta: dict) -> Path:
     }
     atomic_write_text(directory / "adapter.yaml", yaml.safe_dump(info, sort_keys=False))
     return directory
+
+
+def load_code_table(directory: Path) -> torch.Tensor | None:
+    path = Path(directory) / "code_table.pt"
+    return torch.load(path, map_location="cpu", weights_only=True)["codes"] if path.is_file() else None
 
 
 def load_adapter(directory: Path) -> tuple[Adapter, dict]:

@@ -2,8 +2,8 @@
 
 ``edit(item_ids)`` turns a device's recent items (internal ids) into an :class:`EditPayload`;
 ``snapshot()`` gives the prototype bank for the device cache. :func:`load_editor` returns the trained
-adapter + prototype bank when ``run_dir`` holds them, else :class:`BaseEditor` (no edit, empty bank),
-so the services run from the base model alone.
+adapter + prototype bank (:class:`AdapterEditor`) when ``adapter_dir`` holds them, else
+:class:`BaseEditor` (no edit, empty bank), so the services also run from the base model alone.
 """
 
 from __future__ import annotations
@@ -12,7 +12,15 @@ import hashlib
 from pathlib import Path
 from typing import Protocol
 
+import torch
+
+from llm_cloud.adapter import Adapter, left_padded_windows
+from llm_cloud.prototypes import PrototypeBank, _clipped
+from recsys.checkpoint import load_checkpoint
+from recsys.models import EditableSeqRec, HeadEdit
 from recsys.runtime import EditPayload, PrototypeSnapshot
+
+BANK_DIRS = ("bank-finetune", "bank-centre")
 
 
 class Editor(Protocol):
@@ -23,13 +31,20 @@ class Editor(Protocol):
     def snapshot(self) -> PrototypeSnapshot: ...
 
 
+def _digest(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        if path.is_file():
+            h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 class BaseEditor:
     """No adapter trained yet: every answer is "use the base head", and the bank is empty."""
 
     def __init__(self, checkpoint_dir: Path, dim: int):
         weights = Path(checkpoint_dir) / "model.pt"
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12] if weights.is_file() else "none"
-        self.version = f"base-{digest}"
+        self.version = f"base-{_digest(weights) if weights.is_file() else 'none'}"
         self.dim = dim
 
     def edit(self, item_ids: list[int]) -> EditPayload:
@@ -39,6 +54,68 @@ class BaseEditor:
         return PrototypeSnapshot(version=self.version, dim=self.dim)
 
 
+class AdapterEditor:
+    """The trained adapter + prototype bank: prototype edit + the device's clipped residual, one forward pass.
+
+    A window farther than the bank's OOD threshold from every prototype gets its own per-sample edit
+    (``prototype_id = None``). The bank is read-only here: the cloud holds no per-request state.
+    """
+
+    def __init__(
+        self, base: EditableSeqRec, adapter: Adapter, bank: PrototypeBank, code_table: torch.Tensor | None, version: str
+    ):
+        self.base, self.adapter, self.bank, self.code_table = base.eval(), adapter.eval(), bank, code_table
+        self.version = version
+        self._snapshot = bank.snapshot().model_copy(update={"version": version})
+
+    @torch.inference_mode()
+    def edit(self, item_ids: list[int]) -> EditPayload:
+        base, adapter = self.base, self.adapter
+        ids = [i for i in item_ids if 0 < i < base.n_items][-base.max_seq_len :]
+        seq = torch.zeros(1, base.max_seq_len, dtype=torch.long)
+        if ids:
+            seq[0, : len(ids)] = torch.tensor(ids)
+        length = torch.tensor([max(len(ids), 1)])
+        state = base.user_state(seq, length)
+        window = left_padded_windows(seq, torch.tensor([len(ids)]), adapter.cfg.window)
+        codes = None if self.code_table is None or not adapter.code_sizes else self.code_table[window]
+        layer_codes = adapter.layer_codes(adapter.sequence_code(window, codes, state))
+        sample = adapter.edits_from_codes(layer_codes, base)
+        k, dist = self.bank.assign_nearest(layer_codes.flatten(1))
+        if float(dist[0]) > self.bank.ood_threshold:
+            parts = _clipped(sample, adapter.cfg.clip)
+            edit = HeadEdit(parts[: self.bank.n_layers], parts[self.bank.n_layers :], clip=adapter.cfg.clip)
+            return EditPayload.from_head_edit(_first(edit), self.version, None)
+        centre = adapter.edits_from_codes(self.bank.centres[k].view_as(layer_codes), base)
+        edit = self.bank.edit_for(k, sample, centre)
+        return EditPayload.from_head_edit(_first(edit), self.version, int(k[0]))
+
+    def snapshot(self) -> PrototypeSnapshot:
+        return self._snapshot
+
+
+def _first(edit: HeadEdit) -> HeadEdit:
+    return HeadEdit([w[0] for w in edit.dW], [b[0] for b in edit.db], clip=edit.clip)
+
+
 def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None) -> Editor:
-    """The best editor available for a base checkpoint (adapter artefacts in ``adapter_dir`` when present)."""
-    return BaseEditor(checkpoint_dir, dim)
+    """The best editor available for a base checkpoint (adapter + bank from ``adapter_dir`` when present).
+
+    ``adapter_dir`` is an ``adapter-<variant>`` directory written by ``persona adapter``; its bank is the
+    sibling ``bank-finetune`` (or ``bank-centre``) directory.
+    """
+    from llm_cloud.artifacts import load_adapter, load_bank, load_code_table
+
+    adapter_dir = Path(adapter_dir) if adapter_dir else None
+    if adapter_dir is None or not (adapter_dir / "adapter.yaml").is_file():
+        return BaseEditor(checkpoint_dir, dim)
+    bank_dir = next(
+        (adapter_dir.parent / b for b in BANK_DIRS if (adapter_dir.parent / b / "bank.yaml").is_file()), None
+    )
+    if bank_dir is None:
+        return BaseEditor(checkpoint_dir, dim)
+    base, _, _ = load_checkpoint(Path(checkpoint_dir))
+    adapter, _ = load_adapter(adapter_dir)
+    bank = load_bank(bank_dir)
+    version = "persona-" + _digest(Path(checkpoint_dir) / "model.pt", adapter_dir / "adapter.pt", bank_dir / "bank.pt")
+    return AdapterEditor(base, adapter, bank, load_code_table(adapter_dir), version)

@@ -100,7 +100,7 @@ class Adaptation:
             res = train_adapter(self.base, self.split, cfg, self.seed, table, self.eval_batch_size, self.progress)
             self.timings[f"adapter:{variant}"] = time.perf_counter() - t0
             meta = {"seed": self.seed, "best_epoch": res.best_epoch, "valid": res.best_valid}
-            save_adapter(self.out_dir / f"adapter-{variant}", res.adapter, meta)
+            save_adapter(self.out_dir / f"adapter-{variant}", res.adapter, meta, table)
             self.adapters[variant] = (res.adapter, res.samples)
             log.info("adapter %s: best epoch %d valid %s", variant, res.best_epoch, res.best_valid)
         return self.adapters[variant]

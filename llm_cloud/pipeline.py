@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from codebook import CodebookConfig, SemanticCodebook
+from codebook import CodebookConfig, CodebookError, SemanticCodebook
 from llm_cloud.backbones import Backbone, BackboneConfig, build_backbone
 from llm_cloud.context import ContextConfig, ContextError, fuse_image, item_texts, user_context
 from recsys.config import DataConfig
@@ -84,3 +85,21 @@ def build_item_codebook(
     enc = encode_items(dataset_name, cfg.data, cfg.context, backbone)
     book = SemanticCodebook.build(enc.embeddings, cfg.codebook, item_ids=enc.item_ids)
     return enc.item_ids, enc.embeddings, book
+
+
+def codebook_dir(output_dir: str | Path, dataset: str) -> Path:
+    """Where ``persona codebook`` writes a dataset's codebook artefacts."""
+    return Path(output_dir) / dataset / "codebook"
+
+
+def load_item_codebook(output_dir: str | Path, dataset: str) -> tuple[list[str], np.ndarray, SemanticCodebook]:
+    """Item ids, item embeddings and codebook as saved by ``persona codebook`` (no model is loaded)."""
+    directory = codebook_dir(output_dir, dataset)
+    book = SemanticCodebook.load(directory)
+    path = directory / "item_embeddings.npy"
+    if not path.is_file():
+        raise CodebookError(f"{directory} lacks item_embeddings.npy: run `persona codebook dataset={dataset}`")
+    emb = np.load(path, allow_pickle=False)
+    if emb.shape != (len(book.item_ids), book.dim):
+        raise CodebookError(f"{path}: shape {emb.shape} does not match the codebook's items/dim")
+    return book.item_ids, emb, book

@@ -54,7 +54,10 @@ class CloudService:
     def __init__(self, cfg: AppConfig, checkpoint_dir: Path, editor_factory: EditorFactory | None = None):
         self.cfg, self.s = cfg, cfg.serve
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.adapter_dir = Path(cfg.serve.adapter_dir) if cfg.serve.adapter_dir else None
+        # default: the artefacts `persona adapter` writes beside the checkpoint (base editor when absent)
+        self.adapter_dir = (
+            Path(cfg.serve.adapter_dir) if cfg.serve.adapter_dir else self.checkpoint_dir / "adapter-main"
+        )
         self._factory = editor_factory
         self.metrics = Metrics("cloud")
         self.delay_s = self.s.inject_delay_ms / 1e3  # testing only: simulate a slow cloud
@@ -70,7 +73,13 @@ class CloudService:
         snapshot = editor.snapshot()
         t2i = {str(t): i for i, t in enumerate(np.asarray(tokens)) if i > 0}
         return CloudState(
-            editor, t2i, meta.model, meta.dataset, model.n_items - 1, dim, snapshot,
+            editor,
+            t2i,
+            meta.model,
+            meta.dataset,
+            model.n_items - 1,
+            dim,
+            snapshot,
             snapshot.model_dump_json().encode(),
         )
 
@@ -128,7 +137,11 @@ class CloudService:
     def health(self) -> Health:
         st = self.state
         return Health(
-            service="cloud", model=st.model, dataset=st.dataset, n_items=st.n_items, version=st.editor.version,
+            service="cloud",
+            model=st.model,
+            dataset=st.dataset,
+            n_items=st.n_items,
+            version=st.editor.version,
             prototypes=st.snapshot.size,
         )
 
@@ -186,14 +199,23 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
     auth = [Depends(api_key_dependency(lambda: api_key))]
     unauthorized = {**AUTH_ERRORS, **ERRORS}
 
-    @app.post("/v1/edits", response_model=EditPayload, dependencies=auth, responses=unauthorized,
-              summary="an edit of the device head for a recent item history")
+    @app.post(
+        "/v1/edits",
+        response_model=EditPayload,
+        dependencies=auth,
+        responses=unauthorized,
+        summary="an edit of the device head for a recent item history",
+    )
     async def edits(body: EditRequest) -> EditPayload:
         return await service.edit(body)
 
-    @app.get("/v1/prototypes", response_model=PrototypeSnapshot, dependencies=auth,
-             responses={**unauthorized, 304: {"description": "the device's cached version is current"}},
-             summary="the prototype bank snapshot (ETag = version)")
+    @app.get(
+        "/v1/prototypes",
+        response_model=PrototypeSnapshot,
+        dependencies=auth,
+        responses={**unauthorized, 304: {"description": "the device's cached version is current"}},
+        summary="the prototype bank snapshot (ETag = version)",
+    )
     async def prototypes(if_none_match: str | None = Header(None)):
         st = service.state
         etag = f'"{st.snapshot.version}"'
@@ -206,8 +228,9 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
         try:
             st = await service.reload()
         except Exception as exc:  # noqa: BLE001 - reported, the old state keeps serving
-            raise HTTPException(503, f"reload failed ({type(exc).__name__}: {exc}); still serving "
-                                     f"{service.state.editor.version}") from exc
+            raise HTTPException(
+                503, f"reload failed ({type(exc).__name__}: {exc}); still serving {service.state.editor.version}"
+            ) from exc
         return {"version": st.editor.version, "prototypes": st.snapshot.size}
 
     @app.get("/healthz", response_model=Health)
@@ -222,7 +245,9 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
     app.include_router(embeddings_router(backbone, api_key=api_key))
 
     app.add_middleware(
-        ServiceMiddleware, metrics=service.metrics, max_body_bytes=service.s.max_body_bytes,
+        ServiceMiddleware,
+        metrics=service.metrics,
+        max_body_bytes=service.s.max_body_bytes,
         log_requests=service.s.access_log,
     )
     return app

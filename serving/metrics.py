@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -10,7 +12,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by the worker supervisor (serve.workers > 1)
 disable_created_metrics()  # no *_created series: counts, sums and buckets only
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -47,4 +51,9 @@ class Metrics:
         self.latency.labels(self.service, route).observe(seconds)
 
     def render(self) -> bytes:
+        """This process's metrics, or every worker's summed when the workers share ``PROMETHEUS_MULTIPROC_DIR``."""
+        if os.environ.get(MULTIPROC_ENV):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

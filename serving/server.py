@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import secrets
+import shutil
 import signal
 import socket
+import tempfile
 
 import torch
 import uvicorn
@@ -24,6 +27,7 @@ from serving.artefacts import load_artefacts, require_checkpoint
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.config import AppConfig
 from serving.device_app import DeviceService, create_device_app
+from serving.metrics import MULTIPROC_ENV
 from serving.serve_config import API_KEY_ENV
 from serving.web import setup_json_logging
 
@@ -71,6 +75,8 @@ def _worker(cfg_json: str, role: str, api_key: str | None, sock: socket.socket) 
 
 def _supervise(cfg: AppConfig, role: str, api_key: str | None, port: int) -> int:
     sock = bind(cfg.serve.host, port)
+    metrics_dir = tempfile.mkdtemp(prefix="persona-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the workers: /metrics sums all of them
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(target=_worker, args=(cfg.model_dump_json(), role, api_key, sock), name=f"{role}-worker-{i}")
@@ -89,6 +95,7 @@ def _supervise(cfg: AppConfig, role: str, api_key: str | None, port: int) -> int
     signal.signal(signal.SIGINT, stop)
     for p in procs:
         p.join()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return max([0] + [p.exitcode for p in procs if p.exitcode and p.exitcode > 0])
 
 

@@ -16,7 +16,7 @@ from codebook import CodebookError, SemanticCodebook
 from codebook.report import quality_markdown
 from llm_cloud.backbones import BackboneError, build_backbone
 from llm_cloud.context import ContextError
-from llm_cloud.pipeline import encode_items
+from llm_cloud.pipeline import codebook_dir, encode_items
 from serving.commands import CliError, add_common
 from serving.config import load_app_config
 
@@ -27,8 +27,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def expand_shorthand(overrides: list[str]) -> list[str]:
+    """``backbone=hf`` → ``backbone.name=hf``, so it merges with the YAML section and other ``backbone.*`` keys."""
+    return [f"backbone.name={o.split('=', 1)[1]}" if o.startswith("backbone=") else o for o in overrides]
+
+
 def run(args) -> int:
-    cfg = load_app_config(args.config, args.overrides)
+    cfg = load_app_config(args.config, expand_shorthand(args.overrides))
     try:
         backbone = build_backbone(cfg.backbone)
         t0 = time.perf_counter()
@@ -40,7 +45,7 @@ def run(args) -> int:
         report = book.quality(enc.embeddings)
     except (BackboneError, CodebookError, ContextError) as exc:
         raise CliError(str(exc)) from exc
-    out = book.save(Path(cfg.output_dir) / cfg.dataset / "codebook")
+    out = book.save(codebook_dir(cfg.output_dir, cfg.dataset))
     np.save(out / "item_embeddings.npy", enc.embeddings, allow_pickle=False)
     (out / "backbone.json").write_text(json.dumps({"name": backbone.name, "key": backbone.key}, indent=1))
     report.update({

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from codebook import SemanticCodebook
+from llm_cloud.pipeline import load_item_codebook
 from serving.cli import main
 from tests.llm_cloud.helpers import ml100k_embeddings
 
@@ -22,10 +22,18 @@ def test_persona_codebook_writes_artefacts_and_report(tmp_path, workdir, emb_cac
     assert report["min_utilisation"] >= 0.8 and report["collision_rate"] <= 0.05
     assert report["encode_s"] < 5  # cache hit: nothing encoded
     assert "| level |" in (tmp_path / "reports/codebook/ml-100k.md").read_text()
-    run_dir = tmp_path / "runs/ml-100k/codebook"
-    book = SemanticCodebook.load(run_dir)
-    np.testing.assert_array_equal(np.load(run_dir / "item_embeddings.npy"), items.embeddings)
-    assert book.item_ids == items.item_ids
+    item_ids, emb, book = load_item_codebook(tmp_path / "runs", "ml-100k")
+    np.testing.assert_array_equal(emb, items.embeddings)
+    assert item_ids == book.item_ids == items.item_ids
+    assert book.semantic_ids.shape[0] == 1682
+
+
+def test_backbone_shorthand_combines_with_dotted_keys():
+    from serving.commands.codebook import expand_shorthand
+    from serving.config import load_app_config
+
+    cfg = load_app_config(None, expand_shorthand(["backbone=hf", "backbone.threads=1"]))
+    assert (cfg.backbone.name, cfg.backbone.threads, cfg.backbone.cache_dir) == ("hf", 1, ".cache/embeddings")
 
 
 def test_persona_codebook_errors_are_one_line(tmp_path, workdir, capsys):
@@ -35,3 +43,19 @@ def test_persona_codebook_errors_are_one_line(tmp_path, workdir, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "hf model not found" in err[0]
+
+
+def test_build_item_codebook_api(workdir, emb_cache):
+    from llm_cloud.backbones import CachedBackbone
+    from llm_cloud.pipeline import build_item_codebook
+    from serving.config import load_app_config
+    from tests.llm_cloud.helpers import minilm
+
+    items = ml100k_embeddings(workdir, emb_cache)
+    cfg = load_app_config(None, [f"data.workdir={workdir}", "codebook.max_levels=3"])
+    backbone = CachedBackbone(minilm(), emb_cache)
+    item_ids, emb, book = build_item_codebook(cfg, "ml-100k", backbone=backbone)
+    assert backbone.hits == 1 and backbone.misses == 0  # the session cache already holds these texts
+    assert item_ids == items.item_ids == book.item_ids
+    np.testing.assert_array_equal(emb, items.embeddings)
+    assert book.levels == 3 and book.semantic_ids.shape == (1682, 4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,3 +133,24 @@ def test_payload_round_trip_reproduces_the_edit():
     seq = torch.randint(1, N_ITEMS, (1, 10))
     length = torch.tensor([10])
     assert torch.allclose(score_with_edit(base, seq, length, back), score_with_edit(base, seq, length, edit))
+
+
+def test_adapter_editor_round_trip_through_artefacts(tmp_path):
+    from llm_cloud.artifacts import save_adapter, save_bank
+    from llm_cloud.editor import AdapterEditor, BaseEditor, load_editor
+    from recsys.checkpoint import save_checkpoint
+    from recsys.runtime import DeviceRuntime
+
+    bank, adapter, samples, base = _bank(PrototypeConfig(k=3, variant="centre"))
+    ckpt = save_checkpoint(tmp_path / "seed0", base, "toy", np.array(["[PAD]"] + [str(i) for i in range(1, N_ITEMS)]))
+    assert isinstance(load_editor(ckpt, D, ckpt / "adapter-main"), BaseEditor)  # nothing trained yet
+    save_adapter(ckpt / "adapter-main", adapter, {"seed": 0})
+    save_bank(ckpt / "bank-centre", bank)
+    editor = load_editor(ckpt, D, ckpt / "adapter-main")
+    assert isinstance(editor, AdapterEditor) and editor.version.startswith("persona-")
+    history = [3, 7, 9, 11, 2]
+    payload = editor.edit(history)
+    assert len(payload.layers) == L and (payload.prototype_id is None or 0 <= payload.prototype_id < bank.size)
+    runtime = DeviceRuntime.load(ckpt)
+    edited, _ = runtime.rank(history, 5, edit=payload.head_edit())
+    assert edited and editor.snapshot().version == editor.version and len(editor.snapshot().signatures) == 3

@@ -5,6 +5,7 @@ Also the ``persona serve`` command line: a missing checkpoint or API key is a on
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -121,3 +122,74 @@ def test_serve_without_a_trained_model_says_run_make_run(tmp_path, role):
 def test_cloud_without_api_key_is_refused(tmp_path):
     proc = persona("serve", "--role", "cloud", f"serve.checkpoint={tmp_path}")
     assert proc.returncode == 2 and "PERSONA_API_KEY" in proc.stderr, proc.stderr
+
+
+def test_role_all_serves_device_and_cloud_in_one_process(checkpoint, tmp_path):
+    """What ``make serve`` runs: both services in one process; the device reaches its cloud; SIGTERM stops both."""
+    ckpt, workdir = checkpoint
+    port, cloud_port = free_port(), free_port()
+    cmd = [
+        sys.executable, "-m", "serving.cli", "serve", "--role", "all", "--port", str(port), "--cloud-port",
+        str(cloud_port), f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'e.db'}",
+        f"serve.prototype_cache={tmp_path / 'p.json'}", "serve.api_key=k",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    device, cloud = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{cloud_port}"
+    try:
+        def up():
+            assert proc.poll() is None
+            try:
+                return httpx.get(f"{device}/healthz", timeout=1).json()["cloud_available"] is True
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout=90, interval=0.1)
+        version = httpx.get(f"{cloud}/healthz").json()["version"]
+        body = httpx.post(f"{device}/v1/rank", json={"history": ["50", "172"], "k": 3}, timeout=10).json()
+        # today's editor (BaseEditor) answers "no edit": the cloud was asked, and its version is reported
+        assert body["version"] == version and len(body["items"]) == 3
+        assert httpx.get(f"{cloud}/v1/prototypes", headers={"X-API-Key": "k"}).json()["version"] == version
+        assert 'endpoint="edits",outcome="ok"' in httpx.get(f"{device}/metrics").text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out[-3000:]
+    logs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert any(rec.get("msg") == "request" and rec.get("path") == "/v1/rank" for rec in logs)  # JSON access log
+
+
+def test_two_workers_share_port_event_log_and_metrics(checkpoint, tmp_path):
+    ckpt, workdir = checkpoint
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "serving.cli", "serve", "--role", "device", "--workers", "2", "--port", str(port),
+        f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'e.db'}",
+        f"serve.prototype_cache={tmp_path / 'p.json'}", "serve.access_log=false",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up():
+            assert proc.poll() is None
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout=120, interval=0.1)
+        events = [{"event_id": f"e{i}", "user_id": "w", "item_id": str(1 + i)} for i in range(5)]
+        with httpx.Client(timeout=10) as c:
+            for i in range(5):  # separate requests: may land on either worker
+                assert c.post(f"{url}/v1/events", json={"events": events[i : i + 1]}).status_code == 200
+            lengths = set()
+            for _ in range(30):  # new connections spread over both workers; each sees every event
+                with httpx.Client(timeout=10) as fresh:
+                    lengths.add(fresh.post(f"{url}/v1/rank", json={"user_id": "w", "k": 3}).json()["history_length"])
+            assert lengths == {5}
+            text = c.get(f"{url}/metrics").text
+        line = next(ln for ln in text.splitlines() if ln.startswith("persona_requests_total") and "/v1/rank" in ln)
+        assert float(line.rsplit(" ", 1)[1]) == 30  # summed over the workers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-3000:]
