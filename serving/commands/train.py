@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from serving.commands import CliError, add_common
 from serving.config import AppConfig, load_app_config
 
 BASE_MODELS = ["sasrec", "gru4rec"]
+# the main job trains the serving adapter on a sample of training windows to stay inside `make run`'s budget
+MAIN_JOB_ADAPTER = ["adapter.max_train_samples=20000", "adapter.epochs=4"]
 
 
 def add_parser(sub) -> None:
@@ -25,9 +29,12 @@ def add_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_evaluate)
 
-    p = sub.add_parser("run", help="main job: prepare, train, evaluate, report on the configured dataset")
+    p = sub.add_parser(
+        "run", help="main job: prepare, train + evaluate base models, codebook, adapter + prototypes (seed 0)"
+    )
     add_common(p)
     p.add_argument("--models", default=",".join(BASE_MODELS), help="comma-separated base models")
+    p.add_argument("--skip-adapter", action="store_true", help="base models only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_main)
 
@@ -91,11 +98,20 @@ def run_methods(args) -> int:
 
 
 def run_main(args) -> int:
+    import argparse
+
     from recsys.experiment import run_base
+    from serving.commands import adapt, codebook
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     table = run_base(_model_configs(args, names), progress=not args.quiet)
     cfg = load_app_config(args.config, args.overrides)
     print(f"\n{cfg.dataset} ({cfg.data.protocol} protocol), test split, RecBole full ranking, seeds {cfg.seeds}\n")
-    print(table)
-    return 0
+    print(table + "\n", flush=True)
+    if args.skip_adapter:
+        return 0
+    # the cloud artefacts the demo services use: semantic codebook, then adapter + prototype bank (first seed)
+    if not (Path(cfg.output_dir) / cfg.dataset / "codebook" / "meta.json").is_file():
+        codebook.run(argparse.Namespace(config=args.config, overrides=list(args.overrides)))
+    first = [f"model={names[0]}", f"seeds=[{cfg.seeds[0]}]", *MAIN_JOB_ADAPTER]
+    return adapt.run(argparse.Namespace(config=args.config, overrides=[*args.overrides, *first], quiet=args.quiet))
