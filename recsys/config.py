@@ -116,7 +116,9 @@ def parse_overrides(pairs: list[str]) -> dict:
         for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override '{pair}' conflicts with '{'.'.join(parts[: i + 1])}={node}' given before it")
+                raise ConfigError(
+                    f"override '{pair}' conflicts with '{'.'.join(parts[: i + 1])}={node}' given before it"
+                )
         if isinstance(node.get(parts[-1]), dict) and not isinstance(value, dict):
             raise ConfigError(f"override '{pair}' would replace the section set by earlier '{key}.*' overrides")
         node[parts[-1]] = value
