@@ -13,7 +13,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,13 @@ from serving.config import AppConfig
 from serving.embeddings_api import embeddings_router
 from serving.metrics import Metrics
 from serving.schemas import AUTH_ERRORS, ERRORS, EditRequest, Health
-from serving.web import ServiceMiddleware, api_key_dependency, install_error_handlers, metrics_response
+from serving.web import (
+    ServiceMiddleware,
+    api_key_dependency,
+    install_error_handlers,
+    metrics_response,
+    service_lifespan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,20 +184,12 @@ class LazyBackbone(Backbone):
 def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | None = None) -> FastAPI:
     """The cloud FastAPI app; ``backbone`` defaults to the configured one, built lazily."""
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.stop()
-
     app = FastAPI(
         title="Persona cloud",
         version="1.0",
         description="Edits and prototype banks for Persona devices; OpenAI-compatible embeddings. "
         "Every route but /healthz needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
-        lifespan=lifespan,
+        lifespan=service_lifespan(service),
     )
     app.state.service = service
     install_error_handlers(app)

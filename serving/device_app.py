@@ -16,7 +16,6 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,13 @@ from serving.config import AppConfig
 from serving.event_store import EventStore
 from serving.metrics import Metrics
 from serving.schemas import ERRORS, EventsRequest, EventsResponse, Health, RankedItem, RankRequest, RankResponse
-from serving.web import ServiceMiddleware, field_error, install_error_handlers, metrics_response
+from serving.web import (
+    ServiceMiddleware,
+    field_error,
+    install_error_handlers,
+    metrics_response,
+    service_lifespan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -268,19 +273,11 @@ def _consume(task: asyncio.Task) -> None:
 def create_device_app(service: DeviceService) -> FastAPI:
     """The device FastAPI app around ``service`` (started and stopped with the app's lifespan)."""
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.stop()
-
     app = FastAPI(
         title="Persona device",
         version="1.0",
         description="On-device ranking with cloud edits, a cached prototype bank, or the base model.",
-        lifespan=lifespan,
+        lifespan=service_lifespan(service),
     )
     app.state.service = service
     install_error_handlers(app)

@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 import time
-from typing import Annotated
+from contextlib import asynccontextmanager
+from typing import Annotated, Protocol
 
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -186,3 +187,23 @@ def api_key_dependency(get_key):
 
 def metrics_response(metrics: Metrics) -> Response:
     return Response(metrics.render(), media_type=metrics.content_type)
+
+
+class _Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def service_lifespan(service: _Service):
+    """A FastAPI lifespan that starts ``service`` with the app and stops it on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    return lifespan
