@@ -12,7 +12,7 @@ from codebook import SemanticCodebook
 from llm_cloud.adapter import Adapter
 from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.prototypes import PrototypeBank
-from recsys.checkpoint import atomic_torch_save, atomic_write_text
+from recsys.atomic_io import atomic_torch_save, atomic_write_text
 from recsys.models import EditableSeqRec
 
 

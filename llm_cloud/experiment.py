@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from llm_cloud.evaluation import METHODS, Adaptation, RowRecord
-from recsys.checkpoint import atomic_write_text, load_checkpoint
+from recsys.atomic_io import atomic_write_text
+from recsys.checkpoint import load_checkpoint
 from recsys.experiment import load_dataset_split
 from recsys.report import markdown_table, write_report
 

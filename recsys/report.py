@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from recsys.checkpoint import atomic_write_text
+from recsys.atomic_io import atomic_write_text
 from recsys.evaluate import REPORT_KEYS, summarize
 
 LABELS = {"ndcg": "NDCG", "hit": "HR", "mrr": "MRR"}

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from recsys.checkpoint import atomic_write_text, load_checkpoint
+from recsys.atomic_io import atomic_write_text
+from recsys.checkpoint import load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
 
 

@@ -9,15 +9,15 @@ error leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from llm_cloud.backbones.base import Backbone, check_embeddings, check_texts
+from recsys.atomic_io import atomic_write_bytes
 
 
 def texts_digest(texts: Sequence[str]) -> str:
@@ -76,19 +76,7 @@ class CachedBackbone(Backbone):
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "backbone.json"
         if not meta.is_file():
-            _atomic_bytes(meta, json.dumps({"key": self.key}, indent=1).encode())
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".npy")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, emb, allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+            atomic_write_bytes(meta, json.dumps({"key": self.key}, indent=1).encode())
+        buf = io.BytesIO()
+        np.save(buf, emb, allow_pickle=False)
+        atomic_write_bytes(path, buf.getvalue())
