@@ -59,6 +59,8 @@ class TrainConfig(_Strict):
     patience: int = Field(5, ge=1)  # epochs without validation NDCG@10 gain before stopping
     time_budget_s: float | None = None  # optional wall-clock cap per training run
     threads: int = Field(1, ge=1)
+    nproc: int = Field(1, ge=1)  # `persona train` processes on this machine (DDP under torchrun when > 1)
+    dist_timeout_s: float = Field(300.0, gt=0)  # collectives fail (not hang) when a rank is gone this long
 
 
 class EvalConfig(_Strict):

@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+from recsys import distributed
 from recsys.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from recsys.config import PersonaConfig
 from recsys.datasets import prepare
@@ -24,21 +25,32 @@ def load_dataset_split(cfg: PersonaConfig) -> SplitData:
 
 
 def train_seeds(cfg: PersonaConfig, split: SplitData | None = None, progress: bool = True) -> list[Path]:
-    """Train ``cfg.model`` once per seed; write each checkpoint to ``cfg.run_dir(seed)``."""
-    split = split or load_dataset_split(cfg)
-    paths = []
-    for seed in cfg.seeds:
-        result = train_model(split, cfg, seed, progress=progress)
-        extra = {
-            "seed": seed,
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
-            "train_seconds": round(result.seconds, 1),
-            "valid": result.best_valid,
-            "protocol": cfg.data.protocol,
-        }
-        paths.append(save_checkpoint(cfg.run_dir(seed), result.model, cfg.dataset, split.item_tokens, extra))
-        log.info("%s seed %d: best epoch %d, valid %s", cfg.model, seed, result.best_epoch, result.best_valid)
+    """Train ``cfg.model`` once per seed; write each checkpoint to ``cfg.run_dir(seed)``.
+
+    Under ``torchrun`` every rank trains (DDP) and rank 0 alone prepares the data first and writes the
+    checkpoints; the other ranks return the same paths.
+    """
+    with distributed.process_group(cfg):
+        split = split or distributed.rank0_first(load_dataset_split, cfg)
+        paths = []
+        for seed in cfg.seeds:
+            result = train_model(split, cfg, seed, progress=progress and distributed.is_rank0())
+            extra = {
+                "seed": seed,
+                "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history),
+                "train_seconds": round(result.seconds, 1),
+                "valid": result.best_valid,
+                "protocol": cfg.data.protocol,
+            }
+            if distributed.world_size() > 1:
+                extra["world_size"] = distributed.world_size()
+            if distributed.is_rank0():
+                save_checkpoint(cfg.run_dir(seed), result.model, cfg.dataset, split.item_tokens, extra)
+                log.info("%s seed %d: best epoch %d, valid %s", cfg.model, seed, result.best_epoch, result.best_valid)
+            paths.append(cfg.run_dir(seed))
+            with distributed.collective_errors(cfg):
+                distributed.barrier()  # no rank runs ahead of (or exits before) rank 0's checkpoint
     return paths
 
 

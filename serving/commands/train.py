@@ -16,6 +16,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train the base device model for every seed (checkpoints under runs/)")
     add_common(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--nproc", type=int, help="DDP processes on this machine, relaunched under torchrun (default train.nproc)"
+    )
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("evaluate", help="full-ranking test metrics of trained models + popularity, mean ± std")
@@ -49,12 +52,42 @@ def _model_configs(args, names: list[str]) -> list[AppConfig]:
 
 
 def run_train(args) -> int:
+    from recsys import distributed
     from recsys.experiment import train_seeds
 
     cfg = _model_configs(args, [load_app_config(args.config, args.overrides).model])[0]
-    for path in train_seeds(cfg, progress=not args.quiet):
-        print(path)
+    nproc = cfg.train.nproc if args.nproc is None else args.nproc
+    if nproc < 1:
+        raise CliError(f"--nproc must be >= 1, got {nproc}")
+    if nproc > 1 and not distributed.launched_by_torchrun():
+        return torchrun_self(args, nproc)
+    try:
+        paths = train_seeds(cfg, progress=not args.quiet)
+    except distributed.DistributedError as exc:
+        raise CliError(str(exc)) from exc
+    if distributed.env_rank() == 0:
+        for path in paths:
+            print(path)
     return 0
+
+
+def torchrun_self(args, nproc: int) -> int:
+    """Run this ``persona train`` as ``nproc`` DDP processes on 127.0.0.1 (torchrun, gloo/nccl); its exit code."""
+    import subprocess
+    import sys
+    import uuid
+
+    child = ["train", *(["--config", args.config] if args.config else []), *(["--quiet"] if args.quiet else [])]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", "1", "--nproc-per-node", str(nproc), "--max-restarts", "0",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", uuid.uuid4().hex,
+        "-m", "serving.cli", *(["-v"] if getattr(args, "verbose", False) else []), *child, *args.overrides,
+    ]  # fmt: skip
+    code = subprocess.call(cmd)
+    if code:
+        print(f"persona train: error: {nproc}-process torchrun job failed (exit code {code})", file=sys.stderr)
+    return code
 
 
 def run_evaluate(args) -> int:
