@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 
 from llm_cloud.adapter import Adapter, left_padded_windows
-from llm_cloud.prototypes import PrototypeBank, _clipped
+from llm_cloud.prototypes import PrototypeBank, clipped_parts
 from recsys.checkpoint import load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
 from recsys.runtime import EditPayload, PrototypeSnapshot
@@ -83,7 +83,7 @@ class AdapterEditor:
         sample = adapter.edits_from_codes(layer_codes, base)
         k, dist = self.bank.assign_nearest(layer_codes.flatten(1))
         if float(dist[0]) > self.bank.ood_threshold:
-            parts = _clipped(sample, adapter.cfg.clip)
+            parts = clipped_parts(sample, adapter.cfg.clip)
             edit = HeadEdit(parts[: self.bank.n_layers], parts[self.bank.n_layers :], clip=adapter.cfg.clip)
             return EditPayload.from_head_edit(_first(edit), self.version, None)
         centre = adapter.edits_from_codes(self.bank.centres[k].view_as(layer_codes), base)

@@ -23,7 +23,7 @@ from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.adapter_data import TrainingSamples, batch_from_rows
 from llm_cloud.adapter_train import adapter_score_fn, train_adapter
 from llm_cloud.artifacts import code_table_for, freeze, save_adapter, save_bank
-from llm_cloud.prototypes import PrototypeBank, _clipped
+from llm_cloud.prototypes import PrototypeBank, clipped_parts
 from recsys.evaluate import evaluate_rows, model_score_fn
 from recsys.finetune import finetune_edit
 from recsys.models import EditableSeqRec, HeadEdit, score_with_edit
@@ -160,7 +160,7 @@ class Adaptation:
             edit = bank.edit_for(k, sample_edit, centre_edit)
             if dynamic:
                 ood = dist > bank.ood_threshold
-                mine = _clipped(sample_edit, adapter.cfg.clip)
+                mine = clipped_parts(sample_edit, adapter.cfg.clip)
                 parts = [torch.where(ood.view(-1, *[1] * (p.dim() - 1)), m, p)
                          for p, m in zip(edit.dW + edit.db, mine)]
                 edit = HeadEdit(parts[: bank.n_layers], parts[bank.n_layers:], clip=edit.clip)

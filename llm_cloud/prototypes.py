@@ -35,7 +35,7 @@ def sample_codes(adapter: Adapter, samples: TrainingSamples, code_table, batch: 
     return torch.cat(out)
 
 
-def _clipped(edit: HeadEdit, c: float) -> list[torch.Tensor]:
+def clipped_parts(edit: HeadEdit, c: float) -> list[torch.Tensor]:
     """Weights and biases of a full edit, clipped, as ``[dW_1 … dW_L, db_1 … db_L]``."""
     return [w.clamp(-c, c) for w in edit.dW] + [b.clamp(-c, c) for b in edit.db]
 
@@ -78,7 +78,7 @@ class PrototypeBank:
         bank.ood_threshold = float(torch.quantile(dist[: min(len(dist), 200_000)], cfg.ood_quantile))
         with torch.no_grad():
             centre_edit = adapter.edits_from_codes(bank.centres.view(k, bank.n_layers, -1), base)
-        parts = _clipped(centre_edit, adapter.cfg.clip)
+        parts = clipped_parts(centre_edit, adapter.cfg.clip)
         bank.weights, bank.biases = parts[: bank.n_layers], parts[bank.n_layers :]
         if cfg.variant == "finetune":
             bank._finetune_heads(base, samples, assign, seed)
@@ -128,7 +128,7 @@ class PrototypeBank:
     def assign_min_residual(self, edit: HeadEdit) -> torch.Tensor:
         """The prototype whose head needs the smallest residual edit ``‖clip(ΔW) − E_k‖``."""
         total = torch.zeros(edit.dW[0].size(0), self.size, device=self.centres.device)
-        for i, part in enumerate(_clipped(edit, self.adapter_clip)):
+        for i, part in enumerate(clipped_parts(edit, self.adapter_clip)):
             proto = (self.weights + self.biases)[i]
             total += torch.cdist(part.flatten(1), proto.flatten(1)) ** 2
         return total.argmin(dim=1)
@@ -138,7 +138,7 @@ class PrototypeBank:
         protos = [p[k] for p in self.weights + self.biases]
         if sample_edit is not None and centre_edit is not None:
             r = self.cfg.residual_clip
-            mine, theirs = _clipped(sample_edit, self.adapter_clip), _clipped(centre_edit, self.adapter_clip)
+            mine, theirs = clipped_parts(sample_edit, self.adapter_clip), clipped_parts(centre_edit, self.adapter_clip)
             protos = [p + (m - t).clamp(-r, r) for p, m, t in zip(protos, mine, theirs)]
         return HeadEdit(protos[: self.n_layers], protos[self.n_layers :], clip=self.cfg.total_clip)
 

@@ -1,0 +1,75 @@
+"""Paste the committed reports and docs/*.md sections into README.md between their markers.
+
+python scripts/fill_readme.py      # after `scripts/reproduce.sh`, `persona codebook`, benchmarks
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ["ml-100k", "ml-latest-small", "amazon-beauty", "amazon-scientific"]
+
+
+def table_of(md: Path) -> str:
+    """The first Markdown table in ``md`` (empty if the report is missing)."""
+    if not md.is_file():
+        return ""
+    lines = md.read_text().splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("|")), None)
+    if start is None:
+        return ""
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def notes_of(md: Path) -> str:
+    """The bullet lines right after the first table (relative gains, OOD AUROC)."""
+    if not md.is_file():
+        return ""
+    text = md.read_text().split("\n\n")
+    return "\n".join(ln for block in text[2:3] for ln in block.splitlines() if ln.startswith("- "))
+
+
+def section(name: str, body: str, readme: str) -> str:
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    pattern = (
+        re.compile(re.escape(start) + r".*?" + re.escape(end), re.S) if end in readme else re.compile(re.escape(start))
+    )
+    return pattern.sub(lambda _: f"{start}\n{body.strip()}\n{end}", readme, count=1)
+
+
+def main() -> None:
+    readme = (ROOT / "README.md").read_text()
+    base = [(ROOT / "docs" / "base_results.md").read_text().strip()]
+    for d in DATASETS:
+        t = table_of(ROOT / "reports" / d / "base.md")
+        base.append(f"**{d}**\n\n{t if t else '_not measured in this revision_'}")
+    readme = section("BASE-TABLES", "\n\n".join(base), readme)
+    adapt = [
+        (ROOT / "docs" / "adaptation.md").read_text().strip(),
+        (ROOT / "docs" / "adaptation_results.md").read_text().strip(),
+    ]
+    for d in DATASETS:
+        md = ROOT / "reports" / d / "adaptation-sasrec.md"
+        if md.is_file():
+            adapt.append(f"**{d} / SASRec**\n\n{table_of(md)}\n\n{notes_of(md)}")
+            png = md.with_name("adaptation-sasrec-ndcg-over-time.png")
+            if png.is_file():
+                adapt.append(f"![NDCG@10 over the test period, {d}]({png.relative_to(ROOT)})")
+    cost = table_of(ROOT / "reports" / "benchmarks" / "adaptation_cost.md")
+    if cost:
+        cost_md = (ROOT / "reports" / "benchmarks" / "adaptation_cost.md").read_text().split("\n\n")
+        adapt.append(
+            "**Cost per adaptation on the device** (`python benchmarks/adaptation_cost.py`)\n\n"
+            + "\n\n".join(cost_md[1:])
+        )
+    readme = section("ADAPTATION", "\n\n".join(adapt), readme)
+    for name, doc in (("CODEBOOK", "codebook.md"), ("SERVING", "serving.md"), ("DISTRIBUTED", "distributed.md")):
+        readme = section(name, (ROOT / "docs" / doc).read_text(), readme)
+    (ROOT / "README.md").write_text(readme)
+
+
+if __name__ == "__main__":
+    main()
