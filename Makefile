@@ -7,9 +7,9 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
-# main job: each base-model training run is capped at 45 s (SASRec reaches ≈ 12 epochs on
+# main job: each base-model training run is capped at 35 s (SASRec reaches ≈ 10 epochs on
 # 2 quiet cores; GRU4Rec is time-capped) so that `make run` stays under 10 minutes on a fresh machine
-RUN_ARGS ?= train.time_budget_s=45 train.threads=2
+RUN_ARGS ?= train.time_budget_s=35 train.threads=2
 
 .PHONY: install run test lint serve bench clean
 
