@@ -12,8 +12,9 @@ LABELS = {"ndcg": "NDCG", "hit": "HR", "mrr": "MRR"}
 
 
 def label(key: str) -> str:
-    name, k = key.split("@")
-    return f"{LABELS.get(name, name.upper())}@{k}"
+    """``ndcg@10`` → ``NDCG@10``, ``hit@5`` → ``HR@5``, ``uauc`` → ``UAUC``."""
+    name, _, k = key.partition("@")
+    return f"{LABELS.get(name, name.upper())}@{k}" if k else name.upper()
 
 
 def markdown_table(results: dict[str, list[dict[str, float]]], keys: list[str] = REPORT_KEYS) -> str:
