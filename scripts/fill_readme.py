@@ -58,6 +58,11 @@ def main() -> None:
             png = md.with_name("adaptation-sasrec-ndcg-over-time.png")
             if png.is_file():
                 adapt.append(f"![NDCG@10 over the test period, {d}]({png.relative_to(ROOT)})")
+    for extra in sorted((ROOT / "reports").glob("ablations/*/adaptation-sasrec.md")) + sorted(
+        (ROOT / "reports").glob("variants/*/*/adaptation-sasrec.md")
+    ):
+        rel = extra.relative_to(ROOT)
+        adapt.append(f"**{rel.parent}** (`{rel}`)\n\n{table_of(extra)}\n\n{notes_of(extra)}")
     cost = table_of(ROOT / "reports" / "benchmarks" / "adaptation_cost.md")
     if cost:
         cost_md = (ROOT / "reports" / "benchmarks" / "adaptation_cost.md").read_text().split("\n\n")
