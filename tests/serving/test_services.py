@@ -150,8 +150,16 @@ def test_cloud_edit_fallback_to_prototype_cache_and_resume(checkpoint, runtime, 
             cloud.delay_s = 0.0
             post_events(c, dev.url, "bob", items[8:10], start=8)
             ids = ids_of(runtime, items[:10])
-            resp = wait_for(lambda: (r := rank(c, dev.url, user_id="bob", k=10).json())["adaptation"] == "cloud-edit"
-                            and r, timeout=10)
+            # a late answer to step 3's slow request may land first; edits have resumed once the device
+            # serves the cloud's edit for the *current* history
+            fresh, _ = runtime.rank(ids, 10, exclude=set(ids), edit=editor.edit(ids).head_edit())
+            fresh_items = [str(runtime.item_tokens[i]) for i in fresh]
+            resp = wait_for(
+                lambda: (r := rank(c, dev.url, user_id="bob", k=10).json())["adaptation"] == "cloud-edit"
+                and [it["item_id"] for it in r["items"]] == fresh_items
+                and r,
+                timeout=10,
+            )
             expect(resp, ids, editor.edit(ids).head_edit())
             text = c.get(f"{dev.url}/metrics").text
             assert metric(text, "persona_cloud_rtt_seconds_count", endpoint="edits", outcome="ok") >= 2
