@@ -23,9 +23,19 @@ from tests.serving.conftest import wait_for
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (all held open while chosen, so they cannot repeat)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def start_device(checkpoint, tmp_path, port: int) -> subprocess.Popen:
@@ -127,7 +137,7 @@ def test_cloud_without_api_key_is_refused(tmp_path):
 def test_role_all_serves_device_and_cloud_in_one_process(checkpoint, tmp_path):
     """What ``make serve`` runs: both services in one process; the device reaches its cloud; SIGTERM stops both."""
     ckpt, workdir = checkpoint
-    port, cloud_port = free_port(), free_port()
+    port, cloud_port = free_ports(2)
     cmd = [
         sys.executable, "-m", "serving.cli", "serve", "--role", "all", "--port", str(port), "--cloud-port",
         str(cloud_port), f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'e.db'}",
@@ -137,7 +147,7 @@ def test_role_all_serves_device_and_cloud_in_one_process(checkpoint, tmp_path):
     device, cloud = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{cloud_port}"
     try:
         def up():
-            assert proc.poll() is None
+            assert proc.poll() is None, proc.stdout.read()[-3000:]  # died at start-up: show why
             try:
                 return httpx.get(f"{device}/healthz", timeout=1).json()["cloud_available"] is True
             except httpx.HTTPError:
@@ -170,7 +180,7 @@ def test_two_workers_share_port_event_log_and_metrics(checkpoint, tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         def up():
-            assert proc.poll() is None
+            assert proc.poll() is None, proc.stdout.read()[-3000:]  # died at start-up: show why
             try:
                 return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
