@@ -20,16 +20,18 @@ class AdapterConfig(_Strict):
     use_codebook: bool = True  # semantic-code embeddings of the window's items as input
     use_state: bool = True  # the device model's user state h as input
     rank: int = Field(0, ge=0)  # 0 = full-rank ΔW_l; r > 0 = ΔW_l = U_l(z_l) V_l(z_l), rank r
-    clip: float = Field(0.1, gt=0)  # entries of ΔW_l, Δb_l are clipped to ±clip
+    clip: float = Field(0.02, gt=0)  # entries of ΔW_l, Δb_l are clipped to ±clip
     anchor: bool = True  # False = DUET-style: the head is generated outright, base head unused
     n_future: int = Field(1, ge=1)  # train the edited head on the next n_future items
-    epochs: int = Field(15, ge=1)
+    epochs: int = Field(8, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     patience: int = Field(3, ge=1)
-    max_train_samples: int | None = Field(None, ge=1)  # subsample training windows (large datasets)
+    samples_per_epoch: int | None = Field(None, ge=1)  # None = every training window each epoch; else a fresh
+    # random subset of this many windows per epoch (large catalogues: more epochs, all windows still seen)
+    time_budget_s: float | None = Field(None, gt=0)  # stop after the epoch that crosses it (CPU budgets)
 
 
 class PrototypeConfig(_Strict):
@@ -46,3 +48,4 @@ class PrototypeConfig(_Strict):
     refine_rate: float = Field(0.05, gt=0, le=1)  # dynamic refinement: centre ← centre + rate·(z − centre)
     assignment: Literal["nearest", "min-residual"] = "nearest"
     spawn: bool = True  # OOD windows open a new prototype (else: fall back to the per-sample edit)
+    build_samples: int | None = Field(60000, ge=1)  # training windows the bank is built from (random subset)

@@ -49,6 +49,14 @@ class TrainingSamples:
         w = self.window[idx]
         return AdapterBatch(w, code_lookup(w, code_table), self.state[idx], self.targets[idx])
 
+    def subset(self, n: int | None, seed: int) -> TrainingSamples:
+        """At most ``n`` samples drawn without replacement (time order kept); ``self`` when ``n`` covers all."""
+        if n is None or n >= len(self):
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+        idx = torch.from_numpy(keep).to(self.window.device)
+        return TrainingSamples(self.window[idx], self.state[idx], self.targets[idx])
+
 
 @torch.inference_mode()
 def training_samples(
@@ -56,8 +64,6 @@ def training_samples(
     sequences: list[np.ndarray],
     n_window: int,
     n_future: int,
-    max_samples: int | None = None,
-    seed: int = 0,
     chunk: int = 512,
 ) -> TrainingSamples:
     """One sample per training target: the window before it, the base state there, the next items.
@@ -69,10 +75,6 @@ def training_samples(
     x, y = make_windows(sequences, base.max_seq_len)
     x, y = x.to(device), y.to(device)
     rows, cols = torch.nonzero(y > 0, as_tuple=True)
-    if max_samples is not None and len(rows) > max_samples:
-        keep = np.random.default_rng(seed).choice(len(rows), max_samples, replace=False)
-        keep = torch.from_numpy(np.sort(keep)).to(device)
-        rows, cols = rows[keep], cols[keep]
     states = torch.empty(len(rows), base.head.dim, device=device)
     for start in range(0, len(x), chunk):  # all positions of a chunk of windows in one pass
         sel = (rows >= start) & (rows < start + chunk)

@@ -61,7 +61,8 @@ def train_adapter(
     device = base.item_embeddings.device
     for p in base.parameters():
         p.requires_grad_(False)
-    samples = training_samples(base, split.train_sequences, cfg.window, cfg.n_future, cfg.max_train_samples, seed)
+    samples = training_samples(base, split.train_sequences, cfg.window, cfg.n_future)
+    per_epoch = min(len(samples), cfg.samples_per_epoch or len(samples))
     code_sizes = None if code_table is None else [int(code_table[:, i].max()) for i in range(code_table.size(1))]
     adapter = Adapter(
         cfg, base.n_items, base.head.dim, len(base.head.layers), code_sizes, base.item_embeddings.detach().clone()
@@ -73,7 +74,7 @@ def train_adapter(
     bar = tqdm(range(cfg.epochs), desc=f"adapter seed {seed}", disable=not progress, leave=False)
     for epoch in bar:
         adapter.train()
-        order = torch.from_numpy(epoch_order(len(samples), seed, epoch)).to(device)
+        order = torch.from_numpy(epoch_order(len(samples), seed, epoch)[:per_epoch]).to(device)
         total, n = 0.0, 0
         for start in range(0, len(order), cfg.batch_size):
             batch = samples.batch(order[start : start + cfg.batch_size], code_table)
@@ -88,7 +89,8 @@ def train_adapter(
         valid = evaluate_rows(
             adapter_score_fn(base, adapter, cfg.window, code_table), valid_rows, split.config, eval_batch_size, device
         )
-        history.append({"epoch": epoch, "loss": total / max(n, 1), **valid})
+        elapsed = time.perf_counter() - t0
+        history.append({"epoch": epoch, "loss": total / max(n, 1), "seconds": round(elapsed, 1), **valid})
         bar.set_postfix(loss=f"{total / max(n, 1):.3f}", ndcg10=f"{valid['ndcg@10']:.4f}")
         if best_valid is None or valid["ndcg@10"] > best_valid["ndcg@10"]:
             best, best_valid, best_epoch, bad = copy.deepcopy(adapter.state_dict()), valid, epoch, 0
@@ -96,6 +98,9 @@ def train_adapter(
             bad += 1
             if bad >= cfg.patience:
                 break
+        if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s:
+            log.info("adapter seed %d: time budget %.0f s reached after epoch %d", seed, cfg.time_budget_s, epoch)
+            break
     adapter.load_state_dict(best)
     adapter.eval()
     return AdapterResult(adapter, best_epoch, best_valid, history, time.perf_counter() - t0, samples)

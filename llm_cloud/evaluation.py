@@ -37,6 +37,8 @@ ADAPTER_OF = {  # method → adapter variant (config overrides)
     "edit": "main", "proto": "main", "proto-centre": "main", "proto-res": "main", "proto-dyn": "main",
     "duet": "duet", "no-xlayer": "no-xlayer", "no-codebook": "no-codebook",
 }
+FINETUNE_LRS = (1e-3, 3e-3, 1e-2)  # on-device fine-tuning: 5 Adam steps, lr chosen on validation
+FINETUNE_SELECT_ROWS = 3000
 VARIANTS = {"main": {}, "duet": {"anchor": False}, "no-xlayer": {"cross_layer": False},
             "no-codebook": {"use_codebook": False}}
 
@@ -90,6 +92,7 @@ class Adaptation:
         self.adapters: dict[str, tuple[Adapter, TrainingSamples]] = {}
         self.banks: dict[str, PrototypeBank] = {}
         self.timings: dict[str, float] = {}
+        self.selected: dict[str, float] = {}  # hyper-parameters chosen on validation (reported)
 
     # ------------------------------------------------------------------ training
     def adapter(self, variant: str) -> tuple[Adapter, TrainingSamples]:
@@ -115,7 +118,8 @@ class Adaptation:
             cfg = self.proto_cfg.model_copy(update={"variant": variant})
             t0 = time.perf_counter()
             with torch.enable_grad():
-                self.banks[variant] = PrototypeBank.build(cfg, self.base, adapter, samples,
+                self.banks[variant] = PrototypeBank.build(cfg, self.base, adapter,
+                                                          samples.subset(cfg.build_samples, self.seed),
                                                           self.table_for(adapter), self.seed)
             self.timings[f"bank:{variant}"] = time.perf_counter() - t0
             save_bank(self.out_dir / f"bank-{variant}", self.banks[variant])
@@ -127,10 +131,7 @@ class Adaptation:
         if method == "static":
             return model_score_fn(base)
         if method == "finetune":
-            def fn(rows):
-                edit = finetune_edit(base, rows["item_id_list"], rows["item_length"], self.adapter_cfg.window)
-                return score_with_edit(base, rows["item_id_list"], rows["item_length"], edit)
-            return fn
+            return self._finetune_fn(self.finetune_lr())
         adapter, _ = self.adapter(ADAPTER_OF[method])
         if method in ("edit", "duet", "no-xlayer", "no-codebook"):
             return adapter_score_fn(base, adapter, adapter.cfg.window, self.table_for(adapter))
@@ -139,6 +140,30 @@ class Adaptation:
         bank = bank if frozen else bank.copy()
         residual = method in ("proto-res", "proto-dyn")
         return self._proto_fn(adapter, bank, residual=residual, dynamic=not frozen, record=record)
+
+    def _finetune_fn(self, lr: float):
+        base, window = self.base, self.adapter_cfg.window
+
+        def fn(rows):
+            edit = finetune_edit(base, rows["item_id_list"], rows["item_length"], window, lr=lr)
+            return score_with_edit(base, rows["item_id_list"], rows["item_length"], edit)
+
+        return fn
+
+    def finetune_lr(self) -> float:
+        """The on-device fine-tuning baseline's learning rate, chosen on (a time-ordered slice of) validation."""
+        if "finetune" not in self.selected:
+            rows = self.split.eval_rows("valid")
+            rows = rows[: min(len(rows), FINETUNE_SELECT_ROWS)]
+            t0 = time.perf_counter()
+            scores = {
+                lr: evaluate_rows(self._finetune_fn(lr), rows, self.split.config, 128, self.device)["ndcg@10"]
+                for lr in FINETUNE_LRS
+            }
+            self.selected["finetune"] = max(scores, key=scores.get)
+            self.timings["select:finetune"] = time.perf_counter() - t0
+            log.info("finetune lr on validation: %s → %s", scores, self.selected["finetune"])
+        return self.selected["finetune"]
 
     def _proto_fn(self, adapter: Adapter, bank: PrototypeBank, residual: bool, dynamic: bool, record: RowRecord):
         base, table = self.base, self.table_for(adapter)

@@ -84,6 +84,7 @@ def run_adaptation(cfg, methods: list[str], progress: bool = True) -> dict:
                 "seed": seed,
                 "seconds": round(time.perf_counter() - t0, 1),
                 **{k: round(v, 1) for k, v in ad.timings.items()},
+                "selected": dict(ad.selected),
             }
         )
     return {

@@ -9,7 +9,7 @@ from serving.config import AppConfig, load_app_config
 
 BASE_MODELS = ["sasrec", "gru4rec"]
 # the main job trains the serving adapter on a sample of training windows to stay inside `make run`'s budget
-MAIN_JOB_ADAPTER = ["adapter.max_train_samples=10000", "adapter.epochs=3"]
+MAIN_JOB_ADAPTER = ["adapter.samples_per_epoch=10000", "adapter.epochs=3"]
 
 
 def add_parser(sub) -> None:
