@@ -11,7 +11,6 @@ they start at zero, so an untrained adapter leaves the base head unchanged. With
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llm_cloud.adapter_config import AdapterConfig
@@ -125,11 +124,3 @@ class Adapter(nn.Module):
 def edited_logits(base: EditableSeqRec, state: torch.Tensor, edit: HeadEdit | None) -> torch.Tensor:
     """Scores of all items for user states ``h`` under an edit of the (frozen) base head."""
     return base.logits(base.head(state, edit))
-
-
-def multi_target_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean CE over the non-zero targets ``[B, n_future]`` (each target scored by the same logits)."""
-    logp = F.log_softmax(logits, dim=-1)
-    mask = targets > 0
-    picked = logp.gather(1, targets.clamp(min=0))
-    return -(picked * mask).sum() / mask.sum().clamp(min=1)

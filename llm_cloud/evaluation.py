@@ -24,6 +24,7 @@ from llm_cloud.adapter_data import TrainingSamples, batch_from_rows
 from llm_cloud.adapter_train import adapter_score_fn, train_adapter
 from llm_cloud.artifacts import code_table_for, freeze, save_adapter, save_bank
 from llm_cloud.prototypes import PrototypeBank, clipped_parts
+from recsys import distributed
 from recsys.evaluate import evaluate_rows, model_score_fn
 from recsys.finetune import finetune_edit
 from recsys.models import EditableSeqRec, HeadEdit, score_with_edit
@@ -81,11 +82,13 @@ class Adaptation:
 
     def __init__(self, base: EditableSeqRec, split: SplitData, adapter_cfg: AdapterConfig,
                  proto_cfg: PrototypeConfig, seed: int, codebook_dir: Path | None, out_dir: Path,
-                 eval_batch_size: int = 256, progress: bool = True, device: str = "cpu"):
+                 eval_batch_size: int = 256, progress: bool = True, device: str = "cpu",
+                 dist_timeout_s: float = 300.0):
         self.device = device
         self.base, self.split, self.seed = freeze(base).to(device), split, seed
         self.adapter_cfg, self.proto_cfg = adapter_cfg, proto_cfg
         self.out_dir, self.eval_batch_size, self.progress = Path(out_dir), eval_batch_size, progress
+        self.dist_timeout_s = dist_timeout_s
         self.code_table = None
         if adapter_cfg.use_codebook and codebook_dir is not None:
             self.code_table = code_table_for(codebook_dir, split.item_tokens).to(device)
@@ -100,10 +103,15 @@ class Adaptation:
             cfg = self.adapter_cfg.model_copy(update=VARIANTS[variant])
             table = self.code_table if cfg.use_codebook else None
             t0 = time.perf_counter()
-            res = train_adapter(self.base, self.split, cfg, self.seed, table, self.eval_batch_size, self.progress)
+            res = train_adapter(self.base, self.split, cfg, self.seed, table, self.eval_batch_size,
+                                self.progress and distributed.is_rank0(), self.dist_timeout_s)
             self.timings[f"adapter:{variant}"] = time.perf_counter() - t0
-            meta = {"seed": self.seed, "best_epoch": res.best_epoch, "valid": res.best_valid}
-            save_adapter(self.out_dir / f"adapter-{variant}", res.adapter, meta, table)
+            meta = {"seed": self.seed, "best_epoch": res.best_epoch, "valid": res.best_valid,
+                    "epochs_run": len(res.history), "train_seconds": round(res.seconds, 1)}
+            if distributed.world_size() > 1:
+                meta["world_size"] = distributed.world_size()
+            if distributed.is_rank0():  # under torchrun every rank holds the same adapter; one writes it
+                save_adapter(self.out_dir / f"adapter-{variant}", res.adapter, meta, table)
             self.adapters[variant] = (res.adapter, res.samples)
             log.info("adapter %s: best epoch %d valid %s", variant, res.best_epoch, res.best_valid)
         return self.adapters[variant]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from llm_cloud.evaluation import METHODS, Adaptation, RowRecord
+from recsys import distributed
 from recsys.atomic_io import atomic_write_text
 from recsys.checkpoint import load_checkpoint
 from recsys.experiment import load_dataset_split
@@ -29,7 +30,8 @@ def adaptation_for_seed(cfg, seed: int, split, progress: bool = True) -> Adaptat
     base, _, _ = load_checkpoint(run_dir)
     cb = codebook_dir(cfg) if cfg.adapter.use_codebook else None
     return Adaptation(
-        base, split, cfg.adapter, cfg.prototypes, seed, cb, run_dir, cfg.eval.batch_size, progress, cfg.torch_device()
+        base, split, cfg.adapter, cfg.prototypes, seed, cb, run_dir, cfg.eval.batch_size, progress,
+        distributed.rank_device(cfg), cfg.train.dist_timeout_s,
     )
 
 

@@ -102,7 +102,7 @@ def process_group(cfg: PersonaConfig) -> Iterator[None]:
 
 
 @contextmanager
-def collective_errors(cfg: PersonaConfig) -> Iterator[None]:
+def collective_errors(timeout_s: float) -> Iterator[None]:
     """Turn a failed collective (peer died, timeout) into one clear :class:`DistributedError`."""
     try:
         yield
@@ -111,7 +111,7 @@ def collective_errors(cfg: PersonaConfig) -> Iterator[None]:
             raise
         raise DistributedError(
             f"rank {rank()} of {world_size()}: a collective failed ({type(exc).__name__}: {exc}); "
-            f"another rank died or stalled (timeout train.dist_timeout_s={cfg.train.dist_timeout_s:g} s)"
+            f"another rank died or stalled (timeout train.dist_timeout_s={timeout_s:g} s)"
         ) from exc
 
 

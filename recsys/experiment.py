@@ -49,7 +49,7 @@ def train_seeds(cfg: PersonaConfig, split: SplitData | None = None, progress: bo
                 save_checkpoint(cfg.run_dir(seed), result.model, cfg.dataset, split.item_tokens, extra)
                 log.info("%s seed %d: best epoch %d, valid %s", cfg.model, seed, result.best_epoch, result.best_valid)
             paths.append(cfg.run_dir(seed))
-            with distributed.collective_errors(cfg):
+            with distributed.collective_errors(cfg.train.dist_timeout_s):
                 distributed.barrier()  # no rank runs ahead of (or exits before) rank 0's checkpoint
     return paths
 

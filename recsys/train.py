@@ -164,7 +164,7 @@ def train_model(split: SplitData, cfg: PersonaConfig, seed: int, progress: bool 
     history = []
     t0 = time.perf_counter()
     bar = tqdm(range(cfg.train.epochs), desc=f"train {cfg.model} seed {seed}", disable=not progress, leave=False)
-    with distributed.collective_errors(cfg):
+    with distributed.collective_errors(cfg.train.dist_timeout_s):
         for epoch in bar:
             model.train()
             t_epoch = time.perf_counter()

@@ -35,7 +35,7 @@ class OpenAIHTTPConfig(_Strict):
     connect_timeout_s: float = Field(5.0, gt=0)
     max_retries: int = Field(3, ge=0)  # extra tries on connect errors, timeouts, 429 and 5xx
     backoff_s: float = Field(0.5, ge=0)  # first retry delay; doubles per try
-    concurrency: int = Field(4, ge=1)  # requests in flight at once
+    concurrency: int = Field(4, ge=1)  # most requests in flight; halves on 429/503/timeouts, grows back (AIMD)
     dim: int | None = Field(None, ge=1)  # expected embedding width; a server returning another → error
 
 

@@ -1,13 +1,17 @@
 """``openai-http`` backbone: a client for any OpenAI-compatible ``POST /v1/embeddings`` server (vLLM, ours).
 
-Batches go out ``concurrency`` at a time from a thread pool (works inside or outside an event loop).
-Connect errors, timeouts, 429 and 5xx are retried with exponential backoff; other 4xx fail at once.
-Every response is checked: one embedding per input, in ``index`` order, of the expected width.
+Batches of ``batch_size`` texts go out from a thread pool (works inside or outside an event loop), at
+most ``concurrency`` in flight. Backpressure: an overloaded server (429, 503, a timeout) halves the
+number of requests in flight, which grows back by one per window of successes (AIMD, as TCP does), and
+its ``Retry-After`` is honoured. Connect errors, timeouts, 408/429/5xx are retried with exponential
+backoff; other 4xx fail at once. Every response is checked: one embedding per input, in ``index``
+order, of the expected width.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,6 +23,49 @@ from llm_cloud.backbones.base import Backbone, BackboneError, check_embeddings, 
 from llm_cloud.backbones.config import BackboneConfig, OpenAIHTTPConfig
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+OVERLOAD_STATUS = {429, 503}  # the server asks for less: shrink the in-flight window
+MAX_RETRY_AFTER_S = 60.0
+
+
+class InFlightLimit:
+    """Bounded requests in flight with additive-increase / multiplicative-decrease.
+
+    ``acquire`` blocks while ``limit`` requests are out (the backpressure on the producer); an overload
+    halves ``limit`` (not below 1), and every ``limit`` successes in a row raise it by one, up to ``ceiling``.
+    """
+
+    def __init__(self, ceiling: int):
+        self.ceiling = self.limit = ceiling
+        self.in_flight = self.peak = self.decreases = 0
+        self._streak = 0
+        self._cond = threading.Condition()
+
+    def acquire(self) -> None:
+        with self._cond:
+            while self.in_flight >= self.limit:
+                self._cond.wait()
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+
+    def release(self, overloaded: bool) -> None:
+        with self._cond:
+            self.in_flight -= 1
+            if overloaded:
+                self.limit, self._streak = max(1, self.limit // 2), 0
+                self.decreases += 1
+            else:
+                self._streak += 1
+                if self._streak >= self.limit and self.limit < self.ceiling:
+                    self.limit, self._streak = self.limit + 1, 0
+            self._cond.notify_all()
+
+
+def retry_after_s(resp: httpx.Response) -> float | None:
+    """The server's ``Retry-After`` in seconds (delta-seconds form), capped; None when absent or a date."""
+    try:
+        return min(max(float(resp.headers["retry-after"]), 0.0), MAX_RETRY_AFTER_S)
+    except (KeyError, ValueError):
+        return None
 
 
 class OpenAIHTTPBackbone(Backbone):
@@ -36,6 +83,7 @@ class OpenAIHTTPBackbone(Backbone):
         limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
         self.client = httpx.Client(headers=headers, timeout=timeout, limits=limits)
         self._dim = cfg.dim
+        self.limit = InFlightLimit(cfg.concurrency)
 
     @property
     def key(self) -> str:
@@ -51,22 +99,29 @@ class OpenAIHTTPBackbone(Backbone):
     def _post(self, texts: list[str]) -> httpx.Response:
         """One request, retried on transient failures; returns a 2xx response or raises BackboneError."""
         payload = {"model": self.cfg.model, "input": texts, "encoding_format": "float"}
-        last = ""
+        last, wait = "", 0.0
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
-                time.sleep(self.cfg.backoff_s * 2 ** (attempt - 1))
+                time.sleep(max(wait, self.cfg.backoff_s * 2 ** (attempt - 1)))
+            self.limit.acquire()
+            overloaded = False
             try:
                 resp = self.client.post(self.url, json=payload)
             except (httpx.TransportError, httpx.TimeoutException) as exc:
-                kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "unreachable"
-                last = f"{kind} ({type(exc).__name__}: {exc})"
+                overloaded = isinstance(exc, httpx.TimeoutException)
+                kind = "timed out" if overloaded else "unreachable"
+                last, wait = f"{kind} ({type(exc).__name__}: {exc})", 0.0
                 continue
+            else:
+                overloaded = resp.status_code in OVERLOAD_STATUS
+            finally:
+                self.limit.release(overloaded)
             if resp.status_code < 400:
                 return resp
             detail = _error_detail(resp)
             if resp.status_code not in RETRY_STATUS:
                 raise BackboneError(f"openai-http: {self.url} answered HTTP {resp.status_code}: {detail}")
-            last = f"HTTP {resp.status_code}: {detail}"
+            last, wait = f"HTTP {resp.status_code}: {detail}", retry_after_s(resp) or 0.0
         tries = self.cfg.max_retries + 1
         raise BackboneError(f"openai-http: {self.url} failed after {tries} tries: {last}")
 

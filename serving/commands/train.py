@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from serving.commands import CliError, add_common
+from serving.commands.launch import resolve_nproc, torchrun_self
 from serving.config import AppConfig, load_app_config
 
 BASE_MODELS = ["sasrec", "gru4rec"]
@@ -56,11 +57,9 @@ def run_train(args) -> int:
     from recsys.experiment import train_seeds
 
     cfg = _model_configs(args, [load_app_config(args.config, args.overrides).model])[0]
-    nproc = cfg.train.nproc if args.nproc is None else args.nproc
-    if nproc < 1:
-        raise CliError(f"--nproc must be >= 1, got {nproc}")
+    nproc = resolve_nproc(args.nproc, cfg.train.nproc)
     if nproc > 1 and not distributed.launched_by_torchrun():
-        return torchrun_self(args, nproc)
+        return torchrun_self("train", args, nproc)
     try:
         paths = train_seeds(cfg, progress=not args.quiet)
     except distributed.DistributedError as exc:
@@ -69,25 +68,6 @@ def run_train(args) -> int:
         for path in paths:
             print(path)
     return 0
-
-
-def torchrun_self(args, nproc: int) -> int:
-    """Run this ``persona train`` as ``nproc`` DDP processes on 127.0.0.1 (torchrun, gloo/nccl); its exit code."""
-    import subprocess
-    import sys
-    import uuid
-
-    child = ["train", *(["--config", args.config] if args.config else []), *(["--quiet"] if args.quiet else [])]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nnodes", "1", "--nproc-per-node", str(nproc), "--max-restarts", "0",
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", uuid.uuid4().hex,
-        "-m", "serving.cli", *(["-v"] if getattr(args, "verbose", False) else []), *child, *args.overrides,
-    ]  # fmt: skip
-    code = subprocess.call(cmd)
-    if code:
-        print(f"persona train: error: {nproc}-process torchrun job failed (exit code {code})", file=sys.stderr)
-    return code
 
 
 def run_evaluate(args) -> int:
@@ -137,8 +117,22 @@ def run_main(args) -> int:
     from serving.commands import adapt, codebook
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
-    table = run_base(_model_configs(args, names), progress=not args.quiet)
+    model_cfgs = _model_configs(args, names)
     cfg = load_app_config(args.config, args.overrides)
+    if cfg.train.nproc > 1:  # each model trains as train.nproc DDP ranks, then evaluation runs here
+        import time
+
+        from recsys.experiment import evaluate_models, load_dataset_split, report_base
+
+        t0 = time.perf_counter()
+        load_dataset_split(cfg)  # prepare the data once, before the ranks start
+        for name in names:
+            code = torchrun_self("train", args, cfg.train.nproc, [*args.overrides, f"model={name}"])
+            if code:
+                return code
+        table = report_base(cfg, evaluate_models(cfg, ["pop", *names]), time.perf_counter() - t0)
+    else:
+        table = run_base(model_cfgs, progress=not args.quiet)
     print(f"\n{cfg.dataset} ({cfg.data.protocol} protocol), test split, RecBole full ranking, seeds {cfg.seeds}\n")
     print(table + "\n", flush=True)
     if args.skip_adapter:

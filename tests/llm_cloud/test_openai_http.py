@@ -111,3 +111,64 @@ def test_api_key_4xx_is_not_retried():
             client(url, max_retries=3).encode(["x"])
         assert flaky.calls == 0
         assert client(url, api_key="s3cret").encode(["x"]).shape == (1, 384)
+
+
+def _capacity_server(capacity: int, delay_s: float = 0.05):
+    """A stand-in for an overloaded vLLM server (a GPU server cannot run here): at most ``capacity``
+    requests are served at once, the rest get 429 + ``Retry-After`` as vLLM's front ends answer.
+    Embeddings are deterministic functions of the text, so order and content are checkable."""
+    import asyncio
+
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app, state = FastAPI(), {"in_flight": 0, "peak": 0, "rejected": 0, "served": 0}
+
+    def vec(text: str) -> list[float]:
+        return np.random.default_rng(sum(map(ord, text))).standard_normal(8).tolist()
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: dict):
+        if state["in_flight"] >= capacity:
+            state["rejected"] += 1
+            return JSONResponse({"error": {"message": "server busy"}}, status_code=429, headers={"Retry-After": "0"})
+        state["in_flight"] += 1
+        state["peak"] = max(state["peak"], state["in_flight"])
+        try:
+            await asyncio.sleep(delay_s)
+            state["served"] += 1
+            return {"data": [{"index": i, "embedding": vec(t)} for i, t in enumerate(body["input"])]}
+        finally:
+            state["in_flight"] -= 1
+
+    return app, state, vec
+
+
+def test_overloaded_server_shrinks_requests_in_flight():
+    """8 requests allowed in flight against a server that serves 2: AIMD backs off instead of failing."""
+    app, state, vec = _capacity_server(capacity=2)
+    texts = [f"item {i}" for i in range(120)]  # 40 batches of 3
+    with serve(app) as url:
+        backbone = client(url, concurrency=8, max_retries=4)
+        emb = backbone.encode(texts)
+    np.testing.assert_allclose(emb, np.asarray([vec(t) for t in texts], dtype=np.float32), atol=1e-6)
+    assert state["served"] == 40 and state["peak"] <= 2
+    assert backbone.limit.decreases >= 1 and backbone.limit.limit < 8  # it learnt to send less
+    assert state["rejected"] < 40  # without backoff every batch would be rejected several times
+
+
+def test_in_flight_limit_is_aimd():
+    from llm_cloud.backbones.openai_http import InFlightLimit
+
+    lim = InFlightLimit(8)
+    lim.acquire()
+    lim.release(overloaded=True)
+    assert lim.limit == 4
+    for _ in range(4):
+        lim.acquire()
+        lim.release(overloaded=False)
+    assert lim.limit == 5 and lim.peak == 1
+    for _ in range(5):
+        lim.acquire()
+        lim.release(overloaded=True)
+    assert lim.limit == 1  # never below one request in flight

@@ -1,0 +1,99 @@
+"""Adapter DDP (issue 7): ``persona adapter --nproc 2`` (2 gloo ranks) equals one process; a dead rank fails cleanly.
+
+ml-100k (always present) with a tiny base; each epoch draws 442 training windows with a global batch of
+52 (26 per rank), so the last global batch is partial and both ranks' shards are uneven.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from llm_cloud.artifacts import load_adapter
+from recsys.distributed import TEST_DIE_ENV
+from serving.cli import main as persona
+from tests.conftest import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 180  # a hang fails the test instead of the suite
+
+
+def _overrides(workdir: Path, out: Path) -> list[str]:
+    return [
+        f"data.workdir={workdir}",
+        "data.max_seq_len=16",
+        "model_params.hidden_size=16",
+        "model_params.inner_size=32",
+        "model_params.n_layers=1",
+        "train.epochs=1",
+        "train.dist_timeout_s=30",
+        "seeds=[0]",
+        f"output_dir={out}",
+        "adapter.use_codebook=false",
+        "adapter.window=4",
+        "adapter.code_dim=8",
+        "adapter.epochs=2",
+        "adapter.batch_size=52",
+        "adapter.samples_per_epoch=442",
+        "prototypes.k=2",
+        "prototypes.finetune_epochs=1",
+        "prototypes.build_samples=500",
+    ]
+
+
+def _persona(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+def _base(workdir: Path, out: Path) -> Path:
+    """A tiny trained base checkpoint (one process); returns its run dir."""
+    from recsys.experiment import train_seeds
+
+    (run_dir,) = train_seeds(load_config(overrides=_overrides(workdir, out)), progress=False)
+    return run_dir
+
+
+def test_two_gloo_ranks_train_the_same_adapter_as_one_process(ml100k_split, workdir, tmp_path):
+    run_dir = _base(workdir, tmp_path / "single")
+    shutil.copytree(tmp_path / "single", tmp_path / "ddp")
+    assert persona(["adapter", "--quiet", *_overrides(workdir, tmp_path / "single")]) == 0
+
+    proc = _persona(["adapter", "--nproc", "2", "--quiet", *_overrides(workdir, tmp_path / "ddp")])
+    assert proc.returncode == 0, proc.stdout
+    assert proc.stdout.count("adapter-main") == 1  # rank 0 alone writes and reports
+    ddp_dir = tmp_path / "ddp" / run_dir.relative_to(tmp_path / "single")
+
+    a1, meta1 = load_adapter(run_dir / "adapter-main")
+    a2, meta2 = load_adapter(ddp_dir / "adapter-main")
+    assert meta2["world_size"] == 2 and "world_size" not in meta1
+    assert meta1["best_epoch"] == meta2["best_epoch"] and meta1["epochs_run"] == meta2["epochs_run"] == 2
+    s1, s2 = a1.state_dict(), a2.state_dict()
+    assert s1.keys() == s2.keys()
+    moved = [k for k in s1 if "proj_w" in k and s1[k].abs().max() > 0]
+    assert moved, "the zero-initialised edit projections must have trained"
+    for key in s1:
+        torch.testing.assert_close(s2[key], s1[key], atol=2e-5, rtol=1e-4, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_dead_adapter_rank_fails_fast_without_artefacts(ml100k_split, workdir, tmp_path):
+    run_dir = _base(workdir, tmp_path)
+    proc = _persona(
+        ["adapter", "--nproc", "2", "--quiet", *_overrides(workdir, tmp_path)], env={TEST_DIE_ENV: "1:3"}
+    )
+    assert proc.returncode != 0
+    assert "2-process torchrun job failed" in proc.stdout, proc.stdout
+    assert not (run_dir / "adapter-main").exists()
+    assert not (run_dir / "prototypes.json").exists()
