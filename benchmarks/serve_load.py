@@ -85,8 +85,14 @@ def bare_scoring(ckpt: Path, histories: list[list[int]], repeats: int = 2000) ->
     return {"p50_ms": p50, "p99_ms": p99, "n_items": runtime.n_items - 1}
 
 
-async def load(port: int, bodies: list[bytes], n: int, concurrency: int, max_seconds: float) -> dict:
-    """Closed-loop HTTP/1.1 keep-alive client: ``concurrency`` connections share ``n`` requests."""
+async def load(
+    port: int, bodies: list[bytes], n: int, concurrency: int, max_seconds: float, path: str = "/v1/rank",
+    headers: str = "",
+) -> dict:
+    """Closed-loop HTTP/1.1 keep-alive client: ``concurrency`` connections share ``n`` POSTs to ``path``.
+
+    ``headers``: extra header lines, each ending in CRLF (e.g. the cloud's API key).
+    """
     latencies: list[float] = []
     errors: list[str] = []
     issued = 0
@@ -100,7 +106,7 @@ async def load(port: int, bodies: list[bytes], n: int, concurrency: int, max_sec
                 body = bodies[issued % len(bodies)]
                 issued += 1
                 head = (
-                    f"POST /v1/rank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}"
                     f"Content-Length: {len(body)}\r\n\r\n"
                 ).encode()
                 t0 = time.perf_counter()

@@ -1,0 +1,146 @@
+"""Loopback load benchmark of the replicated cloud service's ``POST /v1/edits``: 1 vs N uvicorn workers.
+
+The cloud role holds no per-request state (every worker loads the same read-only adapter + prototype
+bank), so replicas behind any load balancer answer identically; here the replicas are uvicorn worker
+processes sharing one port. For each worker count: start ``persona serve --role cloud --workers N`` on
+127.0.0.1 (one torch thread per worker), warm every worker up, then send a bounded number of edit
+requests (200 real ml-100k-style histories of 20 item ids) from the asyncio keep-alive client of
+``serve_load.py`` with ``--concurrency`` connections. Prints requests/s, p50/p99, errors and the
+throughput ratio against 1 worker; writes ``reports/benchmarks/serve_load_cloud.{json,md}``.
+
+Needs the main job's artefacts (``make run``: ``runs/<dataset>/sasrec/seed0`` with ``adapter-main``).
+
+    python benchmarks/serve_load_cloud.py [--workers 1,2] [--requests 3000] [--concurrency 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+import uvloop
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from serve_load import free_port, load, stop  # noqa: E402
+
+API_KEY = "bench-cloud-key"
+
+
+def start_cloud(ckpt: Path, workers: int, tmp: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "serving.cli", "serve", "--role", "cloud", "--cloud-port", str(port),
+        "--workers", str(workers), f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}",
+        f"data.workdir={ROOT / 'data' / 'atomic'}", "serve.access_log=false",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "cloud.log", "w"), env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"cloud service exited: {(tmp / 'cloud.log').read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("cloud service did not start")
+
+
+def versions_seen(port: int, body: bytes, n: int) -> set[str]:
+    """Adapter/bank versions in ``n`` answers to the same request (replicas must agree)."""
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    with httpx.Client(timeout=30) as c:
+        return {c.post(f"http://127.0.0.1:{port}/v1/edits", content=body, headers=headers).json()["version"]
+                for _ in range(n)}  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--max-seconds", type=float, default=30.0)
+    parser.add_argument("--concurrency", type=int, default=4, help="connections")
+    parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
+    args = parser.parse_args()
+    ckpt = ROOT / "runs" / args.dataset / "sasrec" / "seed0"
+    if not (ckpt / "adapter-main").is_dir():
+        print(f"no adapter at {ckpt}/adapter-main: run `make run` (or `persona adapter dataset={args.dataset}`)")
+        return 2
+    tokens = (ckpt / "items.txt").read_text().splitlines()
+    rng = random.Random(0)
+    bodies = [
+        json.dumps({"items": [tokens[rng.randrange(1, len(tokens))] for _ in range(20)]}).encode() for _ in range(200)
+    ]
+    header = f"Authorization: Bearer {API_KEY}\r\n"
+    meta = {
+        "machine": f"{os.cpu_count()} CPU cores",
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "command": "python " + " ".join(["benchmarks/serve_load_cloud.py", *sys.argv[1:]]),
+        "torch": torch.__version__,
+        "dataset": args.dataset,
+    }
+    rows = []
+    for workers in [int(w) for w in args.workers.split(",")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            proc, port = start_cloud(ckpt, workers, Path(tmp))
+            try:
+                uvloop.run(load(port, bodies, 100 * workers, 2 * workers, 30, "/v1/edits", header))  # warm-up
+                phase = uvloop.run(load(port, bodies, args.requests, args.concurrency, args.max_seconds,
+                                        "/v1/edits", header))  # fmt: skip
+                versions = versions_seen(port, bodies[0], 20)
+            finally:
+                stop(proc)
+        rows.append({"workers": workers, **phase, "versions": sorted(versions)})
+    base = rows[0]["req_per_s"]
+    for r in rows:
+        r["ratio_vs_first"] = round(r["req_per_s"] / base, 2) if base else None
+        print(
+            f"cloud workers={r['workers']} conc={r['concurrency']} n={r['requests']} err={r['errors']} "
+            f"p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms {r['req_per_s']:.0f} req/s "
+            f"x{r['ratio_vs_first']} vs {rows[0]['workers']} worker(s); versions {r['versions']}",
+            flush=True,
+        )
+    meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve_load_cloud.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = [
+        f"# Replicated cloud service load benchmark (`POST /v1/edits`, {args.dataset}, loopback)",
+        "",
+        f"{meta['machine']}; load average at start {meta['loadavg_start']}, end {meta['loadavg_end']}; uvicorn "
+        "workers on one port, one torch thread each; each request = adapter forward + prototype assignment + "
+        "residual edit for a 20-item history; client = asyncio HTTP/1.1 keep-alive on the same machine.",
+        "",
+        "| workers | connections | requests | errors | p50 ms | p99 ms | req/s | × vs 1 worker | versions served |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workers']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['p50_ms']:.2f} "
+            f"| {r['p99_ms']:.2f} | {r['req_per_s']:.0f} | {r['ratio_vs_first']} | {', '.join(r['versions'])} |"
+        )
+    lines += ["", f"Command: `{meta['command']}`.", ""]
+    (out / "serve_load_cloud.md").write_text("\n".join(lines))
+    errors = sum(r["errors"] for r in rows)
+    mixed = any(len(r["versions"]) != 1 for r in rows) or len({v for r in rows for v in r["versions"]}) != 1
+    print(f"wrote {out}/serve_load_cloud.{{json,md}}; errors: {errors}; one version everywhere: {not mixed}")
+    return 1 if errors or mixed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
