@@ -10,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ["ml-100k", "ml-latest-small", "amazon-beauty", "amazon-scientific"]
+MODELS = [("sasrec", "SASRec"), ("gru4rec", "GRU4Rec")]
 
 
 def table_of(md: Path) -> str:
@@ -52,12 +53,13 @@ def main() -> None:
         (ROOT / "docs" / "adaptation_results.md").read_text().strip(),
     ]
     for d in DATASETS:
-        md = ROOT / "reports" / d / "adaptation-sasrec.md"
-        if md.is_file():
-            adapt.append(f"**{d} / SASRec**\n\n{table_of(md)}\n\n{notes_of(md)}")
-            png = md.with_name("adaptation-sasrec-ndcg-over-time.png")
-            if png.is_file():
-                adapt.append(f"![NDCG@10 over the test period, {d}]({png.relative_to(ROOT)})")
+        for model, label in MODELS:
+            md = ROOT / "reports" / d / f"adaptation-{model}.md"
+            if md.is_file():
+                adapt.append(f"**{d} / {label}**\n\n{table_of(md)}\n\n{notes_of(md)}")
+                png = md.with_name(f"adaptation-{model}-ndcg-over-time.png")
+                if png.is_file():
+                    adapt.append(f"![NDCG@10 over the test period, {d} {label}]({png.relative_to(ROOT)})")
     for extra in sorted((ROOT / "reports").glob("ablations/*/adaptation-sasrec.md")) + sorted(
         (ROOT / "reports").glob("variants/*/*/adaptation-sasrec.md")
     ):
@@ -71,8 +73,11 @@ def main() -> None:
             + "\n\n".join(cost_md[1:])
         )
     readme = section("ADAPTATION", "\n\n".join(adapt), readme)
+    cloud = table_of(ROOT / "reports" / "benchmarks" / "serve_load_cloud.md") or "_not measured in this revision_"
     for name, doc in (("CODEBOOK", "codebook.md"), ("SERVING", "serving.md"), ("DISTRIBUTED", "distributed.md")):
-        readme = section(name, (ROOT / "docs" / doc).read_text(), readme)
+        text = section("CLOUD-LOAD", cloud, (ROOT / "docs" / doc).read_text())
+        text = re.sub(r"<!-- /?CLOUD-LOAD -->\n", "", text)  # README keeps only its own markers
+        readme = section(name, text, readme)
     (ROOT / "README.md").write_text(readme)
 
 

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CachedEdit:
-    payload: EditPayload
+    payload: EditPayload | None  # None while the request is in flight
     edit: HeadEdit | None
     n_events: int  # history length when it was requested
     prototype: int | None  # the device's prototype then
@@ -72,7 +72,7 @@ class DeviceService:
             else None
         )
         self.edits: OrderedDict[str, CachedEdit] = OrderedDict()
-        self.inflight: dict[str, asyncio.Task] = {}
+        self.inflight: dict[str, tuple[asyncio.Task, CachedEdit]] = {}  # key → (fetch, what it was asked for)
         self._bg: asyncio.Task | None = None
 
     @property
@@ -90,7 +90,7 @@ class DeviceService:
             self._bg.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._bg
-        for task in list(self.inflight.values()):
+        for task, _ in list(self.inflight.values()):
             task.cancel()
         if self.cloud is not None:
             await self.cloud.aclose()
@@ -201,12 +201,15 @@ class DeviceService:
         if not self.cloud.available:
             self.metrics.fallback.labels("unavailable").inc()
             return self._fallback(proto)
-        task = self.inflight.get(key)
-        if task is None:
+        pending = self.inflight.get(key)
+        # a request already in flight for this device is shared, unless it was for an older history
+        if pending is not None and not self._stale(pending[1], n_events, proto, bank):
+            task = pending[0]
+        else:
             tokens = [str(self.art.tokens[i]) for i in window]
             task = asyncio.create_task(self._fetch(key, tokens, req.user_id, n_events, proto, bank))
             task.add_done_callback(_consume)  # a late failure nobody waits for any more is not an error
-            self.inflight[key] = task
+            self.inflight[key] = (task, CachedEdit(None, None, n_events, proto, bank))
         try:
             fresh = await asyncio.wait_for(asyncio.shield(task), self.s.budget_ms / 1e3)
         except asyncio.TimeoutError:
@@ -235,13 +238,16 @@ class DeviceService:
             except (ValueError, RuntimeError) as exc:
                 raise CloudError(f"unusable edit: {exc}") from exc
             cached = CachedEdit(payload, edit, n_events, proto, bank)
-            self.edits[key] = cached
-            self.edits.move_to_end(key)
-            while len(self.edits) > self.s.edit_cache_size:
-                self.edits.popitem(last=False)
+            newer = self.edits.get(key)
+            if newer is None or newer.n_events <= n_events:  # a late answer never replaces a newer one
+                self.edits[key] = cached
+                self.edits.move_to_end(key)
+                while len(self.edits) > self.s.edit_cache_size:
+                    self.edits.popitem(last=False)
             return cached
         finally:
-            self.inflight.pop(key, None)
+            if self.inflight.get(key, (None,))[0] is asyncio.current_task():
+                del self.inflight[key]
 
     def _check_edit(self, edit: HeadEdit) -> None:
         dim, n_layers = self.runtime.model.head.dim, len(self.runtime.model.head.layers)

@@ -12,7 +12,7 @@ from recsys.runtime import PrototypeSnapshot
 from serving.artefacts import load_artefacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.device_app import DeviceService, create_device_app
-from tests.serving.conftest import API_KEY, LiveServer, RandomEditor, rank, serve_config, wait_for
+from tests.serving.conftest import API_KEY, LiveServer, RandomEditor, random_edit, rank, serve_config, wait_for
 
 
 def device_app(cfg, cloud_url=None):
@@ -150,17 +150,16 @@ def test_cloud_edit_fallback_to_prototype_cache_and_resume(checkpoint, runtime, 
             cloud.delay_s = 0.0
             post_events(c, dev.url, "bob", items[8:10], start=8)
             ids = ids_of(runtime, items[:10])
-            # a late answer to step 3's slow request may land first; edits have resumed once the device
-            # serves the cloud's edit for the *current* history
-            fresh, _ = runtime.rank(ids, 10, exclude=set(ids), edit=editor.edit(ids).head_edit())
-            fresh_items = [str(runtime.item_tokens[i]) for i in fresh]
+            # step 3's slow request (8 events) is still in flight: the device must not serve its late
+            # answer for the current 10-event history, but ask again (in-flight requests are keyed by
+            # what they were asked for, and a late answer never replaces a newer cached edit)
             resp = wait_for(
-                lambda: (r := rank(c, dev.url, user_id="bob", k=10).json())["adaptation"] == "cloud-edit"
-                and [it["item_id"] for it in r["items"]] == fresh_items
-                and r,
+                lambda: (r := rank(c, dev.url, user_id="bob", k=10).json())["adaptation"] == "cloud-edit" and r,
                 timeout=10,
             )
             expect(resp, ids, editor.edit(ids).head_edit())
+            time.sleep(1.0)  # let step 3's late answer land
+            expect(rank(c, dev.url, user_id="bob", k=10).json(), ids, editor.edit(ids).head_edit())
             text = c.get(f"{dev.url}/metrics").text
             assert metric(text, "persona_cloud_rtt_seconds_count", endpoint="edits", outcome="ok") >= 2
             assert metric(text, "persona_rank_adaptation_total", adaptation="prototype-cache") >= 2
@@ -224,3 +223,71 @@ def test_cloud_reloads_when_adapter_files_change(checkpoint, runtime, tmp_path):
         (adapter / "version.txt").write_text("bb")
         wait_for(lambda: c.get(f"{srv.url}/v1/prototypes").json()["version"] == "bb")
         assert "persona_reloads_total" in c.get(f"{srv.url}/metrics").text
+
+
+class GatedCloud:
+    """TEST DOUBLE of the device's cloud client (in-process, no HTTP): each edit waits for its gate, so the
+    order in which answers land is chosen by the test."""
+
+    available = True
+
+    def __init__(self, runtime):
+        self.runtime, self.asked, self.gates = runtime, [], []
+
+    async def edit(self, tokens, user_id=None):
+        import asyncio
+
+        gate = asyncio.Event()
+        self.asked.append(list(tokens))
+        self.gates.append(gate)
+        await gate.wait()
+        dim, n_layers = self.runtime.model.head.dim, len(self.runtime.model.head.layers)
+        return random_edit(f"gated:{tokens}", dim, n_layers, "gated-v1")
+
+    def mark_down(self):  # a cloud that is back at once
+        pass
+
+    async def aclose(self):
+        pass
+
+
+def test_a_late_cloud_answer_is_never_served_for_a_newer_history(checkpoint, runtime, tmp_path):
+    """Request 1 (4 events) times out; events 5-6 arrive; request 2 must ask the cloud again rather than wait on
+    request 1's answer, and request 1's answer landing last must not replace request 2's cached edit."""
+    import asyncio
+
+    from serving.schemas import EventsRequest, RankRequest
+
+    cfg = serve_config(checkpoint, tmp_path, "serve.budget_ms=100")
+    items = [str(t) for t in runtime.item_tokens[1:7]]
+    svc = DeviceService(cfg, load_artefacts(cfg), None, API_KEY)
+    svc.cloud = cloud = GatedCloud(runtime)
+
+    def events(lo, hi):
+        rows = [{"event_id": f"e{i}", "user_id": "ann", "item_id": items[i]} for i in range(lo, hi)]
+        return EventsRequest(events=rows)
+
+    def expected(n):
+        ids = ids_of(runtime, items[:n])
+        want, _ = runtime.rank(ids, 10, exclude=set(ids), edit=random_edit(
+            f"gated:{items[:n]}", runtime.model.head.dim, len(runtime.model.head.layers), "gated-v1").head_edit())
+        return [str(runtime.item_tokens[i]) for i in want]
+
+    async def scenario():
+        await svc.add_events(events(0, 4))
+        first = await svc.rank(RankRequest(user_id="ann"))
+        assert first.adaptation == "base" and cloud.asked == [items[:4]]  # over budget: fallback
+        await svc.add_events(events(4, 6))  # refresh_every=2: the in-flight request is for an older history
+        second = asyncio.create_task(svc.rank(RankRequest(user_id="ann")))
+        await asyncio.sleep(0.02)
+        assert cloud.asked == [items[:4], items[:6]]  # asked again for the current history
+        cloud.gates[1].set()
+        answer = await second
+        assert answer.adaptation == "cloud-edit" and [it.item_id for it in answer.items] == expected(6)
+        cloud.gates[0].set()  # request 1's answer lands last
+        await asyncio.sleep(0.05)
+        again = await svc.rank(RankRequest(user_id="ann"))
+        assert [it.item_id for it in again.items] == expected(6) and len(cloud.asked) == 2  # cached, newest kept
+        await svc.stop()
+
+    asyncio.run(scenario())
