@@ -45,6 +45,8 @@ class Adapter(nn.Module):
         self.item_emb = nn.Embedding(n_items, dim, padding_idx=0)
         if item_init is not None:
             self.item_emb.weight.data.copy_(item_init)
+        self.item_emb.weight.requires_grad_(cfg.train_item_emb)
+        self.drop = nn.Dropout(cfg.dropout)
         self.code_sizes = list(code_sizes or []) if cfg.use_codebook else []
         self.code_embs = nn.ModuleList(nn.Embedding(size + 1, dim, padding_idx=0) for size in self.code_sizes)
         self.gru = nn.GRU(dim, dz, batch_first=True)
@@ -73,11 +75,11 @@ class Adapter(nn.Module):
         if self.code_sizes and codes is not None:
             for level, emb in enumerate(self.code_embs):
                 x = x + emb(codes[..., level])
-        out, _ = self.gru(x)
+        out, _ = self.gru(self.drop(x))
         parts = [out[:, -1]]
         if self.state_proj is not None:
             parts.append(torch.tanh(self.state_proj(state)))
-        return self.mix(torch.cat(parts, dim=-1))
+        return self.mix(self.drop(torch.cat(parts, dim=-1)))
 
     def layer_codes(self, z: torch.Tensor) -> torch.Tensor:
         """``[B, L, dz]``: per-layer codes (layer-major when flattened)."""

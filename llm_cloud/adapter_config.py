@@ -23,6 +23,8 @@ class AdapterConfig(_Strict):
     clip: float = Field(0.02, gt=0)  # entries of ΔW_l, Δb_l are clipped to ±clip
     anchor: bool = True  # False = DUET-style: the head is generated outright, base head unused
     n_future: int = Field(1, ge=1)  # train the edited head on the next n_future items
+    train_item_emb: bool = True  # fine-tune the adapter's copy of the base item embeddings (False = frozen copy)
+    dropout: float = Field(0.0, ge=0, lt=1)  # on the window's input embeddings and the sequence code (training)
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -45,7 +47,10 @@ class PrototypeConfig(_Strict):
     residual_clip: float = Field(0.5, gt=0)  # clip of the per-sample residual edit on top of a prototype
     total_clip: float = Field(1.0, gt=0)
     ood_quantile: float = Field(0.95, gt=0, lt=1)  # OOD threshold = this quantile of training distances
-    refine_rate: float = Field(0.05, gt=0, le=1)  # dynamic refinement: centre ← centre + rate·(z − centre)
+    refine_rate: float | None = Field(None, gt=0, le=1)  # dynamic refinement: centre ← centre + rate·(z − centre);
+    # None = running mean (rate 1/(n_k + 1), n_k = training cluster size + windows absorbed since)
+    online_lr: float | None = Field(None, gt=0)  # dynamic banks: prequential Adam steps on the assigned
+    # prototypes' heads from the items devices consumed after being answered (None = unsupervised refinement only)
     assignment: Literal["nearest", "min-residual"] = "nearest"
     spawn: bool = True  # OOD windows open a new prototype (else: fall back to the per-sample edit)
     build_samples: int | None = Field(60000, ge=1)  # training windows the bank is built from (random subset)

@@ -104,7 +104,8 @@ def train_adapter(
         ids = [int(device.split(":")[1])] if str(device).startswith("cuda:") else None
         loss_sum = DistributedDataParallel(loss_sum, device_ids=ids, broadcast_buffers=False)
         die_at = distributed.fault_step_for_tests()
-    opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in adapter.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     valid_rows = split.eval_rows("valid")
     best, best_valid, best_epoch, bad, history = None, None, -1, 0, []
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ from llm_cloud.adapter import Adapter, edited_logits
 from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.adapter_data import TrainingSamples, batch_from_rows
 from llm_cloud.adapter_train import adapter_score_fn, train_adapter
-from llm_cloud.artifacts import code_table_for, freeze, save_adapter, save_bank
+from llm_cloud.artifacts import ArtifactError, code_table_for, freeze, load_adapter, load_bank, save_adapter, save_bank
 from llm_cloud.prototypes import PrototypeBank, clipped_parts
 from recsys import distributed
 from recsys.evaluate import evaluate_rows, model_score_fn
@@ -42,6 +42,16 @@ FINETUNE_LRS = (1e-3, 3e-3, 1e-2)  # on-device fine-tuning: 5 Adam steps, lr cho
 FINETUNE_SELECT_ROWS = 3000
 VARIANTS = {"main": {}, "duet": {"anchor": False}, "no-xlayer": {"cross_layer": False},
             "no-codebook": {"use_codebook": False}}
+
+
+BUILD_FIELDS = ("k", "variant", "finetune_epochs", "finetune_lr", "build_samples")  # what a saved bank was built with
+
+
+def _same_config(name: str, saved: dict, wanted: dict) -> None:
+    diff = [k for k in wanted if saved.get(k) != wanted[k]]
+    if diff:
+        k = diff[0]
+        raise ArtifactError(f"saved {name} was made with {k}={saved.get(k)!r}, this run asks for {wanted[k]!r}")
 
 
 @dataclass
@@ -83,12 +93,13 @@ class Adaptation:
     def __init__(self, base: EditableSeqRec, split: SplitData, adapter_cfg: AdapterConfig,
                  proto_cfg: PrototypeConfig, seed: int, codebook_dir: Path | None, out_dir: Path,
                  eval_batch_size: int = 256, progress: bool = True, device: str = "cpu",
-                 dist_timeout_s: float = 300.0):
+                 dist_timeout_s: float = 300.0, reuse: bool = False):
         self.device = device
         self.base, self.split, self.seed = freeze(base).to(device), split, seed
         self.adapter_cfg, self.proto_cfg = adapter_cfg, proto_cfg
         self.out_dir, self.eval_batch_size, self.progress = Path(out_dir), eval_batch_size, progress
         self.dist_timeout_s = dist_timeout_s
+        self.reuse = reuse  # evaluate the adapters and banks already saved in out_dir instead of training them
         self.code_table = None
         if adapter_cfg.use_codebook and codebook_dir is not None:
             self.code_table = code_table_for(codebook_dir, split.item_tokens).to(device)
@@ -98,7 +109,12 @@ class Adaptation:
         self.selected: dict[str, float] = {}  # hyper-parameters chosen on validation (reported)
 
     # ------------------------------------------------------------------ training
-    def adapter(self, variant: str) -> tuple[Adapter, TrainingSamples]:
+    def adapter(self, variant: str) -> tuple[Adapter, TrainingSamples | None]:
+        if variant not in self.adapters and self.reuse:
+            cfg = self.adapter_cfg.model_copy(update=VARIANTS[variant])
+            adapter, _ = load_adapter(self.out_dir / f"adapter-{variant}")
+            _same_config(f"adapter-{variant}", adapter.cfg.model_dump(), cfg.model_dump())
+            self.adapters[variant] = (freeze(adapter).to(self.device), None)
         if variant not in self.adapters:
             cfg = self.adapter_cfg.model_copy(update=VARIANTS[variant])
             table = self.code_table if cfg.use_codebook else None
@@ -121,6 +137,13 @@ class Adaptation:
 
     def bank(self, variant: str) -> PrototypeBank:
         """``finetune`` or ``centre`` prototype bank built on the main adapter's training codes."""
+        if variant not in self.banks and self.reuse:
+            bank = load_bank(self.out_dir / f"bank-{variant}")
+            cfg = self.proto_cfg.model_copy(update={"variant": variant})
+            _same_config(f"bank-{variant}", {k: getattr(bank.cfg, k) for k in BUILD_FIELDS},
+                         {k: getattr(cfg, k) for k in BUILD_FIELDS})
+            bank.cfg = cfg  # how it is refined while the test period streams in is today's config
+            self.banks[variant] = bank
         if variant not in self.banks:
             adapter, samples = self.adapter("main")
             cfg = self.proto_cfg.model_copy(update={"variant": variant})
@@ -197,7 +220,11 @@ class Adaptation:
                 parts = [torch.where(ood.view(-1, *[1] * (p.dim() - 1)), m, p)
                          for p, m in zip(edit.dW + edit.db, mine)]
                 edit = HeadEdit(parts[: bank.n_layers], parts[bank.n_layers:], clip=edit.clip)
+                logits = edited_logits(base, b.state, edit)  # the answer, before anything is learnt from it
                 self._stream_update(bank, k, ood, flat, parts, b.state)
+                known = ~ood  # prequential: the items these devices consumed next refine their prototypes
+                bank.learn(base, k[known], b.state[known], rows["item_id"][known])
+                return logits
             return edited_logits(base, b.state, edit)
 
         return fn

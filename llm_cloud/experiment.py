@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_cloud.artifacts import ArtifactError
 from llm_cloud.evaluation import METHODS, Adaptation, RowRecord
 from recsys import distributed
 from recsys.atomic_io import atomic_write_text
@@ -25,13 +26,13 @@ def codebook_dir(cfg) -> Path:
     return Path(cfg.output_dir) / cfg.dataset / "codebook"
 
 
-def adaptation_for_seed(cfg, seed: int, split, progress: bool = True) -> Adaptation:
+def adaptation_for_seed(cfg, seed: int, split, progress: bool = True, reuse: bool = False) -> Adaptation:
     run_dir = cfg.run_dir(seed)
     base, _, _ = load_checkpoint(run_dir)
     cb = codebook_dir(cfg) if cfg.adapter.use_codebook else None
     return Adaptation(
         base, split, cfg.adapter, cfg.prototypes, seed, cb, run_dir, cfg.eval.batch_size, progress,
-        distributed.rank_device(cfg), cfg.train.dist_timeout_s,
+        distributed.rank_device(cfg), cfg.train.dist_timeout_s, reuse,
     )
 
 
@@ -50,8 +51,11 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def run_adaptation(cfg, methods: list[str], progress: bool = True) -> dict:
-    """Evaluate ``methods`` for every seed; returns per-method runs, time-window NDCG and OOD AUROC."""
+def run_adaptation(cfg, methods: list[str], progress: bool = True, reuse: bool = False) -> dict:
+    """Evaluate ``methods`` for every seed; returns per-method runs, time-window NDCG and OOD AUROC.
+
+    ``reuse``: evaluate the adapters and banks saved by an earlier run (same config) instead of training.
+    """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
@@ -67,7 +71,7 @@ def run_adaptation(cfg, methods: list[str], progress: bool = True) -> dict:
     timings: list[dict] = []
     for seed in cfg.seeds:
         t0 = time.perf_counter()
-        ad = adaptation_for_seed(cfg, seed, split, progress)
+        ad = adaptation_for_seed(cfg, seed, split, progress, reuse)
         records: dict[str, RowRecord] = {}
         for method in methods:
             metrics, record = ad.evaluate(method)
@@ -96,6 +100,31 @@ def run_adaptation(cfg, methods: list[str], progress: bool = True) -> dict:
         "timings": timings,
         "window_edges": edges,
     }
+
+
+def merge_with_report(cfg, out: dict) -> dict:
+    """``out`` laid over the existing ``reports/<dataset>/adaptation-<model>`` results (same seeds): the
+    methods just evaluated replace theirs, the others are kept; methods stay in ``METHODS`` order."""
+    directory = Path(cfg.reports_dir) / cfg.dataset
+    stem = f"adaptation-{cfg.model}"
+    try:
+        old = json.loads((directory / f"{stem}.json").read_text())
+        extra = json.loads((directory / f"{stem}-extra.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"no earlier report to update in {directory} ({exc})") from exc
+    if old["meta"]["seeds"] != list(cfg.seeds):
+        raise ArtifactError(f"the report in {directory} has seeds {old['meta']['seeds']}, this run {list(cfg.seeds)}")
+    merged = {
+        "results": {**old["runs"], **out["results"]},
+        "over_time": {**extra["over_time"], **out["over_time"]},
+        "ood_auroc": {**extra["ood_auroc"], **out["ood_auroc"]},
+        "window_edges": out["window_edges"],
+    }
+    merged["results"] = {m: merged["results"][m] for m in METHODS if m in merged["results"]}
+    merged["timings"] = [
+        {**a, **{f"update:{k}": v for k, v in b.items()}} for a, b in zip(extra["timings"], out["timings"])
+    ]
+    return merged
 
 
 def plot_over_time(out: dict, path: Path, title: str) -> Path | None:

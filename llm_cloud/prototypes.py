@@ -52,6 +52,7 @@ class PrototypeBank:
         self.counts = torch.empty(0)
         self.ood_threshold = float("inf")
         self.spawned = 0
+        self._online = None  # (bank size, leaf head tensors, Adam) of prequential refinement
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -144,14 +145,47 @@ class PrototypeBank:
 
     # ------------------------------------------------------- dynamic updates
     def refine(self, k: int, code: torch.Tensor, sample_parts: list[torch.Tensor], state: torch.Tensor) -> None:
-        """Move prototype ``k`` toward an assigned device: centre, head and signature (running update)."""
-        rate = self.cfg.refine_rate
+        """Move prototype ``k`` toward an assigned device: centre, head and signature.
+
+        ``refine_rate`` None: running mean over everything the prototype has absorbed (its training cluster
+        counts as ``counts[k]`` samples), so a burst of one device's requests cannot drag it away; a
+        number: a fixed-rate moving average (recent windows dominate).
+        """
+        rate = self.cfg.refine_rate if self.cfg.refine_rate is not None else 1.0 / (float(self.counts[k]) + 1.0)
+        with torch.no_grad():
+            self._refine(k, rate, code, sample_parts, state)
+
+    def _refine(self, k: int, rate: float, code, sample_parts, state) -> None:
         self.centres[k] += rate * (code - self.centres[k])
         self.signatures[k] += rate * (state - self.signatures[k])
         for i, part in enumerate(sample_parts):
             target = (self.weights + self.biases)[i]
             target[k] += rate * (part - target[k])
         self.counts[k] += 1
+
+    def learn(self, base: EditableSeqRec, k: torch.Tensor, state: torch.Tensor, target: torch.Tensor) -> float | None:
+        """Prequential refinement in the cloud: once a batch has been answered, the items its devices went on
+        to consume train the heads of the prototypes they were assigned to (one Adam step, rate
+        ``online_lr``); later requests get the refined heads. Returns the loss (None when disabled)."""
+        if self.cfg.online_lr is None or len(k) == 0:
+            return None
+        with torch.inference_mode(False), torch.enable_grad():
+            if self._online is None or self._online[0] != self.size:  # (re)start after a spawn changed the shapes
+                leafs = [p.detach().clone().requires_grad_() for p in self.weights + self.biases]
+                self._online = (self.size, leafs, torch.optim.Adam(leafs, lr=self.cfg.online_lr))
+                self.weights, self.biases = leafs[: self.n_layers], leafs[self.n_layers :]
+            _, leafs, opt = self._online
+            k, state, target = k.clone(), state.clone(), target.clone()
+            edit = HeadEdit([w[k] for w in leafs[: self.n_layers]], [b[k] for b in leafs[self.n_layers :]],
+                            clip=self.cfg.total_clip)  # fmt: skip
+            loss = F.cross_entropy(base.logits(base.head(state, edit)), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for leaf in leafs:
+                    leaf.clamp_(-self.cfg.total_clip, self.cfg.total_clip)
+        return float(loss)
 
     def spawn(self, code: torch.Tensor, sample_parts: list[torch.Tensor], state: torch.Tensor) -> int | None:
         """Open a prototype at an out-of-distribution code; ``None`` when the bank is full."""

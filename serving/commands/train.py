@@ -30,6 +30,12 @@ def add_parser(sub) -> None:
         help="adaptation methods for cfg.model instead of base models, comma-separated or 'all': "
         "static,finetune,duet,edit,proto,proto-centre,proto-res,proto-dyn,no-xlayer,no-codebook",
     )
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="with --methods: evaluate the adapters/banks saved by an earlier run (same config) and replace "
+        "these methods in its report",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_evaluate)
 
@@ -78,6 +84,8 @@ def run_evaluate(args) -> int:
 
     if args.methods:
         return run_methods(args)
+    if args.update:
+        raise CliError("--update needs --methods")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     _model_configs(args, [n for n in names if n != "pop"])
     cfg = load_app_config(args.config, args.overrides)
@@ -93,7 +101,7 @@ def run_evaluate(args) -> int:
 def run_methods(args) -> int:
     from llm_cloud.artifacts import ArtifactError
     from llm_cloud.evaluation import METHODS
-    from llm_cloud.experiment import report_adaptation, run_adaptation
+    from llm_cloud.experiment import merge_with_report, report_adaptation, run_adaptation
     from recsys.checkpoint import CheckpointError
 
     cfg = load_app_config(args.config, args.overrides)
@@ -102,9 +110,12 @@ def run_methods(args) -> int:
     if unknown:
         raise CliError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
     try:
-        out = run_adaptation(cfg, methods, progress=not args.quiet)
+        out = run_adaptation(cfg, methods, progress=not args.quiet, reuse=args.update)
+        if args.update:
+            out = merge_with_report(cfg, out)
     except (CheckpointError, ArtifactError) as exc:
-        raise CliError(f"{exc}; run `persona train` (and `persona codebook`) first") from exc
+        hint = "run it without --update first" if args.update else "run `persona train` (and `persona codebook`) first"
+        raise CliError(f"{exc}; {hint}") from exc
     print(f"\n{cfg.dataset} / {cfg.model} ({cfg.data.protocol} protocol), test split, seeds {cfg.seeds}\n")
     print(report_adaptation(cfg, out))
     return 0

@@ -4,7 +4,6 @@ a real uvicorn server on 127.0.0.1, and small Backbone subclasses that fail or s
 from __future__ import annotations
 
 import functools
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from llm_cloud.backbones.st import SentenceTransformerBackbone
 from llm_cloud.context import ContextConfig
 from llm_cloud.pipeline import ItemEmbeddings, encode_items
 from recsys.config import DataConfig
+from tests.conftest import free_port
 
 
 @functools.cache
@@ -34,12 +34,6 @@ def ml100k_embeddings(workdir: Path, cache_dir: Path) -> ItemEmbeddings:
         backbone = CachedBackbone(minilm(), cache_dir)
         _ITEMS["ml-100k"] = encode_items("ml-100k", DataConfig(workdir=str(workdir)), ContextConfig(), backbone)
     return _ITEMS["ml-100k"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -121,3 +115,36 @@ class FailsOnBatch(Wrapped):
         if self.calls == self.bad:
             raise BackboneError(f"batch {self.bad} failed")
         return self.inner._encode_batch(texts)
+
+
+def tiny_overrides(workdir: Path, out: Path) -> list[str]:
+    """A tiny ml-100k SASRec base + adapter + bank config (seconds on CPU), artefacts under ``out``."""
+    return [
+        f"data.workdir={workdir}",
+        "data.max_seq_len=16",
+        "model_params.hidden_size=16",
+        "model_params.inner_size=32",
+        "model_params.n_layers=1",
+        "train.epochs=1",
+        "train.dist_timeout_s=30",
+        "seeds=[0]",
+        f"output_dir={out}",
+        "adapter.use_codebook=false",
+        "adapter.window=4",
+        "adapter.code_dim=8",
+        "adapter.epochs=2",
+        "adapter.batch_size=52",
+        "adapter.samples_per_epoch=442",
+        "prototypes.k=2",
+        "prototypes.finetune_epochs=1",
+        "prototypes.build_samples=500",
+    ]
+
+
+def tiny_base(workdir: Path, out: Path) -> Path:
+    """A tiny trained base checkpoint (one process); returns its run dir."""
+    from recsys.experiment import train_seeds
+    from tests.conftest import load_config
+
+    (run_dir,) = train_seeds(load_config(overrides=tiny_overrides(workdir, out)), progress=False)
+    return run_dir

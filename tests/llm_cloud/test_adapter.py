@@ -125,6 +125,27 @@ def test_refinement_moves_the_prototype_and_ood_spawns_a_new_one():
     assert bank.spawn(before - 1000.0, parts, torch.zeros(D)) is None  # max_k reached: per-sample fallback
 
 
+def test_running_mean_refinement_counts_the_training_cluster():
+    bank, adapter, samples, base = _bank(PrototypeConfig(k=2, variant="centre"))  # refine_rate None
+    n0 = float(bank.counts[0])
+    before = bank.centres[0].clone()
+    parts = [w[0] for w in bank.weights] + [b[0] for b in bank.biases]
+    bank.refine(0, before + 100.0, parts, torch.zeros(D))
+    assert torch.allclose(bank.centres[0], before + 100.0 / (n0 + 1), atol=1e-4)
+    assert float(bank.counts[0]) == n0 + 1
+
+
+def test_prequential_learning_fits_the_revealed_items():
+    bank, adapter, samples, base = _bank(PrototypeConfig(k=2, variant="centre", online_lr=0.05))
+    k = torch.zeros(16, dtype=torch.long)
+    state, target = samples.state[:16], samples.targets[:16, 0]
+    losses = [bank.learn(base, k, state, target) for _ in range(20)]
+    assert losses[-1] < 0.8 * losses[0]  # the assigned prototype's head learnt these next items
+    assert bank.weights[0].abs().max() <= bank.cfg.total_clip
+    off = PrototypeConfig(k=2, variant="centre")
+    assert _bank(off)[0].learn(base, k, state, target) is None  # online_lr None: unsupervised refinement only
+
+
 def test_payload_round_trip_reproduces_the_edit():
     base = _base()
     edit = HeadEdit([torch.randn(D, D) * 0.1 for _ in range(L)], [torch.randn(D) * 0.1 for _ in range(L)], clip=0.2)

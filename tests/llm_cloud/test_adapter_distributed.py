@@ -17,33 +17,10 @@ import torch
 from llm_cloud.artifacts import load_adapter
 from recsys.distributed import TEST_DIE_ENV
 from serving.cli import main as persona
-from tests.conftest import load_config
+from tests.llm_cloud.helpers import tiny_base, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180  # a hang fails the test instead of the suite
-
-
-def _overrides(workdir: Path, out: Path) -> list[str]:
-    return [
-        f"data.workdir={workdir}",
-        "data.max_seq_len=16",
-        "model_params.hidden_size=16",
-        "model_params.inner_size=32",
-        "model_params.n_layers=1",
-        "train.epochs=1",
-        "train.dist_timeout_s=30",
-        "seeds=[0]",
-        f"output_dir={out}",
-        "adapter.use_codebook=false",
-        "adapter.window=4",
-        "adapter.code_dim=8",
-        "adapter.epochs=2",
-        "adapter.batch_size=52",
-        "adapter.samples_per_epoch=442",
-        "prototypes.k=2",
-        "prototypes.finetune_epochs=1",
-        "prototypes.build_samples=500",
-    ]
 
 
 def _persona(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
@@ -58,20 +35,12 @@ def _persona(args: list[str], env: dict | None = None) -> subprocess.CompletedPr
     )
 
 
-def _base(workdir: Path, out: Path) -> Path:
-    """A tiny trained base checkpoint (one process); returns its run dir."""
-    from recsys.experiment import train_seeds
-
-    (run_dir,) = train_seeds(load_config(overrides=_overrides(workdir, out)), progress=False)
-    return run_dir
-
-
 def test_two_gloo_ranks_train_the_same_adapter_as_one_process(ml100k_split, workdir, tmp_path):
-    run_dir = _base(workdir, tmp_path / "single")
+    run_dir = tiny_base(workdir, tmp_path / "single")
     shutil.copytree(tmp_path / "single", tmp_path / "ddp")
-    assert persona(["adapter", "--quiet", *_overrides(workdir, tmp_path / "single")]) == 0
+    assert persona(["adapter", "--quiet", *tiny_overrides(workdir, tmp_path / "single")]) == 0
 
-    proc = _persona(["adapter", "--nproc", "2", "--quiet", *_overrides(workdir, tmp_path / "ddp")])
+    proc = _persona(["adapter", "--nproc", "2", "--quiet", *tiny_overrides(workdir, tmp_path / "ddp")])
     assert proc.returncode == 0, proc.stdout
     assert proc.stdout.count("adapter-main") == 1  # rank 0 alone writes and reports
     ddp_dir = tmp_path / "ddp" / run_dir.relative_to(tmp_path / "single")
@@ -89,9 +58,9 @@ def test_two_gloo_ranks_train_the_same_adapter_as_one_process(ml100k_split, work
 
 
 def test_dead_adapter_rank_fails_fast_without_artefacts(ml100k_split, workdir, tmp_path):
-    run_dir = _base(workdir, tmp_path)
+    run_dir = tiny_base(workdir, tmp_path)
     proc = _persona(
-        ["adapter", "--nproc", "2", "--quiet", *_overrides(workdir, tmp_path)], env={TEST_DIE_ENV: "1:3"}
+        ["adapter", "--nproc", "2", "--quiet", *tiny_overrides(workdir, tmp_path)], env={TEST_DIE_ENV: "1:3"}
     )
     assert proc.returncode != 0
     assert "2-process torchrun job failed" in proc.stdout, proc.stdout

@@ -8,7 +8,6 @@ Dropout is 0 because the ranks draw different dropout masks.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 
 from recsys.distributed import TEST_DIE_ENV
 from recsys.train import epoch_order
-from tests.conftest import load_config
+from tests.conftest import free_port, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 120  # a hang fails the test instead of the suite
@@ -52,12 +51,6 @@ def _persona(args: list[str], env: dict | None = None) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_rank_shards_of_a_batch_are_that_batch():
@@ -103,7 +96,7 @@ def test_dead_rank_fails_fast_without_checkpoint(scientific_split, workdir, tmp_
         assert proc.returncode != 0
         assert "2-process torchrun job failed" in out and "rank      : 1" in out, out
     else:  # a bare process group: rank 0 itself must notice the dead peer
-        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2", **die}
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", **die}
         procs = [_persona(args, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
         try:
             out0, _ = procs[0].communicate(timeout=TIMEOUT_S)

@@ -1,0 +1,43 @@
+"""``persona evaluate --methods all`` end to end on a tiny real ml-100k setup: train → edit → rank, every
+method, the report, then ``--update`` re-evaluating one method on the saved adapters and banks."""
+
+from __future__ import annotations
+
+import json
+
+from llm_cloud.evaluation import METHODS
+from serving.cli import main as persona
+from tests.llm_cloud.helpers import tiny_base, tiny_overrides
+
+
+def test_every_method_then_update_one(ml100k_split, workdir, tmp_path, capsys):
+    run_dir = tiny_base(workdir, tmp_path / "runs")
+    # large clip and lr so that two tiny epochs visibly change rankings
+    args = [*tiny_overrides(workdir, tmp_path / "runs"), f"reports_dir={tmp_path / 'reports'}", "adapter.clip=0.5",
+            "adapter.lr=0.01"]  # fmt: skip
+    assert persona(["evaluate", "--quiet", "--methods", "all", *args]) == 0
+    report = tmp_path / "reports" / "ml-100k"
+    first = json.loads((report / "adaptation-sasrec.json").read_text())
+    assert list(first["runs"]) == METHODS
+    ndcg = {m: runs[0]["ndcg@10"] for m, runs in first["runs"].items()}
+    assert all(0 < v < 1 for v in ndcg.values())
+    assert ndcg["edit"] != ndcg["static"]  # the trained adapter edits the ranking
+    assert (report / "adaptation-sasrec-ndcg-over-time.png").stat().st_size > 1000
+    assert {"adapter-main", "adapter-duet", "bank-finetune", "bank-centre"} <= {p.name for p in run_dir.iterdir()}
+    extra = json.loads((report / "adaptation-sasrec-extra.json").read_text())
+    assert set(extra["ood_auroc"]) == {"proto", "proto-res", "proto-dyn"}
+    assert extra["timings"][0]["selected"]["finetune"] in (1e-3, 3e-3, 1e-2)  # chosen on validation
+
+    # --update: proto-dyn again on the saved adapter + bank with another refinement rule; the rest is kept
+    assert persona(["evaluate", "--quiet", "--methods", "proto-dyn", "--update", *args, "prototypes.refine_rate=0.5"]) == 0
+    second = json.loads((report / "adaptation-sasrec.json").read_text())
+    assert list(second["runs"]) == METHODS
+    assert {m: r for m, r in second["runs"].items() if m != "proto-dyn"} == {
+        m: r for m, r in first["runs"].items() if m != "proto-dyn"
+    }
+    assert second["runs"]["proto-dyn"] != first["runs"]["proto-dyn"]
+
+    # a saved adapter made with another config is not silently reused
+    capsys.readouterr()
+    assert persona(["evaluate", "--quiet", "--methods", "edit", "--update", *args, "adapter.window=6"]) == 2
+    assert "adapter-main was made with window=4, this run asks for 6" in capsys.readouterr().err
