@@ -29,7 +29,8 @@ def test_every_method_then_update_one(ml100k_split, workdir, tmp_path, capsys):
     assert extra["timings"][0]["selected"]["finetune"] in (1e-3, 3e-3, 1e-2)  # chosen on validation
 
     # --update: proto-dyn again on the saved adapter + bank with another refinement rule; the rest is kept
-    assert persona(["evaluate", "--quiet", "--methods", "proto-dyn", "--update", *args, "prototypes.refine_rate=0.5"]) == 0
+    update = ["evaluate", "--quiet", "--methods", "proto-dyn", "--update"]
+    assert persona([*update, *args, "prototypes.refine_rate=0.5"]) == 0
     second = json.loads((report / "adaptation-sasrec.json").read_text())
     assert list(second["runs"]) == METHODS
     assert {m: r for m, r in second["runs"].items() if m != "proto-dyn"} == {
