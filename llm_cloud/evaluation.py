@@ -60,7 +60,9 @@ class RowRecord:
 
     rank: list[torch.Tensor] = field(default_factory=list)
     auc: list[torch.Tensor] = field(default_factory=list)
-    ood_distance: list[torch.Tensor] = field(default_factory=list)
+    ood_distance: list[torch.Tensor] = field(default_factory=list)  # to the nearest prototype (the OOD score)
+    ood_residual: list[torch.Tensor] = field(default_factory=list)  # ‖clip(ΔW(z)) − clip(ΔW(c_k))‖: edit left to do
+    base_entropy: list[torch.Tensor] = field(default_factory=list)  # the static model's softmax entropy
 
     def cat(self, name: str) -> np.ndarray:
         parts = getattr(self, name)
@@ -208,12 +210,15 @@ class Adaptation:
                 dist = (flat - bank.centres[k]).norm(dim=1)
             else:
                 k, dist = bank.assign_nearest(flat)
+            sample_edit = adapter.edits_from_codes(codes, base)
+            centre_edit = adapter.edits_from_codes(bank.centres[k].view_as(codes), base)
+            left = [m - t for m, t in zip(clipped_parts(sample_edit, adapter.cfg.clip),
+                                          clipped_parts(centre_edit, adapter.cfg.clip))]  # fmt: skip
+            logp = torch.log_softmax(edited_logits(base, b.state, None)[:, 1:], dim=-1)
             record.ood_distance.append(dist.cpu())
-            sample_edit = centre_edit = None
-            if residual:
-                sample_edit = adapter.edits_from_codes(codes, base)
-                centre_edit = adapter.edits_from_codes(bank.centres[k].view_as(codes), base)
-            edit = bank.edit_for(k, sample_edit, centre_edit)
+            record.ood_residual.append(torch.stack([(x.flatten(1) ** 2).sum(1) for x in left]).sum(0).sqrt().cpu())
+            record.base_entropy.append(-(logp.exp() * logp).sum(1).cpu())
+            edit = bank.edit_for(k, sample_edit, centre_edit) if residual else bank.edit_for(k, None, None)
             if dynamic:
                 ood = dist > bank.ood_threshold
                 mine = clipped_parts(sample_edit, adapter.cfg.clip)

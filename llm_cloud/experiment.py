@@ -83,8 +83,12 @@ def run_adaptation(cfg, methods: list[str], progress: bool = True, reuse: bool =
         if "static" in records:
             missed = (records["static"].cat("rank") >= 10).astype(int)
             for method in ("proto", "proto-res", "proto-dyn"):
-                if method in records:
-                    ood.setdefault(method, []).append(auroc(records[method].cat("ood_distance"), missed))
+                if method in records:  # the OOD score (distance), then two alternatives for comparison
+                    rec = records[method]
+                    ood.setdefault(method, []).append(auroc(rec.cat("ood_distance"), missed))
+                    ood.setdefault(f"{method} residual-norm", []).append(auroc(rec.cat("ood_residual"), missed))
+                    if method == "proto":
+                        ood.setdefault("base entropy", []).append(auroc(rec.cat("base_entropy"), missed))
         timings.append(
             {
                 "seed": seed,

@@ -33,6 +33,37 @@ def notes_of(md: Path) -> str:
     return "\n".join(ln for block in text[2:3] for ln in block.splitlines() if ln.startswith("- "))
 
 
+def adaptation_summary() -> str:
+    """One row per (dataset, model): static NDCG@10 and each method's mean relative change, OOD AUROC."""
+    import json
+
+    import numpy as np
+
+    cols = ["finetune", "duet", "edit", "proto", "proto-res", "proto-dyn", "no-xlayer", "no-codebook"]
+    head = "| dataset | model | static NDCG@10 | " + " | ".join(cols) + " | OOD AUROC frozen / dynamic |"
+    rows = [head, "|---|---|---|" + "---|" * (len(cols) + 1)]
+    for d in DATASETS:
+        for model, label in MODELS:
+            path = ROOT / "reports" / d / f"adaptation-{model}.json"
+            if not path.is_file():
+                continue
+            runs = json.loads(path.read_text())["runs"]
+            extra = json.loads(path.with_name(f"adaptation-{model}-extra.json").read_text())
+            static = np.array([r["ndcg@10"] for r in runs["static"]])
+            cells = []
+            for m in cols:
+                if m in runs:
+                    rel = 100 * (np.array([r["ndcg@10"] for r in runs[m]]) / static - 1)
+                    cells.append(f"{rel.mean():+.1f}% ± {rel.std():.1f}")
+                else:
+                    cells.append("—")
+            ood = extra.get("ood_auroc", {})
+            auc = " / ".join(f"{np.mean(ood[m]):.3f}" if m in ood else "—" for m in ("proto-res", "proto-dyn"))
+            rows.append(f"| {d} | {label} | {static.mean():.4f} ± {static.std():.4f} | " + " | ".join(cells)
+                        + f" | {auc} |")  # fmt: skip
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
 def section(name: str, body: str, readme: str) -> str:
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     pattern = (
@@ -52,6 +83,12 @@ def main() -> None:
         (ROOT / "docs" / "adaptation.md").read_text().strip(),
         (ROOT / "docs" / "adaptation_results.md").read_text().strip(),
     ]
+    summary = adaptation_summary()
+    if summary:
+        adapt.append(
+            "**All datasets and models** — NDCG@10 change vs the static base, mean ± std over 3 seeds "
+            "(relative, per seed); full tables below.\n\n" + summary
+        )
     for d in DATASETS:
         for model, label in MODELS:
             md = ROOT / "reports" / d / f"adaptation-{model}.md"

@@ -25,7 +25,9 @@ def test_every_method_then_update_one(ml100k_split, workdir, tmp_path, capsys):
     assert (report / "adaptation-sasrec-ndcg-over-time.png").stat().st_size > 1000
     assert {"adapter-main", "adapter-duet", "bank-finetune", "bank-centre"} <= {p.name for p in run_dir.iterdir()}
     extra = json.loads((report / "adaptation-sasrec-extra.json").read_text())
-    assert set(extra["ood_auroc"]) == {"proto", "proto-res", "proto-dyn"}
+    protos = ("proto", "proto-res", "proto-dyn")
+    assert set(extra["ood_auroc"]) == {*protos, *(f"{m} residual-norm" for m in protos), "base entropy"}
+    assert all(0 <= v[0] <= 1 for v in extra["ood_auroc"].values())
     assert extra["timings"][0]["selected"]["finetune"] in (1e-3, 3e-3, 1e-2)  # chosen on validation
 
     # --update: proto-dyn again on the saved adapter + bank with another refinement rule; the rest is kept
