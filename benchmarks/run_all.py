@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["adaptation_cost.py", "encode_codebook.py", "rqvae_vs_rq.py", "train_ddp.py", "serve_load.py"]
+SCRIPTS = [
+    "adaptation_cost.py", "encode_codebook.py", "rqvae_vs_rq.py", "train_ddp.py", "serve_load.py", "serve_load_cloud.py",
+]
 
 
 def main() -> int:
