@@ -8,7 +8,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = [
-    "adaptation_cost.py", "encode_codebook.py", "rqvae_vs_rq.py", "train_ddp.py", "serve_load.py", "serve_load_cloud.py",
+    "adaptation_cost.py",
+    "encode_codebook.py",
+    "rqvae_vs_rq.py",
+    "train_ddp.py",
+    "serve_load.py",
+    "serve_load_cloud.py",
 ]
 
 
