@@ -44,7 +44,7 @@ VARIANTS = {"main": {}, "duet": {"anchor": False}, "no-xlayer": {"cross_layer": 
             "no-codebook": {"use_codebook": False}}
 
 
-BUILD_FIELDS = ("k", "variant", "finetune_epochs", "finetune_lr", "build_samples")  # what a saved bank was built with
+BUILD_FIELDS = ("k", "variant", "finetune_epochs", "finetune_lr", "build_samples", "ood_quantile")  # a saved bank's
 
 
 def _same_config(name: str, saved: dict, wanted: dict) -> None:
