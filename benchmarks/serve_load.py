@@ -155,19 +155,24 @@ def start_device(ckpt: Path, workers: int, tmp: Path) -> tuple[subprocess.Popen,
         f"serve.checkpoint={ckpt}", f"data.workdir={ROOT / 'data' / 'atomic'}", f"serve.db_path={tmp / 'events.db'}",
         f"serve.prototype_cache={tmp / 'prototypes.json'}", "serve.access_log=false",
     ]
+    return start_service(cmd, port, tmp / "server.log", "device"), port
+
+
+def start_service(cmd: list[str], port: int, log: Path, name: str) -> subprocess.Popen:
+    """Start ``persona serve`` (one torch thread per worker) and wait until ``/healthz`` on ``port`` answers."""
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w"), env=env)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"device service exited: {(tmp / 'server.log').read_text()[-2000:]}")
+            raise RuntimeError(f"{name} service exited: {log.read_text()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc, port
+                return proc
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("device service did not start")
+    raise RuntimeError(f"{name} service did not start")
 
 
 def stop(proc: subprocess.Popen) -> None:

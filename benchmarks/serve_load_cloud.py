@@ -22,7 +22,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve_load import free_port, load, stop  # noqa: E402
+from serve_load import free_port, load, start_service, stop  # noqa: E402
 
 API_KEY = "bench-cloud-key"
 
@@ -45,19 +44,7 @@ def start_cloud(ckpt: Path, workers: int, tmp: Path) -> tuple[subprocess.Popen, 
         "--workers", str(workers), f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}",
         f"data.workdir={ROOT / 'data' / 'atomic'}", "serve.access_log=false",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp / "cloud.log", "w"), env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"cloud service exited: {(tmp / 'cloud.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("cloud service did not start")
+    return start_service(cmd, port, tmp / "cloud.log", "cloud"), port
 
 
 def versions_seen(port: int, body: bytes, n: int) -> set[str]:
