@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,18 @@ def free_ports(n: int) -> list[int]:
 
 def free_port() -> int:
     return free_ports(1)[0]
+
+
+def persona_process(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    """``python -m serving.cli ARGS`` in the repo root, stdout and stderr merged (text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def has_mirror() -> bool:

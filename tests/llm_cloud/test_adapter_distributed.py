@@ -6,10 +6,7 @@ ml-100k (always present) with a tiny base; each epoch draws 442 training windows
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -17,22 +14,17 @@ import torch
 from llm_cloud.artifacts import load_adapter
 from recsys.distributed import TEST_DIE_ENV
 from serving.cli import main as persona
+from tests.conftest import persona_process
 from tests.llm_cloud.helpers import tiny_base, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180  # a hang fails the test instead of the suite
 
 
-def _persona(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "serving.cli", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+def _persona(args: list[str], env: dict | None = None) -> tuple[int, str]:
+    proc = persona_process(args, env)
+    out, _ = proc.communicate(timeout=TIMEOUT_S)
+    return proc.returncode, out
 
 
 def test_two_gloo_ranks_train_the_same_adapter_as_one_process(ml100k_split, workdir, tmp_path):
@@ -40,9 +32,9 @@ def test_two_gloo_ranks_train_the_same_adapter_as_one_process(ml100k_split, work
     shutil.copytree(tmp_path / "single", tmp_path / "ddp")
     assert persona(["adapter", "--quiet", *tiny_overrides(workdir, tmp_path / "single")]) == 0
 
-    proc = _persona(["adapter", "--nproc", "2", "--quiet", *tiny_overrides(workdir, tmp_path / "ddp")])
-    assert proc.returncode == 0, proc.stdout
-    assert proc.stdout.count("adapter-main") == 1  # rank 0 alone writes and reports
+    code, out = _persona(["adapter", "--nproc", "2", "--quiet", *tiny_overrides(workdir, tmp_path / "ddp")])
+    assert code == 0, out
+    assert out.count("adapter-main") == 1  # rank 0 alone writes and reports
     ddp_dir = tmp_path / "ddp" / run_dir.relative_to(tmp_path / "single")
 
     a1, meta1 = load_adapter(run_dir / "adapter-main")
@@ -59,10 +51,10 @@ def test_two_gloo_ranks_train_the_same_adapter_as_one_process(ml100k_split, work
 
 def test_dead_adapter_rank_fails_fast_without_artefacts(ml100k_split, workdir, tmp_path):
     run_dir = tiny_base(workdir, tmp_path)
-    proc = _persona(
+    code, out = _persona(
         ["adapter", "--nproc", "2", "--quiet", *tiny_overrides(workdir, tmp_path)], env={TEST_DIE_ENV: "1:3"}
     )
-    assert proc.returncode != 0
-    assert "2-process torchrun job failed" in proc.stdout, proc.stdout
+    assert code != 0
+    assert "2-process torchrun job failed" in out, out
     assert not (run_dir / "adapter-main").exists()
     assert not (run_dir / "prototypes.json").exists()

@@ -7,9 +7,6 @@ Dropout is 0 because the ranks draw different dropout masks.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,7 @@ import torch
 
 from recsys.distributed import TEST_DIE_ENV
 from recsys.train import epoch_order
-from tests.conftest import free_port, load_config
+from tests.conftest import free_port, load_config, persona_process
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 120  # a hang fails the test instead of the suite
@@ -42,17 +39,6 @@ def _overrides(workdir: Path, out: Path) -> list[str]:
     ]
 
 
-def _persona(args: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def test_rank_shards_of_a_batch_are_that_batch():
     n, batch, world = 103, 10, 2
     full = epoch_order(n, 7, 3)
@@ -69,7 +55,7 @@ def test_two_gloo_processes_match_single_process(scientific_split, workdir, tmp_
     single = load_config(overrides=_overrides(workdir, tmp_path / "single"))
     (single_dir,) = train_seeds(single, progress=False)
 
-    proc = _persona(["train", "--nproc", "2", "--quiet", *_overrides(workdir, tmp_path / "ddp")])
+    proc = persona_process(["train", "--nproc", "2", "--quiet", *_overrides(workdir, tmp_path / "ddp")])
     out, _ = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 0, out
     ddp_dir = tmp_path / "ddp" / single_dir.relative_to(tmp_path / "single")
@@ -91,13 +77,13 @@ def test_dead_rank_fails_fast_without_checkpoint(scientific_split, workdir, tmp_
     args = ["train", "--quiet", *_overrides(workdir, tmp_path), "train.epochs=1"]
     die = {TEST_DIE_ENV: "1:5"}
     if launch == "torchrun":  # `persona train --nproc 2`: torchrun stops the survivors
-        proc = _persona(["train", "--nproc", "2", *args[1:]], env=die)
+        proc = persona_process(["train", "--nproc", "2", *args[1:]], env=die)
         out, _ = proc.communicate(timeout=TIMEOUT_S)
         assert proc.returncode != 0
         assert "2-process torchrun job failed" in out and "rank      : 1" in out, out
     else:  # a bare process group: rank 0 itself must notice the dead peer
         env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2", **die}
-        procs = [_persona(args, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
+        procs = [persona_process(args, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
         try:
             out0, _ = procs[0].communicate(timeout=TIMEOUT_S)
             procs[1].communicate(timeout=TIMEOUT_S)
