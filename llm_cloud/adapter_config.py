@@ -30,7 +30,10 @@ class AdapterConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    patience: int = Field(3, ge=1)
+    patience: int = Field(3, ge=1)  # counted after the warm-up (recsys.loop)
+    min_epochs: int = Field(0, ge=0)  # no early stop before this many epochs
+    plateau_gain: float = Field(0.0, ge=0)  # patience counts once validation beats epoch 0 by this fraction
+    micro_batches: int | None = Field(None, ge=1)  # parts per global batch (accumulated); None = DDP world size
     samples_per_epoch: int | None = Field(None, ge=1)  # None = every training window each epoch; else a fresh
     # random subset of this many windows per epoch (large catalogues: more epochs, all windows still seen)
     time_budget_s: float | None = Field(None, gt=0)  # stop after the epoch that crosses it (CPU budgets)

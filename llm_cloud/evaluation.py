@@ -95,12 +95,12 @@ class Adaptation:
     def __init__(self, base: EditableSeqRec, split: SplitData, adapter_cfg: AdapterConfig,
                  proto_cfg: PrototypeConfig, seed: int, codebook_dir: Path | None, out_dir: Path,
                  eval_batch_size: int = 256, progress: bool = True, device: str = "cpu",
-                 dist_timeout_s: float = 300.0, reuse: bool = False):
+                 dist_timeout_s: float = 300.0, reuse: bool = False, valid_metric: str = "ndcg@10"):
         self.device = device
         self.base, self.split, self.seed = freeze(base).to(device), split, seed
         self.adapter_cfg, self.proto_cfg = adapter_cfg, proto_cfg
         self.out_dir, self.eval_batch_size, self.progress = Path(out_dir), eval_batch_size, progress
-        self.dist_timeout_s = dist_timeout_s
+        self.dist_timeout_s, self.valid_metric = dist_timeout_s, valid_metric
         self.reuse = reuse  # evaluate the adapters and banks already saved in out_dir instead of training them
         self.code_table = None
         if adapter_cfg.use_codebook and codebook_dir is not None:
@@ -122,10 +122,9 @@ class Adaptation:
             table = self.code_table if cfg.use_codebook else None
             t0 = time.perf_counter()
             res = train_adapter(self.base, self.split, cfg, self.seed, table, self.eval_batch_size,
-                                self.progress and distributed.is_rank0(), self.dist_timeout_s)
+                                self.progress and distributed.is_rank0(), self.dist_timeout_s, self.valid_metric)
             self.timings[f"adapter:{variant}"] = time.perf_counter() - t0
-            meta = {"seed": self.seed, "best_epoch": res.best_epoch, "valid": res.best_valid,
-                    "epochs_run": len(res.history), "train_seconds": round(res.seconds, 1)}
+            meta = {"seed": self.seed, **res.fit.summary, "valid": res.best_valid}
             if distributed.world_size() > 1:
                 meta["world_size"] = distributed.world_size()
             if distributed.is_rank0():  # under torchrun every rank holds the same adapter; one writes it

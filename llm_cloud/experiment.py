@@ -32,7 +32,7 @@ def adaptation_for_seed(cfg, seed: int, split, progress: bool = True, reuse: boo
     cb = codebook_dir(cfg) if cfg.adapter.use_codebook else None
     return Adaptation(
         base, split, cfg.adapter, cfg.prototypes, seed, cb, run_dir, cfg.eval.batch_size, progress,
-        distributed.rank_device(cfg), cfg.train.dist_timeout_s, reuse,
+        distributed.rank_device(cfg), cfg.train.dist_timeout_s, reuse, cfg.eval.valid_metric,
     )
 
 

@@ -56,8 +56,12 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(5.0, gt=0)
-    patience: int = Field(5, ge=1)  # epochs without validation NDCG@10 gain before stopping
-    time_budget_s: float | None = None  # optional wall-clock cap per training run
+    patience: int = Field(5, ge=1)  # epochs without a validation gain before stopping (after the warm-up)
+    min_epochs: int = Field(5, ge=0)  # no early stop before this many epochs
+    plateau_gain: float = Field(0.5, ge=0)  # patience counts once validation beats epoch 0 by this fraction
+    time_budget_s: float | None = Field(None, gt=0)  # optional wall-clock cap per run (the run is marked unconverged)
+    micro_batches: int | None = Field(None, ge=1)  # parts per global batch (accumulated); None = DDP world size
+    bucket_batches: int = Field(32, ge=0)  # sort each run of N batches by window length: less padding (0 = off)
     threads: int = Field(1, ge=1)
     nproc: int = Field(1, ge=1)  # `persona train` processes on this machine (DDP under torchrun when > 1)
     dist_timeout_s: float = Field(300.0, gt=0)  # collectives fail (not hang) when a rank is gone this long

@@ -22,18 +22,22 @@ REPORT_KEYS = ["ndcg@5", "ndcg@10", "ndcg@20", "hit@5", "hit@10", "hit@20", "mrr
 
 
 def evaluate_rows(
-    score_fn: ScoreFn, rows: Interaction, recbole_config, batch_size: int, device: str = "cpu"
+    score_fn: ScoreFn, rows: Interaction, recbole_config, batch_size: int, device: str = "cpu",
+    by_length: bool = False,
 ) -> dict[str, float]:
     """RecBole full-ranking metrics of ``score_fn`` over ``rows`` (fields item_id_list/item_length/item_id).
 
     ``score_fn`` sees each batch on ``device``; RecBole's collector takes the top-k there and keeps
-    its results on the CPU.
+    its results on the CPU. ``by_length`` feeds the rows in order of history length, so each batch's
+    padding (which the models drop) is short; the metrics are means over rows and do not change.
+    Leave it off when ``score_fn`` records something per row in row order.
     """
     collector = Collector(recbole_config)
     evaluator = Evaluator(recbole_config)
+    order = torch.argsort(rows["item_length"], stable=True) if by_length else None
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
+            batch = rows[start : start + batch_size] if order is None else rows[order[start : start + batch_size]]
             if device != "cpu":
                 batch = batch.to(device)
             scores = score_fn(batch).float().clone()

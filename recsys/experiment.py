@@ -35,14 +35,9 @@ def train_seeds(cfg: PersonaConfig, split: SplitData | None = None, progress: bo
         paths = []
         for seed in cfg.seeds:
             result = train_model(split, cfg, seed, progress=progress and distributed.is_rank0())
-            extra = {
-                "seed": seed,
-                "best_epoch": result.best_epoch,
-                "epochs_run": len(result.history),
-                "train_seconds": round(result.seconds, 1),
-                "valid": result.best_valid,
-                "protocol": cfg.data.protocol,
-            }
+            extra = {"seed": seed, **result.fit.summary, "valid": result.best_valid, "protocol": cfg.data.protocol}
+            if cfg.train.time_budget_s:
+                extra["time_budget_s"] = cfg.train.time_budget_s
             if distributed.world_size() > 1:
                 extra["world_size"] = distributed.world_size()
             if distributed.is_rank0():
@@ -73,7 +68,7 @@ def evaluate_models(cfg: PersonaConfig, models: list[str], split: SplitData | No
                 raise CheckpointError(f"{exc}; run `persona train model={name}` first") from exc
             if meta.n_items != split.n_items:
                 raise CheckpointError(f"{run_dir}: trained on {meta.n_items} items, dataset has {split.n_items}")
-            runs.append(evaluate_rows(model_score_fn(model), rows, split.config, cfg.eval.batch_size))
+            runs.append(evaluate_rows(model_score_fn(model), rows, split.config, cfg.eval.batch_size, by_length=True))
         results[name] = runs
     return results
 

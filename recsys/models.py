@@ -22,6 +22,11 @@ from torch import nn
 import recsys  # noqa: F401  (numpy compatibility before RecBole)
 from recsys.config import ModelConfig
 
+# Importing RecBole's sequential models runs ``torch.autograd.set_detect_anomaly(True)`` (in its SINE
+# module) for the whole process: every op then records a traceback and every backward output is
+# checked for NaN, which made training ≈ 2× slower. No model of ours needs it.
+torch.autograd.set_detect_anomaly(False)
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"tanh": torch.tanh, "relu": F.relu, "gelu": F.gelu}
 
 
@@ -99,6 +104,35 @@ def _sasrec_positions(enc: SASRec, item_seq: torch.Tensor) -> torch.Tensor:
     return enc.trm_encoder(x, mask, output_all_encoded_layers=True)[-1]
 
 
+def _sasrec_last(enc: SASRec, item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
+    """SASRec's output at each row's last real position only, ``[B, D]``.
+
+    The same computation as :func:`_sasrec_positions` followed by a gather, with RecBole's own modules
+    and weights; the last layer computes keys and values at every position but its query, attention,
+    output projection and feed-forward only at the one position that is read (≈ 40 % fewer FLOPs for
+    two layers: what ranking and validation cost).
+    """
+    pos = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0).expand_as(item_seq)
+    x = enc.dropout(enc.LayerNorm(enc.item_embedding(item_seq) + enc.position_embedding(pos)))
+    mask = enc.get_attention_mask(item_seq)  # [B, 1, T, T]
+    *lower, top = enc.trm_encoder.layer
+    for layer in lower:
+        x = layer(x, mask)
+    att, ffn = top.multi_head_attention, top.feed_forward
+    b, heads, size = x.size(0), att.num_attention_heads, att.attention_head_size
+    rows = torch.arange(b, device=x.device)
+    last = (item_len - 1).clamp(min=0)
+    x_last = x[rows, last]  # [B, D]
+    q = att.query(x_last).view(b, heads, 1, size)
+    k = att.transpose_for_scores(att.key(x)).permute(0, 2, 3, 1)  # [B, h, size, T]
+    v = att.transpose_for_scores(att.value(x)).permute(0, 2, 1, 3)  # [B, h, T, size]
+    scores = torch.matmul(q, k) / att.sqrt_attention_head_size + mask[rows, :, last].unsqueeze(2)
+    probs = att.attn_dropout(att.softmax(scores))
+    context = torch.matmul(probs, v).reshape(b, heads * size)
+    h = att.LayerNorm(att.out_dropout(att.dense(context)) + x_last)
+    return ffn(h)
+
+
 def _gru4rec_positions(enc: GRU4Rec, item_seq: torch.Tensor) -> torch.Tensor:
     """GRU4Rec's output at every position (RecBole's forward, before its final gather)."""
     x = enc.emb_dropout(enc.item_embedding(item_seq))
@@ -135,10 +169,12 @@ class ModelSpec:
     recbole_class: type
     params: Callable[[ModelConfig], dict]
     positions: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    # the state at each row's last real position, when cheaper than all positions + a gather
+    last: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 MODELS: dict[str, ModelSpec] = {
-    "sasrec": ModelSpec("sasrec", SASRec, _sasrec_params, _sasrec_positions),
+    "sasrec": ModelSpec("sasrec", SASRec, _sasrec_params, _sasrec_positions, _sasrec_last),
     "gru4rec": ModelSpec("gru4rec", GRU4Rec, _gru4rec_params, _gru4rec_positions),
 }
 
@@ -195,7 +231,15 @@ class EditableSeqRec(nn.Module):
         return self.spec.positions(self.encoder, item_seq)
 
     def user_state(self, item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
-        """``[B, D]`` state after the last real item of each row."""
+        """``[B, D]`` state after the last real item of each row.
+
+        Trailing padding columns are dropped first: with right padding and causal attention (SASRec) or
+        a left-to-right GRU they cannot change the state, and they cost as much as real positions.
+        """
+        if item_seq.numel():
+            item_seq = item_seq[:, : max(int(item_len.max()), 1)]
+        if self.spec.last is not None:
+            return self.spec.last(self.encoder, item_seq, item_len)
         states = self.position_states(item_seq)
         idx = (item_len - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, states.size(-1))
         return states.gather(1, idx).squeeze(1)

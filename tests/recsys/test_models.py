@@ -91,3 +91,28 @@ def test_windows_cover_every_target_once():
     for xi, yi in zip(x, y):  # each target's input is the item right before it
         n = int((yi > 0).sum())
         assert torch.equal(yi[:n], xi[:n] + 1)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_trailing_padding_changes_neither_states_nor_loss(name):
+    """Models drop trailing padding (user_state, the training loss): the results equal the padded ones."""
+    from recsys.models import _gru4rec_positions, _sasrec_positions  # the untrimmed forward
+    from recsys.train import PositionLossSum
+
+    torch.manual_seed(2)
+    model = EditableSeqRec(name, ModelConfig(hidden_size=16, inner_size=32, dropout=0.0), 60, 12).eval()
+    seq, lengths = _batch()
+    seq, lengths = seq[[0, 1, 3, 4]], lengths[[0, 1, 3, 4]]  # longest history 7 of 12 columns
+    full = {"sasrec": _sasrec_positions, "gru4rec": _gru4rec_positions}[name](model.encoder, seq)
+    expected = full[torch.arange(4), lengths - 1]
+    torch.testing.assert_close(model.user_state(seq, lengths), expected, atol=1e-6, rtol=1e-5)
+    x, y = make_windows([torch.randint(1, 60, (n,)).numpy() for n in (4, 6)], 12)  # 5 of 12 columns used
+    states = model.position_states(x)
+    mask = y > 0
+    untrimmed = torch.nn.functional.cross_entropy(model.logits(model.head(states[mask])), y[mask], reduction="sum")
+    torch.testing.assert_close(PositionLossSum(model)(x, y), untrimmed, atol=1e-5, rtol=1e-6)
+
+
+def test_importing_the_models_leaves_autograd_anomaly_detection_off():
+    """RecBole's SINE module turns anomaly detection on at import (≈ 2× slower training); we turn it off."""
+    assert not torch.is_anomaly_enabled()

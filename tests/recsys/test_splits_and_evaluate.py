@@ -43,6 +43,10 @@ def test_metrics_do_not_depend_on_eval_batch_size(ml100k_split):
     c = evaluate_rows(model_score_fn(model), rows, split.config, batch_size=256)
     assert a == b == c
     assert set(a) >= {"ndcg@10", "hit@10", "mrr@10"}
+    d = evaluate_rows(model_score_fn(model), rows, split.config, batch_size=256, by_length=True)
+    assert d.keys() == a.keys()
+    for key in a:  # rows fed shortest first (less padding): the same metrics
+        assert abs(d[key] - a[key]) < 1e-6, key
 
 
 def test_popularity_baseline_is_strict_and_above_random(ml100k_split):

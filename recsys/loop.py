@@ -1,0 +1,244 @@
+"""The one training loop (base model and adapter): shuffled global batches, validation selection,
+patience after a warm-up, a time budget, DDP and progress in one place.
+
+Each global batch of ``batch_size`` samples is split into ``micro_batches`` parts (part ``k`` =
+positions ``k, k+M, ...`` of the batch). In one process the parts' gradients accumulate; under
+``torchrun`` rank ``r`` computes parts ``r, r+W, ...`` and DDP sums them. Every part's loss is its
+*summed* loss scaled by ``W / (loss terms in the global batch)``, so a run with ``M`` parts in one
+process and a run of ``W = M`` ranks perform the same floating-point operations on the same shapes:
+their gradients, and so their weights, are bit-identical (the scale by ``W`` and DDP's division by
+``W`` are exact for a power of two), whatever the load or the thread count of the machine.
+
+Stopping: patience counts only after ``min_epochs`` epochs *and* once validation has left its
+starting plateau (best score ≥ ``(1 + plateau_gain)`` × the first epoch's), so a run is never
+early-stopped inside the plateau that sequential models sit on for their first epochs. A time budget
+or the epoch limit may still end a run there: the result then says ``converged=False`` and a warning
+names the run, so no caller reports it as the model's result without saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from recsys import distributed
+from recsys.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+BatchFn = Callable[[torch.Tensor], tuple]  # sample indices -> the loss module's forward arguments
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the loop needs from a training config (``TrainConfig`` or ``AdapterConfig``)."""
+
+    epochs: int
+    batch_size: int
+    grad_clip: float
+    patience: int
+    min_epochs: int = 0  # no early stop before this many epochs
+    plateau_gain: float = 0.1  # validation must beat the first epoch by this fraction before patience counts
+    time_budget_s: float | None = None  # stop after the first epoch that reaches it (>=)
+    valid_metric: str = "ndcg@10"
+    bucket_batches: int = 0  # > 0 (with lengths): batches of similar-length samples (epoch_batches)
+    micro_batches: int | None = None  # parts per global batch; None = the world size
+    samples_per_epoch: int | None = None  # None = every sample each epoch; N = a fresh random N
+    dist_timeout_s: float = 300.0
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_by: str = "epochs"  # "patience" | "time_budget" | "epochs"
+    converged: bool = False  # stopped by patience after leaving the starting plateau
+
+    @property
+    def summary(self) -> dict:
+        """What a checkpoint or report records about the run."""
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": len(self.history),
+            "stopped_by": self.stopped_by,
+            "converged": self.converged,
+            "train_seconds": round(self.seconds, 1),
+        }
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """The shuffled sample order for one epoch, this rank's shard (same on every rank before sharding)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[rank::world_size]
+
+
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, per_epoch: int | None = None,
+    lengths: np.ndarray | None = None, bucket_batches: int = 0,
+) -> list[np.ndarray]:
+    """This epoch's global batches: a shuffled order (first ``per_epoch`` samples), cut into batches.
+
+    With ``lengths`` and ``bucket_batches`` > 0, each run of ``bucket_batches`` batches is sorted by
+    sample length before it is cut and the batches are then shuffled, so a batch holds samples of
+    similar length and little padding; every sample is still seen once per epoch.
+    """
+    order = epoch_order(n, seed, epoch)[: per_epoch or n]
+    if lengths is not None and bucket_batches > 0:
+        chunk = bucket_batches * batch_size
+        order = np.concatenate(
+            [c[np.argsort(lengths[c], kind="stable")] for c in np.split(order, range(chunk, len(order), chunk))]
+        )
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if lengths is not None and bucket_batches > 0:
+        shuffle = np.random.default_rng([seed, epoch, 1]).permutation(len(batches))
+        batches = [batches[i] for i in shuffle]
+    return batches
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _parts(settings: LoopSettings, world: int) -> int:
+    parts = settings.micro_batches or world
+    if parts % world:
+        raise ConfigError(f"micro_batches={parts} must be a multiple of the {world} ranks")
+    if settings.batch_size < parts:
+        raise ConfigError(f"batch_size={settings.batch_size} must be at least micro_batches={parts}")
+    return parts
+
+
+def _warmup_done(settings: LoopSettings, epoch: int, first: float, best: float) -> bool:
+    return epoch + 1 >= settings.min_epochs and best >= first * (1 + settings.plateau_gain)
+
+
+def fit(
+    model: nn.Module,
+    loss_sum: nn.Module,
+    batch_of: BatchFn,
+    weights: np.ndarray,
+    validate: Callable[[], dict[str, float]],
+    opt: torch.optim.Optimizer,
+    settings: LoopSettings,
+    seed: int,
+    desc: str = "train",
+    progress: bool = True,
+    lengths: np.ndarray | None = None,
+) -> FitResult:
+    """Train ``loss_sum`` (``forward(*batch_of(idx))`` = summed loss over those samples) and keep the
+    state of ``model`` from the epoch best on ``validate()[settings.valid_metric]``.
+
+    ``weights[i]`` is the number of loss terms of sample ``i`` (positions, targets); ``lengths[i]`` its
+    length for bucketing (``settings.bucket_batches``). ``validate`` runs
+    on rank 0 only; its result and the stop decision are broadcast, so all ranks stop together and end
+    with the same weights. ``model`` is left in eval mode holding the best state.
+    """
+    rank, world = distributed.rank(), distributed.world_size()
+    parts = _parts(settings, world)
+    metric = settings.valid_metric.lower()
+    n = len(weights)
+    per_epoch = min(n, settings.samples_per_epoch or n)
+    trainable = [p for p in loss_sum.parameters() if p.requires_grad]
+    step_fn = loss_sum
+    die_at = None
+    if world > 1:
+        device = next(iter(trainable)).device
+        ids = [device.index] if device.type == "cuda" else None
+        step_fn = DistributedDataParallel(loss_sum, device_ids=ids, broadcast_buffers=False)
+        torch.manual_seed(seed + 100_003 * rank)  # same initial weights, independent dropout per rank
+        die_at = distributed.fault_step_for_tests()
+    my_parts = list(range(rank, parts, world))
+    best_state, best_valid, best_epoch, first, bad = None, None, -1, None, 0
+    history: list[dict] = []
+    stopped_by = "epochs"
+    t0 = time.perf_counter()
+    bar = tqdm(range(settings.epochs), desc=desc, disable=not progress, leave=False)
+    with distributed.collective_errors(settings.dist_timeout_s):
+        for epoch in bar:
+            loss_sum.train()
+            t_epoch = time.perf_counter()
+            batches = epoch_batches(n, settings.batch_size, seed, epoch, per_epoch, lengths, settings.bucket_batches)
+            total = torch.zeros((), dtype=torch.float64)
+            steps = len(batches)
+            for step, batch_np in enumerate(batches):
+                if die_at is not None and epoch == 0 and step == die_at:
+                    os._exit(1)  # test-only fault injection (recsys.distributed.TEST_DIE_ENV)
+                batch = torch.from_numpy(batch_np)
+                scale = world / max(float(weights[batch_np].sum()), 1.0)
+                opt.zero_grad(set_to_none=True)
+                for j, part in enumerate(my_parts):
+                    idx, s = batch[part::parts], scale
+                    if len(idx) == 0:
+                        if world == 1:
+                            continue
+                        idx, s = batch[:1], 0.0  # an empty part still joins DDP's all-reduce, with zeros
+                    last = j == len(my_parts) - 1
+                    sync = contextlib.nullcontext() if world == 1 or last else step_fn.no_sync()
+                    with sync:
+                        loss = step_fn(*batch_of(idx)) * s
+                        loss.backward()
+                    total += loss.detach().double() / world
+                torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+                opt.step()
+            train_loss = distributed.all_reduce_sum(float(total)) / max(steps, 1)
+            train_s = time.perf_counter() - t_epoch
+            loss_sum.eval()
+            valid, over_budget = None, False
+            if rank == 0:  # rank 0 validates and decides on the budget; every rank applies the decision
+                valid = validate()
+                if metric not in valid:
+                    raise ConfigError(f"valid_metric '{settings.valid_metric}' is not one of {sorted(valid)}")
+                over_budget = settings.time_budget_s is not None and time.perf_counter() - t0 >= settings.time_budget_s
+            valid, over_budget = distributed.broadcast_object((valid, over_budget))
+            history.append(
+                {"epoch": epoch, "loss": train_loss, "train_s": round(train_s, 3),
+                 "seconds": round(time.perf_counter() - t0, 1), **valid}
+            )
+            bar.set_postfix(loss=f"{train_loss:.3f}", **{metric: f"{valid[metric]:.4f}"})
+            score = valid[metric]
+            first = score if first is None else first
+            if best_valid is None or score > best_valid[metric]:
+                best_state, best_valid, best_epoch, bad = copy.deepcopy(model.state_dict()), valid, epoch, 0
+            elif _warmup_done(settings, epoch, first, best_valid[metric]):
+                bad += 1
+            if bad >= settings.patience:
+                stopped_by = "patience"
+                break
+            if over_budget:
+                stopped_by = "time_budget"
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    converged = stopped_by == "patience"
+    left_plateau = best_valid[metric] > first * (1 + max(settings.plateau_gain, 0.05))
+    if not converged:
+        log.warning(
+            "%s: stopped by %s after %d epochs before validation plateaued (best %s %.4f at epoch %d): "
+            "not a converged result", desc, stopped_by, len(history), metric, best_valid[metric], best_epoch,
+        )
+    if not left_plateau:
+        log.warning(
+            "%s: ended near its starting score (%s %.4f vs %.4f after the first epoch)",
+            desc, metric, best_valid[metric], first,
+        )
+    return FitResult(best_epoch, best_valid, history, time.perf_counter() - t0, stopped_by, converged)
+
+
+__all__ = ["BatchFn", "FitResult", "LoopSettings", "epoch_batches", "epoch_order", "fit", "seed_everything"]
