@@ -1,12 +1,15 @@
-"""Loopback load benchmark of the device service's ``POST /v1/rank``, next to the bare model's scoring time.
+"""Loopback load benchmark of the device service's ``POST /v1/rank``, batch-1 vs micro-batched scoring.
 
-For each dataset (ml-100k, amazon-beauty) and worker count (1, 2): start ``persona serve --role device``
-on 127.0.0.1 (uvicorn, httptools + uvloop, one torch thread per worker), store 50 events for each of
-200 users, then send a bounded number of rank requests (by user id, k=10, seen items excluded) from a
-small asyncio HTTP/1.1 keep-alive client in this process: once one at a time (latency) and once with
-``--concurrency`` connections (throughput). Each phase stops at ``--requests`` or ``--max-seconds``.
-The bare scoring time is ``DeviceRuntime.rank`` on the same checkpoint and histories in this process
-(batch 1, one thread); the overhead ratio is served p50 / bare p50. Results go to
+For each dataset (ml-100k, amazon-beauty), worker count (1, 2) and scoring mode — ``batch-1``
+(``serve.max_batch=1``: every request scored alone) and ``batched`` (the configured micro-batching,
+``serve.max_batch`` / ``serve.batch_wait_ms``) — start ``persona serve --role device`` on 127.0.0.1
+(uvicorn, httptools + uvloop, one torch thread per worker), store 50 events for each of 200 users, then
+send a bounded number of rank requests (by user id, k=10, seen items excluded) from a small asyncio
+HTTP/1.1 keep-alive client in this process with 1, 4, 8 and 32 connections (closed loop). Each phase
+stops at ``--requests`` or ``--max-seconds``; the mean batch size comes from the service's
+``persona_rank_batch_size`` histogram. The bare scoring time is ``DeviceRuntime.rank`` on the same
+checkpoint and histories in this process (batch 1, one thread), plus the batched scoring per request at
+8 and 32 rows; the overhead ratio is served p50 / bare p50. Results go to
 ``reports/benchmarks/serve_load.{json,md}``.
 
 The served model is the main job's checkpoint (``runs/<dataset>/sasrec/seed0``) when present, else a
@@ -14,6 +17,7 @@ The served model is the main job's checkpoint (``runs/<dataset>/sasrec/seed0``) 
 catalogue size, not on how well the model is trained).
 
     python benchmarks/serve_load.py [--datasets ml-100k,amazon-beauty] [--workers 1,2] [--requests 3000]
+                                    [--connections 1,4,8,32] [--modes batch-1,batched]
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bare_scoring(ckpt: Path, histories: list[list[int]], repeats: int = 2000) -> dict:
-    """``DeviceRuntime.rank`` batch 1, one thread: encoder + head + full-catalogue scores + top-10."""
+    """``DeviceRuntime.rank`` batch 1, one thread: encoder + head + full-catalogue scores + top-10; and the
+    batched path (``user_states`` + ``rank_states``) for 1, 8 and 32 requests at once, per request."""
     torch.set_num_threads(1)
     model, _, tokens = load_checkpoint(ckpt)
     runtime = DeviceRuntime(model, tokens)
@@ -82,7 +87,17 @@ def bare_scoring(ckpt: Path, histories: list[list[int]], repeats: int = 2000) ->
         runtime.rank(h, 10, exclude=set(h))
         times.append(time.perf_counter() - t0)
     p50, p99 = percentile(times, 50) * 1e3, percentile(times, 99) * 1e3
-    return {"p50_ms": p50, "p99_ms": p99, "n_items": runtime.n_items - 1}
+    out = {"p50_ms": p50, "p99_ms": p99, "n_items": runtime.n_items - 1}
+    for b in (1, 8, 32):
+        batches = [histories[i : i + b] for i in range(0, len(histories) - b + 1, b)]
+        per_row = []
+        for n in range(max(20, repeats // b)):
+            hs = batches[n % len(batches)]
+            t0 = time.perf_counter()
+            runtime.rank_states(runtime.user_states(hs), [None] * b, [10] * b, [set(h) for h in hs])
+            per_row.append((time.perf_counter() - t0) / b)
+        out[f"batch{b}_per_request_ms"] = percentile(per_row, 50) * 1e3
+    return out
 
 
 async def load(
@@ -147,13 +162,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_device(ckpt: Path, workers: int, tmp: Path) -> tuple[subprocess.Popen, int]:
+def start_device(ckpt: Path, workers: int, tmp: Path, extra: list[str] = ()) -> tuple[subprocess.Popen, int]:
     port = free_port()
     cmd = [
         sys.executable, "-m", "serving.cli", "serve", "--role", "device",
         "--port", str(port), "--workers", str(workers),
         f"serve.checkpoint={ckpt}", f"data.workdir={ROOT / 'data' / 'atomic'}", f"serve.db_path={tmp / 'events.db'}",
-        f"serve.prototype_cache={tmp / 'prototypes.json'}", "serve.access_log=false",
+        f"serve.prototype_cache={tmp / 'prototypes.json'}", "serve.access_log=false", *extra,
     ]
     return start_service(cmd, port, tmp / "server.log", "device"), port
 
@@ -183,45 +198,97 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+MODES = {"batch-1": ["serve.max_batch=1"], "batched": []}  # batched: serve.max_batch / batch_wait_ms as configured
+
+
+def batch_counts(port: int) -> tuple[float, float]:
+    """(sum, count) of the service's ``persona_rank_batch_size`` histogram (all workers)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    values = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for kind in values:
+            if line.startswith(f"persona_rank_batch_size_{kind}"):
+                values[kind] += float(line.rsplit(" ", 1)[1])
+    return values["sum"], values["count"]
+
+
 def run_dataset(dataset: str, worker_counts: list[int], args) -> list[dict]:
     ckpt, source = checkpoint_for(dataset)
     tokens = (ckpt / "items.txt").read_text().splitlines()
     rng = random.Random(0)
     users = {f"bench-{u}": [rng.randrange(1, len(tokens)) for _ in range(50)] for u in range(200)}
     bare = bare_scoring(ckpt, list(users.values()))
+    print(
+        f"{dataset}: bare batch-1 p50={bare['p50_ms']:.3f}ms; batched path per request: 1 row "
+        f"{bare['batch1_per_request_ms']:.3f}ms, 8 rows "
+        f"{bare['batch8_per_request_ms']:.3f}ms, 32 rows {bare['batch32_per_request_ms']:.3f}ms", flush=True,
+    )
     bodies = [json.dumps({"user_id": u, "k": 10}).encode() for u in users]
+    connections = [int(c) for c in args.connections.split(",")]
+    cfg = load_app_config().serve
     rows = []
     for workers in worker_counts:
-        with tempfile.TemporaryDirectory() as tmp:
-            proc, port = start_device(ckpt, workers, Path(tmp))
-            try:
-                with httpx.Client(timeout=30) as c:
-                    for u, ids in users.items():
-                        events = [
-                            {"event_id": f"{u}-{i}", "user_id": u, "item_id": tokens[j]} for i, j in enumerate(ids)
-                        ]
-                        c.post(f"http://127.0.0.1:{port}/v1/events", json={"events": events}).raise_for_status()
-                uvloop.run(load(port, bodies, 200 * workers, 2 * workers, 30))  # warm-up: every worker
-                phases = [
-                    uvloop.run(load(port, bodies, args.requests, 1, args.max_seconds)),
-                    uvloop.run(load(port, bodies, args.requests, args.concurrency, args.max_seconds)),
-                ]
-            finally:
-                stop(proc)
-        for ph in phases:
-            row = {
-                "dataset": dataset, "n_items": bare["n_items"], "checkpoint": source, "workers": workers, **ph,
-                "bare_p50_ms": round(bare["p50_ms"], 3), "bare_p99_ms": round(bare["p99_ms"], 3),
-                "overhead_ratio_p50": round(ph["p50_ms"] / bare["p50_ms"], 2),
-            }
-            rows.append(row)
-            print(
-                f"{dataset:14s} items={row['n_items']:6d} workers={workers} conc={ph['concurrency']:2d} "
-                f"n={ph['requests']:5d} err={ph['errors']} p50={ph['p50_ms']:.2f}ms p99={ph['p99_ms']:.2f}ms "
-                f"{ph['req_per_s']:.0f} req/s | bare p50={bare['p50_ms']:.2f}ms ratio={row['overhead_ratio_p50']}",
-                flush=True,
-            )
+        for mode in args.modes.split(","):
+            extra = MODES[mode]
+            with tempfile.TemporaryDirectory() as tmp:
+                proc, port = start_device(ckpt, workers, Path(tmp), extra)
+                phases = []
+                try:
+                    with httpx.Client(timeout=30) as c:
+                        for u, ids in users.items():
+                            events = [
+                                {"event_id": f"{u}-{i}", "user_id": u, "item_id": tokens[j]} for i, j in enumerate(ids)
+                            ]
+                            c.post(f"http://127.0.0.1:{port}/v1/events", json={"events": events}).raise_for_status()
+                    uvloop.run(load(port, bodies, 300 * workers, 4 * workers, 30))  # warm-up: every worker
+                    for conc in connections:
+                        s0, n0 = batch_counts(port)
+                        ph = uvloop.run(load(port, bodies, args.requests, conc, args.max_seconds))
+                        s1, n1 = batch_counts(port)
+                        ph["mean_batch"] = round((s1 - s0) / (n1 - n0), 2) if n1 > n0 else None
+                        phases.append(ph)
+                finally:
+                    stop(proc)
+            for ph in phases:
+                row = {
+                    "dataset": dataset, "n_items": bare["n_items"], "checkpoint": source, "workers": workers,
+                    "mode": mode, "max_batch": 1 if mode == "batch-1" else cfg.max_batch,
+                    "batch_wait_ms": cfg.batch_wait_ms, **ph,
+                    "bare_p50_ms": round(bare["p50_ms"], 3), "bare_p99_ms": round(bare["p99_ms"], 3),
+                    "bare_batch1_per_request_ms": round(bare["batch1_per_request_ms"], 3),
+                    "bare_batch8_per_request_ms": round(bare["batch8_per_request_ms"], 3),
+                    "bare_batch32_per_request_ms": round(bare["batch32_per_request_ms"], 3),
+                    "overhead_ratio_p50": round(ph["p50_ms"] / bare["p50_ms"], 2),
+                }
+                rows.append(row)
+                print(
+                    f"{dataset:14s} items={row['n_items']:6d} workers={workers} {mode:8s} conc={ph['concurrency']:2d} "
+                    f"n={ph['requests']:5d} err={ph['errors']} p50={ph['p50_ms']:.2f}ms p99={ph['p99_ms']:.2f}ms "
+                    f"{ph['req_per_s']:.0f} req/s batch={ph['mean_batch']} | bare p50={bare['p50_ms']:.2f}ms "
+                    f"ratio={row['overhead_ratio_p50']}",
+                    flush=True,
+                )
     return rows
+
+
+def side_by_side(rows: list[dict]) -> list[str]:
+    """One line per dataset × workers × connections: batch-1 next to batched."""
+    lines = [
+        "| dataset | workers | connections | batch-1 req/s | p50 ms | p99 ms | errors | batched req/s | p50 ms "
+        "| p99 ms | errors | mean batch | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_key = {(r["dataset"], r["workers"], r["concurrency"], r["mode"]): r for r in rows}
+    for (dataset, workers, conc, mode), one in by_key.items():
+        if mode != "batch-1" or (dataset, workers, conc, "batched") not in by_key:
+            continue
+        bat = by_key[(dataset, workers, conc, "batched")]
+        lines.append(
+            f"| {dataset} | {workers} | {conc} | {one['req_per_s']:.0f} | {one['p50_ms']:.2f} | {one['p99_ms']:.2f} "
+            f"| {one['errors']} | {bat['req_per_s']:.0f} | {bat['p50_ms']:.2f} | {bat['p99_ms']:.2f} "
+            f"| {bat['errors']} | {bat['mean_batch']} | {bat['req_per_s'] / max(one['req_per_s'], 1e-9):.2f}x |"
+        )
+    return lines
 
 
 def write_reports(rows: list[dict], out: Path, meta: dict) -> None:
@@ -230,23 +297,40 @@ def write_reports(rows: list[dict], out: Path, meta: dict) -> None:
     lines = [
         "# Device service load benchmark (`POST /v1/rank`, loopback)",
         "",
-        f"{meta['machine']}; load average at start {meta['loadavg_start']}; uvicorn httptools + uvloop, "
-        "one torch thread per worker; client = asyncio HTTP/1.1 keep-alive in the same machine. "
+        f"{meta['machine']}; load average at start {meta['loadavg_start']}, at end {meta['loadavg_end']}; "
+        "uvicorn httptools + uvloop, one torch thread per worker; client = asyncio HTTP/1.1 keep-alive, closed "
+        "loop, in the same machine (it competes with the server for the cores). "
         "Requests rank by user id (50 stored events), k=10, seen items excluded, no cloud (base head). "
-        "Bare = `DeviceRuntime.rank` batch 1 in-process; ratio = served p50 / bare p50.",
+        "batch-1 = `serve.max_batch=1`; batched = micro-batching as configured "
+        f"(`serve.max_batch={meta['max_batch']}`, `serve.batch_wait_ms={meta['batch_wait_ms']}`); mean batch = "
+        "requests per forward pass. Bare = `DeviceRuntime.rank` batch 1 in-process; ratio = served p50 / bare p50.",
         "",
-        "| dataset | items | workers | connections | requests | errors | p50 ms | p99 ms | req/s "
-        "| bare p50 ms | ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "## batch-1 vs micro-batched",
+        "",
+        *side_by_side(rows),
+        "",
+        "## All runs",
+        "",
+        "| dataset | items | workers | mode | connections | requests | errors | p50 ms | p99 ms | req/s "
+        "| mean batch | bare p50 ms | batched path ms/req at 1 / 8 / 32 rows | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['dataset']} | {r['n_items']} | {r['workers']} | {r['concurrency']} | {r['requests']} "
+            f"| {r['dataset']} | {r['n_items']} | {r['workers']} | {r['mode']} | {r['concurrency']} | {r['requests']} "
             f"| {r['errors']} "
-            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['req_per_s']:.0f} | {r['bare_p50_ms']:.2f} "
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['req_per_s']:.0f} | {r['mean_batch']} "
+            f"| {r['bare_p50_ms']:.2f} "
+            f"| {r['bare_batch1_per_request_ms']:.3f} / {r['bare_batch8_per_request_ms']:.3f} "
+            f"/ {r['bare_batch32_per_request_ms']:.3f} "
             f"| {r['overhead_ratio_p50']} |"
         )
-    lines += ["", f"Goals (ml-100k): p99 < 10 ms and ≥ 500 req/s. Command: `{meta['command']}`.", ""]
+    lines += [
+        "",
+        "Goals (ml-100k, 1 worker): ≥ 2,000 req/s at 8 connections with p99 < 10 ms and no errors (stretch 4,000). "
+        f"Command: `{meta['command']}`.",
+        "",
+    ]
     (out / "serve_load.md").write_text("\n".join(lines))
 
 
@@ -256,7 +340,8 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--requests", type=int, default=3000, help="per phase")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="per phase")
-    parser.add_argument("--concurrency", type=int, default=4, help="connections in the throughput phase")
+    parser.add_argument("--connections", default="1,4,8,32", help="connection counts, one phase each")
+    parser.add_argument("--modes", default="batch-1,batched", help=f"scoring modes: {', '.join(MODES)}")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     args = parser.parse_args()
     meta = {
@@ -264,6 +349,8 @@ def main() -> int:
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "command": "python " + " ".join(["benchmarks/serve_load.py", *sys.argv[1:]]),
         "torch": torch.__version__,
+        "max_batch": load_app_config().serve.max_batch,
+        "batch_wait_ms": load_app_config().serve.batch_wait_ms,
     }
     rows = []
     for dataset in args.datasets.split(","):

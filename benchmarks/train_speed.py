@@ -105,6 +105,7 @@ def worker(args) -> None:
         "epochs_run": epochs, "best_epoch": res.best_epoch, "best_valid": res.best_valid[metric],
         "wall_s": wall, "wall_per_epoch": wall / epochs, "train_per_epoch": train_s,
         "positions": positions, "flops": flops, "stopped": stopped,
+        "code": str(Path(sys.modules["recsys"].__file__).parents[1]),
     }))
 
 

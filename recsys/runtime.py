@@ -170,3 +170,105 @@ class DeviceRuntime:
         k = min(k, int(torch.isfinite(scores).sum()))
         top = torch.topk(scores, k)
         return top.indices.tolist(), top.values.tolist()
+
+    # ---- batched ranking (many requests, one forward pass) ----------------------------------------
+
+    def encode_histories(self, histories: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ``[B, T]`` sequences (each the last ``max_seq_len`` valid items) and their lengths."""
+        T, n = self.model.max_seq_len, self.n_items
+        rows, lengths = [], []
+        for item_ids in histories:
+            ids = [i for i in item_ids if 0 < i < n][-T:]
+            lengths.append(max(len(ids), 1))
+            rows.append(ids + [0] * (T - len(ids)))
+        return torch.tensor(rows, dtype=torch.long), torch.tensor(lengths, dtype=torch.long)
+
+    @torch.inference_mode()
+    def user_states(self, histories: list[list[int]]) -> torch.Tensor:
+        """``[B, D]`` user states of ``B`` histories in one encoder pass (row ``b`` = ``user_state(histories[b])``).
+
+        Padding is trimmed and SASRec reads its last layer at one position (``EditableSeqRec.user_state``).
+        """
+        seq, length = self.encode_histories(histories)
+        empty = seq[:, 0] == 0
+        if not bool(empty.any()):
+            return self.model.user_state(seq, length)
+        # An empty history attends over padding only: every score carries the -10000 mask, so its state is
+        # sensitive to float rounding; compute it exactly as batch 1 does (it is the same for every row).
+        out = torch.empty(len(seq), self.model.head.dim)
+        out[empty] = self.model.user_state(seq[:1] * 0, torch.ones(1, dtype=torch.long))[0]
+        if not bool(empty.all()):
+            out[~empty] = self.model.user_state(seq[~empty], length[~empty])
+        return out
+
+    @torch.inference_mode()
+    def assign_batch(self, states: torch.Tensor) -> tuple[list[int | None], list[float]]:
+        """:meth:`assign` for each row of ``states`` ``[B, D]``."""
+        if self._signatures is None:
+            return [None] * len(states), [float("inf")] * len(states)
+        dist = torch.cdist(states, self._signatures)
+        best, k = dist.min(dim=1)
+        return k.tolist(), best.tolist()
+
+    @torch.inference_mode()
+    def head_batch(self, states: torch.Tensor, edits: list[HeadEdit | None]) -> torch.Tensor:
+        """``[B, D]`` head outputs, row ``b`` edited by ``edits[b]`` (``None`` = base head).
+
+        Rows that share one edit object (or none) share a head call; rows with different edits are scored
+        with their (pre-clipped) edits stacked to ``[B', D, D]``, which :class:`EditableHead` applies per row.
+        """
+        head = self.model.head
+        distinct = {id(e): e for e in edits if e is not None}
+        if not distinct:
+            return head(states)
+        if len(distinct) == 1 and all(e is not None for e in edits) and _unbatched(edits[0]):
+            return head(states, edits[0])
+        out = torch.empty_like(states)
+        base = [b for b, e in enumerate(edits) if e is None]
+        if base:
+            idx = torch.tensor(base)
+            out[idx] = head(states[idx])
+        rows = [b for b, e in enumerate(edits) if e is not None]
+        order = list(distinct)  # unique edits, stacked once and gathered per row
+        which = torch.tensor([order.index(id(edits[b])) for b in rows])
+        unique = [distinct[key].clipped() for key in order]
+        dim, dW, db = head.dim, [], []
+        for layer in range(len(head.layers)):
+            ws = [e.dW[layer] for e in unique]
+            bs = [e.db[layer] for e in unique]
+            dW.append(None if all(w is None for w in ws) else torch.stack(
+                [torch.zeros(dim, dim) if w is None else w.reshape(dim, dim) for w in ws])[which])
+            db.append(None if all(b is None for b in bs) else torch.stack(
+                [torch.zeros(dim) if b is None else b.reshape(dim) for b in bs])[which])
+        idx = torch.tensor(rows)
+        out[idx] = head(states[idx], HeadEdit(dW, db, clip=float("inf")))  # already clipped per edit
+        return out
+
+    @torch.inference_mode()
+    def rank_states(
+        self, states: torch.Tensor, edits: list[HeadEdit | None], ks: list[int], excludes: list[set[int] | None]
+    ) -> list[tuple[list[int], list[float]]]:
+        """:meth:`rank` for ``B`` requests from their user states ``[B, D]``: one head pass, one scoring matmul,
+        one top-k; per request its own edit, ``k`` and exclusions."""
+        scores = self.model.logits(self.head_batch(states, edits))
+        rows: list[int] = []
+        cols: list[int] = []
+        for b, ex in enumerate(excludes):
+            if ex:
+                rows.extend([b] * len(ex))
+                cols.extend(ex)
+        if cols:
+            scores[torch.tensor(rows), torch.tensor(cols)] = float("-inf")
+        finite = torch.isfinite(scores).sum(dim=1).tolist()
+        top = torch.topk(scores, min(max(ks), scores.size(1)), dim=1)
+        ids, vals = top.indices.tolist(), top.values.tolist()
+        out = []
+        for b, k in enumerate(ks):
+            k = min(k, finite[b])
+            out.append((ids[b][:k], vals[b][:k]))
+        return out
+
+
+def _unbatched(edit: HeadEdit) -> bool:
+    """An edit of ``[D, D]`` / ``[D]`` tensors, which applies to any number of rows as it is."""
+    return all(w is None or w.dim() == 2 for w in edit.dW) and all(b is None or b.dim() == 1 for b in edit.db)

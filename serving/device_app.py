@@ -6,6 +6,9 @@ prototype of the cached bank. A cloud edit is reused until the refresh policy as
 ``budget_ms`` for the cloud; when the cloud is slow, failing or down the request is answered with the
 cached prototype's edit (``prototype-cache``) or the base head (``base``), and the late answer, if it
 comes, fills the cache for the next request (background catch-up). The cloud never causes an error.
+
+Concurrent ranking requests are scored together (:mod:`serving.rank_batcher`: ``serve.max_batch``,
+``serve.batch_wait_ms``); stored histories are read through the event store's in-memory cache.
 """
 
 from __future__ import annotations
@@ -13,15 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 
 from recsys.models import HeadEdit
 from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
@@ -30,7 +33,8 @@ from serving.cloud_client import CloudClient, CloudError
 from serving.config import AppConfig
 from serving.event_store import EventStore
 from serving.metrics import Metrics
-from serving.schemas import ERRORS, EventsRequest, EventsResponse, Health, RankedItem, RankRequest, RankResponse
+from serving.rank_batcher import AdmitRank, Choice, Encoded, RankBatcher, RankJob
+from serving.schemas import ERRORS, EventsRequest, EventsResponse, Health, RankRequest, RankResponse
 from serving.web import (
     ServiceMiddleware,
     field_error,
@@ -58,6 +62,7 @@ class DeviceService:
         self.cfg, self.s = cfg, cfg.serve
         self.art = art
         self.runtime = DeviceRuntime(art.model, art.tokens)
+        self._tokens = [str(t) for t in art.tokens]  # item id → token, as sent
         self.cache_path = Path(self.s.prototype_cache)
         if self.cache_path.is_file():
             try:
@@ -65,7 +70,10 @@ class DeviceService:
             except (ValueError, OSError) as exc:
                 log.warning("ignoring prototype cache %s: %s", self.cache_path, exc)
         self.metrics = Metrics("device")
-        self.store = EventStore(Path(self.s.db_path), self.s.sqlite_synchronous)
+        self.store = EventStore(
+            Path(self.s.db_path), self.s.sqlite_synchronous, history_cache_users=self.s.history_cache_users
+        )
+        self.batcher = RankBatcher(self.runtime, self.s.max_batch, self.s.batch_wait_ms, self._observe_batch)
         self.cloud = (
             CloudClient(cloud_url, api_key, self.s.catchup_timeout_s, self.s.cloud_retry_s, self.metrics)
             if cloud_url
@@ -74,6 +82,10 @@ class DeviceService:
         self.edits: OrderedDict[str, CachedEdit] = OrderedDict()
         self.inflight: dict[str, tuple[asyncio.Task, CachedEdit]] = {}  # key → (fetch, what it was asked for)
         self._bg: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _observe_batch(self, record) -> None:
+        self.metrics.rank_batch.observe(record.size)
 
     @property
     def catalogue(self) -> int:
@@ -82,6 +94,7 @@ class DeviceService:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()  # the worker's event loop (batches run on it)
         if self.cloud is not None:
             self._bg = asyncio.create_task(self._prototype_loop())
 
@@ -138,11 +151,16 @@ class DeviceService:
     # ---- ranking --------------------------------------------------------------------------------
 
     async def rank(self, req: RankRequest) -> RankResponse:
+        return RankResponse.model_validate(await self.rank_dict(req))
+
+    async def rank_dict(self, req: RankRequest) -> dict:
+        """:meth:`rank` as the plain JSON-ready dict the route sends (no model objects per item)."""
         if not 1 <= req.k <= self.catalogue:
             raise field_error("k", f"must be between 1 and the catalogue size {self.catalogue}")
         t2i = self.runtime.token_to_id
         tokens = self.store.history(req.user_id) if req.user_id is not None else []
-        tokens += req.history or []
+        if req.history:
+            tokens += req.history
         ids = [t2i[t] for t in tokens if t in t2i]
         unknown = sorted({t for t in tokens if t not in t2i} | {t for t in req.exclude if t not in t2i})
         exclude = {t2i[t] for t in req.exclude if t in t2i}
@@ -150,49 +168,45 @@ class DeviceService:
             exclude.update(ids)
 
         window = ids[-self.runtime.model.max_seq_len :]
-        with torch.inference_mode():
-            state = self.runtime.user_state(window)
-            proto, dist = self.runtime.assign(state)
-        if self.runtime.is_ood(dist):
-            proto = None
-        kind, version, proto_id, edit = await self._adaptation(req, window, len(ids), proto)
-        items, scores = self._top_k(state, req.k, exclude, edit)
-        self.metrics.adaptation.labels(kind).inc()
-        tok, titles = self.art.tokens, self.art.titles
-        return RankResponse(
-            items=[RankedItem(item_id=str(tok[i]), title=titles[i], score=s) for i, s in zip(items, scores)],
-            adaptation=kind,
-            version=version,
-            prototype_id=proto_id,
-            history_length=len(ids),
-            unknown_items=unknown,
-        )
+        n_events = len(ids)
+        key = None
+        if self.cloud is not None:  # the device's edit-cache key
+            if req.user_id is not None:
+                key = f"u:{req.user_id}"
+            else:
+                key = "h:" + hashlib.sha1(repr(window).encode()).hexdigest()
+        job = RankJob(window, req.k, exclude, choose=lambda proto: self._adaptation_now(key, n_events, proto))
+        result = await self.batcher.rank(job)
+        if isinstance(result, Encoded):  # the cloud has to be asked: wait (within budget), then score
+            choice = await self._adaptation_fetch(key, window, req.user_id, n_events, result.prototype)
+            result = await self.batcher.rank(RankJob(window, req.k, exclude, state=result.state, choice=choice))
+        choice = result.choice
+        self.metrics.adaptation.labels(choice.kind).inc()
+        tok, titles = self._tokens, self.art.titles
+        return {
+            "items": [{"item_id": tok[i], "title": titles[i], "score": s} for i, s in zip(result.items, result.scores)],
+            "adaptation": choice.kind,
+            "version": choice.version,
+            "prototype_id": choice.prototype_id,
+            "history_length": n_events,
+            "unknown_items": unknown,
+        }
 
-    @torch.inference_mode()
-    def _top_k(self, state: torch.Tensor, k: int, exclude: set[int], edit: HeadEdit | None):
-        """``DeviceRuntime.rank`` from an already computed user state (the encoder runs once per request)."""
-        model = self.runtime.model
-        scores = model.logits(model.head(state.view(1, -1), edit))[0]
-        if exclude:
-            scores[torch.tensor(sorted(exclude), dtype=torch.long)] = float("-inf")
-        k = min(k, int(torch.isfinite(scores).sum()))
-        top = torch.topk(scores, k)
-        return top.indices.tolist(), top.values.tolist()
-
-    def _fallback(self, proto: int | None):
+    def _fallback(self, proto: int | None) -> Choice:
         bank = self.runtime.prototypes
         if proto is not None and bank is not None:
-            return "prototype-cache", bank.version, proto, self.runtime.prototype_edit(proto)
-        return "base", None, None, None
+            return Choice("prototype-cache", bank.version, proto, self.runtime.prototype_edit(proto))
+        return Choice("base", None, None, None)
 
     @staticmethod
-    def _from_cloud(c: CachedEdit):
-        return ("cloud-edit" if c.edit is not None else "base"), c.payload.version, c.payload.prototype_id, c.edit
+    def _from_cloud(c: CachedEdit) -> Choice:
+        kind = "cloud-edit" if c.edit is not None else "base"
+        return Choice(kind, c.payload.version, c.payload.prototype_id, c.edit)
 
-    async def _adaptation(self, req: RankRequest, window: list[int], n_events: int, proto: int | None):
+    def _adaptation_now(self, key: str | None, n_events: int, proto: int | None) -> Choice | None:
+        """The adaptation if it is known without waiting (no cloud, a fresh cached edit, cloud down); else None."""
         if self.cloud is None:
             return self._fallback(proto)
-        key = f"u:{req.user_id}" if req.user_id is not None else "h:" + hashlib.sha1(repr(window).encode()).hexdigest()
         bank = self.runtime.prototypes.version if self.runtime.prototypes else None
         cached = self.edits.get(key)
         if cached is not None and not self._stale(cached, n_events, proto, bank):
@@ -201,13 +215,23 @@ class DeviceService:
         if not self.cloud.available:
             self.metrics.fallback.labels("unavailable").inc()
             return self._fallback(proto)
+        return None
+
+    async def _adaptation_fetch(
+        self, key: str, window: list[int], user_id: str | None, n_events: int, proto: int | None
+    ) -> Choice:
+        """Ask the cloud for this device's edit (sharing a request in flight); wait at most ``budget_ms``."""
+        now = self._adaptation_now(key, n_events, proto)  # filled meanwhile by another request?
+        if now is not None:
+            return now
+        bank = self.runtime.prototypes.version if self.runtime.prototypes else None
         pending = self.inflight.get(key)
         # a request already in flight for this device is shared, unless it was for an older history
         if pending is not None and not self._stale(pending[1], n_events, proto, bank):
             task = pending[0]
         else:
             tokens = [str(self.art.tokens[i]) for i in window]
-            task = asyncio.create_task(self._fetch(key, tokens, req.user_id, n_events, proto, bank))
+            task = asyncio.create_task(self._fetch(key, tokens, user_id, n_events, proto, bank))
             task.add_done_callback(_consume)  # a late failure nobody waits for any more is not an error
             self.inflight[key] = (task, CachedEdit(None, None, n_events, proto, bank))
         try:
@@ -299,8 +323,11 @@ def create_device_app(service: DeviceService) -> FastAPI:
         summary="rank the full catalogue for a user and/or an explicit history",
         responses=ERRORS,
     )
-    async def rank(body: RankRequest) -> RankResponse:
-        return await service.rank(body)
+    async def rank(body: RankRequest) -> Response:
+        # a plain dict dumped once: returning a Response skips FastAPI's response_model re-validation and
+        # encoding (the model still documents the schema; test_schemathesis checks answers against it)
+        payload = json.dumps(await service.rank_dict(body), separators=(",", ":"))
+        return Response(payload, media_type="application/json")
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
@@ -317,6 +344,7 @@ def create_device_app(service: DeviceService) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi
+    app.add_middleware(AdmitRank, batcher=service.batcher)  # rank requests count as coming from their headers on
     app.add_middleware(
         ServiceMiddleware, metrics=service.metrics, max_body_bytes=service.s.max_body_bytes,
         log_requests=service.s.access_log,

@@ -43,6 +43,10 @@ class Metrics:
             f"{p}_event_request_size", "events per /v1/events request", buckets=(1, 2, 5, 10, 50, 100, 500, 1000),
             registry=r,
         )
+        self.rank_batch = Histogram(
+            f"{p}_rank_batch_size", "rank requests scored per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
         self.reloads = Counter(f"{p}_reloads", "editor/prototype reloads", ["outcome"], registry=r)
         self.service = service
 

@@ -36,6 +36,9 @@ class ServeConfig(BaseModel):
     refresh_every: int = Field(5, ge=1)  # ask the cloud for a new edit every N new events of a user
     prototypes_refresh_s: float = Field(60.0, gt=0)  # how often the device refetches the bank snapshot
     edit_cache_size: int = Field(10_000, ge=1)  # users whose cloud edit a device worker keeps
+    max_batch: int = Field(64, ge=1, le=4096)  # rank requests scored in one forward pass (1 = no batching)
+    batch_wait_ms: float = Field(1.0, ge=0, le=100)  # a batch waits at most this long for requests on their way
+    history_cache_users: int = Field(10_000, ge=0)  # users whose event history a device worker keeps in memory
 
     max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
     reload_poll_s: float = Field(2.0, ge=0)  # cloud: check editor artefacts for changes (0 = only /admin/reload)

