@@ -52,11 +52,11 @@ class ModelConfig(_Strict):
 
 class TrainConfig(_Strict):
     epochs: int = Field(40, ge=1)
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(5.0, gt=0)
-    patience: int = Field(5, ge=1)  # epochs without a validation gain before stopping (after the warm-up)
+    patience: int = Field(4, ge=1)  # epochs without a validation gain before stopping (after the warm-up)
     min_epochs: int = Field(5, ge=0)  # no early stop before this many epochs
     plateau_gain: float = Field(0.5, ge=0)  # patience counts once validation beats epoch 0 by this fraction
     time_budget_s: float | None = Field(None, gt=0)  # optional wall-clock cap per run (the run is marked unconverged)
