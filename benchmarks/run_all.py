@@ -12,6 +12,7 @@ SCRIPTS = [
     "encode_codebook.py",
     "rqvae_vs_rq.py",
     "train_ddp.py",
+    "train_speed.py",
     "serve_load.py",
     "serve_load_cloud.py",
 ]
