@@ -13,7 +13,7 @@ from llm_cloud.adapter import Adapter, edited_logits
 from llm_cloud.adapter_config import AdapterConfig
 from llm_cloud.adapter_data import TrainingSamples, batch_from_rows, training_samples
 from recsys.evaluate import evaluate_rows
-from recsys.loop import FitResult, LoopSettings, fit, seed_everything
+from recsys.loop import FitResult, HasFit, LoopSettings, fit, seed_everything, settings_from
 from recsys.models import EditableSeqRec
 from recsys.splits import SplitData
 
@@ -32,26 +32,10 @@ def adapter_score_fn(base: EditableSeqRec, adapter: Adapter, n_window: int, code
 
 
 @dataclass
-class AdapterResult:
+class AdapterResult(HasFit):
     adapter: Adapter
     fit: FitResult
     samples: TrainingSamples | None = None
-
-    @property
-    def best_epoch(self) -> int:
-        return self.fit.best_epoch
-
-    @property
-    def best_valid(self) -> dict[str, float]:
-        return self.fit.best_valid
-
-    @property
-    def history(self) -> list[dict]:
-        return self.fit.history
-
-    @property
-    def seconds(self) -> float:
-        return self.fit.seconds
 
 
 class AdapterLossSum(nn.Module):
@@ -73,19 +57,7 @@ class AdapterLossSum(nn.Module):
 
 
 def loop_settings(cfg: AdapterConfig, valid_metric: str, dist_timeout_s: float) -> LoopSettings:
-    return LoopSettings(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        grad_clip=cfg.grad_clip,
-        patience=cfg.patience,
-        min_epochs=cfg.min_epochs,
-        plateau_gain=cfg.plateau_gain,
-        time_budget_s=cfg.time_budget_s,
-        valid_metric=valid_metric,
-        micro_batches=cfg.micro_batches,
-        samples_per_epoch=cfg.samples_per_epoch,
-        dist_timeout_s=dist_timeout_s,
-    )
+    return settings_from(cfg, valid_metric=valid_metric, dist_timeout_s=dist_timeout_s)
 
 
 def train_adapter(

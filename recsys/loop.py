@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -58,6 +59,12 @@ class LoopSettings:
     dist_timeout_s: float = 300.0
 
 
+def settings_from(cfg, **overrides) -> LoopSettings:
+    """The loop settings a config section (``TrainConfig``, ``AdapterConfig``) names, plus ``overrides``."""
+    names = {f.name for f in dataclasses.fields(LoopSettings)}
+    return LoopSettings(**{n: getattr(cfg, n) for n in names if hasattr(cfg, n)}, **overrides)
+
+
 @dataclass
 class FitResult:
     best_epoch: int
@@ -77,6 +84,28 @@ class FitResult:
             "converged": self.converged,
             "train_seconds": round(self.seconds, 1),
         }
+
+
+class HasFit:
+    """For results that wrap a :class:`FitResult` as ``self.fit``: its fields, read through."""
+
+    fit: FitResult
+
+    @property
+    def best_epoch(self) -> int:
+        return self.fit.best_epoch
+
+    @property
+    def best_valid(self) -> dict[str, float]:
+        return self.fit.best_valid
+
+    @property
+    def history(self) -> list[dict]:
+        return self.fit.history
+
+    @property
+    def seconds(self) -> float:
+        return self.fit.seconds
 
 
 def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
@@ -241,4 +270,7 @@ def fit(
     return FitResult(best_epoch, best_valid, history, time.perf_counter() - t0, stopped_by, converged)
 
 
-__all__ = ["BatchFn", "FitResult", "LoopSettings", "epoch_batches", "epoch_order", "fit", "seed_everything"]
+__all__ = [
+    "BatchFn", "FitResult", "HasFit", "LoopSettings", "epoch_batches", "epoch_order", "fit", "seed_everything",
+    "settings_from",
+]

@@ -18,7 +18,7 @@ from torch import nn
 from recsys import distributed
 from recsys.config import PersonaConfig
 from recsys.evaluate import evaluate_rows, model_score_fn
-from recsys.loop import FitResult, LoopSettings, epoch_order, fit, seed_everything
+from recsys.loop import FitResult, HasFit, LoopSettings, epoch_order, fit, seed_everything, settings_from
 from recsys.models import EditableSeqRec
 from recsys.splits import SplitData
 
@@ -66,42 +66,13 @@ def next_item_loss(model: EditableSeqRec, inputs: torch.Tensor, targets: torch.T
 
 
 def loop_settings(cfg: PersonaConfig) -> LoopSettings:
-    t = cfg.train
-    return LoopSettings(
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        grad_clip=t.grad_clip,
-        patience=t.patience,
-        min_epochs=t.min_epochs,
-        plateau_gain=t.plateau_gain,
-        time_budget_s=t.time_budget_s,
-        valid_metric=cfg.eval.valid_metric,
-        bucket_batches=t.bucket_batches,
-        micro_batches=t.micro_batches,
-        dist_timeout_s=t.dist_timeout_s,
-    )
+    return settings_from(cfg.train, valid_metric=cfg.eval.valid_metric)
 
 
 @dataclass
-class TrainResult:
+class TrainResult(HasFit):
     model: EditableSeqRec
     fit: FitResult
-
-    @property
-    def best_epoch(self) -> int:
-        return self.fit.best_epoch
-
-    @property
-    def best_valid(self) -> dict[str, float]:
-        return self.fit.best_valid
-
-    @property
-    def history(self) -> list[dict]:
-        return self.fit.history
-
-    @property
-    def seconds(self) -> float:
-        return self.fit.seconds
 
 
 def train_model(split: SplitData, cfg: PersonaConfig, seed: int, progress: bool = True) -> TrainResult:
