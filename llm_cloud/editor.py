@@ -70,28 +70,49 @@ class AdapterEditor:
 
     @torch.inference_mode()
     def edit(self, item_ids: list[int]) -> EditPayload:
-        base, adapter = self.base, self.adapter
+        base = self.base
         ids = [i for i in item_ids if 0 < i < base.n_items][-base.max_seq_len :]
         seq = torch.zeros(1, base.max_seq_len, dtype=torch.long)
         if ids:
             seq[0, : len(ids)] = torch.tensor(ids)
-        length = torch.tensor([max(len(ids), 1)])
-        state = base.user_state(seq, length)
-        window = left_padded_windows(seq, torch.tensor([len(ids)]), adapter.cfg.window)
-        codes = None if self.code_table is None or not adapter.code_sizes else self.code_table[window]
-        layer_codes = adapter.layer_codes(adapter.sequence_code(window, codes, state))
-        sample = adapter.edits_from_codes(layer_codes, base)
-        k, dist = self.bank.assign_nearest(layer_codes.flatten(1))
-        if float(dist[0]) > self.bank.ood_threshold:
-            parts = clipped_parts(sample, adapter.cfg.clip)
-            edit = HeadEdit(parts[: self.bank.n_layers], parts[self.bank.n_layers :], clip=adapter.cfg.clip)
-            return EditPayload.from_head_edit(_first(edit), self.version, None)
-        centre = adapter.edits_from_codes(self.bank.centres[k].view_as(layer_codes), base)
-        edit = self.bank.edit_for(k, sample, centre)
-        return EditPayload.from_head_edit(_first(edit), self.version, int(k[0]))
+        edit, proto, _ = served_edit(base, self.adapter, self.bank, self.code_table, seq, torch.tensor([len(ids)]))
+        return EditPayload.from_head_edit(_first(edit), self.version, None if int(proto[0]) < 0 else int(proto[0]))
 
     def snapshot(self) -> PrototypeSnapshot:
         return self._snapshot
+
+
+@torch.inference_mode()
+def served_edit(
+    base: EditableSeqRec,
+    adapter: Adapter,
+    bank: PrototypeBank,
+    code_table: torch.Tensor | None,
+    seq: torch.Tensor,
+    length: torch.Tensor,
+) -> tuple[HeadEdit, torch.Tensor, torch.Tensor]:
+    """The edit the cloud serves for each history (rows of ``seq``, ``length`` items each; 0 = empty).
+
+    The assigned prototype's head edit plus the window's clipped residual; a window farther than the
+    bank's OOD threshold from every prototype gets its own clipped edit instead. Returns the batched
+    edit, the prototype id per row (-1 = its own edit) and the distance to the nearest prototype.
+    The one implementation behind the cloud service and the ``served`` evaluation method.
+    """
+    state = base.user_state(seq, length.clamp(min=1))
+    window = left_padded_windows(seq, length, adapter.cfg.window)
+    codes = None if code_table is None or not adapter.code_sizes else code_table[window]
+    layer_codes = adapter.layer_codes(adapter.sequence_code(window, codes, state))
+    sample = adapter.edits_from_codes(layer_codes, base)
+    k, dist = bank.assign_nearest(layer_codes.flatten(1))
+    if bank.cfg.assignment == "min-residual":
+        k = bank.assign_min_residual(sample)
+    centre = adapter.edits_from_codes(bank.centres[k].view_as(layer_codes), base)
+    edit = bank.edit_for(k, sample, centre)
+    ood = dist > bank.ood_threshold
+    own = clipped_parts(sample, adapter.cfg.clip)  # within ±adapter clip ≤ the bank's total clip
+    parts = [torch.where(ood.view(-1, *[1] * (p.dim() - 1)), m, p) for p, m in zip(edit.dW + edit.db, own)]
+    n = bank.n_layers
+    return HeadEdit(parts[:n], parts[n:], clip=edit.clip), torch.where(ood, -1, k), dist
 
 
 def _first(edit: HeadEdit) -> HeadEdit:

@@ -5,7 +5,9 @@ window; ``duet`` head generated outright (no anchor); ``edit`` Persona per-sampl
 frozen prototype bank (fine-tuned prototype heads, nearest centre); ``proto-centre`` frozen bank of
 centre edits; ``proto-res`` frozen bank + per-sample residual; ``proto-dyn`` prototype + residual with
 dynamic refinement and OOD spawning while the test period streams in time order; ``no-xlayer`` and
-``no-codebook`` ablations of the edit.
+``no-codebook`` ablations of the edit; ``served`` what the cloud service answers
+(:func:`llm_cloud.editor.served_edit`: prototype + residual, the window's own edit when out of
+distribution, the configured bank variant, frozen).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.adapter_data import TrainingSamples, batch_from_rows
 from llm_cloud.adapter_train import adapter_score_fn, train_adapter
 from llm_cloud.artifacts import ArtifactError, code_table_for, freeze, load_adapter, load_bank, save_adapter, save_bank
+from llm_cloud.editor import served_edit
 from llm_cloud.prototypes import PrototypeBank, clipped_parts
 from recsys import distributed
 from recsys.evaluate import evaluate_rows, model_score_fn
@@ -32,11 +35,11 @@ from recsys.splits import SplitData
 
 log = logging.getLogger(__name__)
 
-METHODS = ["static", "finetune", "duet", "edit", "proto", "proto-centre", "proto-res", "proto-dyn", "no-xlayer",
-           "no-codebook"]
+METHODS = ["static", "finetune", "duet", "edit", "proto", "proto-centre", "proto-res", "proto-dyn", "served",
+           "no-xlayer", "no-codebook"]
 ADAPTER_OF = {  # method → adapter variant (config overrides)
     "edit": "main", "proto": "main", "proto-centre": "main", "proto-res": "main", "proto-dyn": "main",
-    "duet": "duet", "no-xlayer": "no-xlayer", "no-codebook": "no-codebook",
+    "served": "main", "duet": "duet", "no-xlayer": "no-xlayer", "no-codebook": "no-codebook",
 }
 FINETUNE_LRS = (1e-3, 3e-3, 1e-2)  # on-device fine-tuning: 5 Adam steps, lr chosen on validation
 FINETUNE_SELECT_ROWS = 3000
@@ -165,6 +168,8 @@ class Adaptation:
         if method == "finetune":
             return self._finetune_fn(self.finetune_lr())
         adapter, _ = self.adapter(ADAPTER_OF[method])
+        if method == "served":
+            return self._served_fn(adapter, self.bank(self.proto_cfg.variant))
         if method in ("edit", "duet", "no-xlayer", "no-codebook"):
             return adapter_score_fn(base, adapter, adapter.cfg.window, self.table_for(adapter))
         frozen = method != "proto-dyn"
@@ -196,6 +201,16 @@ class Adaptation:
             self.timings["select:finetune"] = time.perf_counter() - t0
             log.info("finetune lr on validation: %s → %s", scores, self.selected["finetune"])
         return self.selected["finetune"]
+
+    def _served_fn(self, adapter: Adapter, bank: PrototypeBank):
+        base, table = self.base, self.table_for(adapter)
+
+        def fn(rows):
+            seq, length = rows["item_id_list"], rows["item_length"]
+            edit, _, _ = served_edit(base, adapter, bank, table, seq, length)
+            return edited_logits(base, base.user_state(seq, length), edit)
+
+        return fn
 
     def _proto_fn(self, adapter: Adapter, bank: PrototypeBank, residual: bool, dynamic: bool, record: RowRecord):
         base, table = self.base, self.table_for(adapter)
