@@ -9,6 +9,7 @@ adapter + prototype bank (:class:`AdapterEditor`) when ``adapter_dir`` holds the
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -18,7 +19,7 @@ from llm_cloud.adapter import Adapter, left_padded_windows
 from llm_cloud.prototypes import PrototypeBank, clipped_parts
 from recsys.checkpoint import load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
-from recsys.runtime import EditPayload, PrototypeSnapshot
+from recsys.runtime import EditDecoder, EditPayload, Encoding, PrototypeSnapshot, pack
 
 BANK_DIRS = ("bank-finetune", "bank-centre")
 
@@ -26,7 +27,8 @@ BANK_DIRS = ("bank-finetune", "bank-centre")
 class Editor(Protocol):
     version: str
 
-    def edit(self, item_ids: list[int]) -> EditPayload: ...
+    def edit(self, item_ids: list[int], encoding: Encoding = "json", bank_version: str | None = None) -> EditPayload:
+        ...
 
     def snapshot(self) -> PrototypeSnapshot: ...
 
@@ -47,7 +49,7 @@ class BaseEditor:
         self.version = f"base-{_digest(weights) if weights.is_file() else 'none'}"
         self.dim = dim
 
-    def edit(self, item_ids: list[int]) -> EditPayload:
+    def edit(self, item_ids: list[int], encoding: Encoding = "json", bank_version: str | None = None) -> EditPayload:
         return EditPayload(version=self.version, prototype_id=None, layers=[])
 
     def snapshot(self) -> PrototypeSnapshot:
@@ -66,20 +68,35 @@ class AdapterEditor:
     ):
         self.base, self.adapter, self.bank, self.code_table = base.eval(), adapter.eval(), bank, code_table
         self.version = version
-        self._snapshot = bank.snapshot().model_copy(update={"version": version})
+        self._snapshot = bank.snapshot(edit_decoder(adapter, bank), version)
 
     @torch.inference_mode()
-    def edit(self, item_ids: list[int]) -> EditPayload:
+    def edit(self, item_ids: list[int], encoding: Encoding = "json", bank_version: str | None = None) -> EditPayload:
+        """The served edit of one history. ``code`` (the window's per-layer code, decoded on the device) only
+        when the device caches this bank (``bank_version``) and the adapter's maps are linear; else fp32."""
         base = self.base
         ids = [i for i in item_ids if 0 < i < base.n_items][-base.max_seq_len :]
         seq = torch.zeros(1, base.max_seq_len, dtype=torch.long)
         if ids:
             seq[0, : len(ids)] = torch.tensor(ids)
-        edit, proto, _ = served_edit(base, self.adapter, self.bank, self.code_table, seq, torch.tensor([len(ids)]))
-        return EditPayload.from_head_edit(_first(edit), self.version, None if int(proto[0]) < 0 else int(proto[0]))
+        out = served_edit(base, self.adapter, self.bank, self.code_table, seq, torch.tensor([len(ids)]))
+        proto = None if int(out.prototype[0]) < 0 else int(out.prototype[0])
+        if encoding == "code":
+            if self._snapshot.decoder is not None and bank_version == self.version:
+                return EditPayload.from_code(out.codes[0], self.version, proto, out.edit.clip, base.head.dim)
+            encoding = "fp32"
+        return EditPayload.from_head_edit(_first(out.edit), self.version, proto, encoding)
 
     def snapshot(self) -> PrototypeSnapshot:
         return self._snapshot
+
+
+@dataclass
+class Served:
+    edit: HeadEdit  # batched
+    prototype: torch.Tensor  # [B] prototype id, -1 = the window's own edit (out of distribution)
+    distance: torch.Tensor  # [B] to the nearest prototype (code space)
+    codes: torch.Tensor  # [B, L, code_dim] the windows' per-layer codes
 
 
 @torch.inference_mode()
@@ -90,12 +107,11 @@ def served_edit(
     code_table: torch.Tensor | None,
     seq: torch.Tensor,
     length: torch.Tensor,
-) -> tuple[HeadEdit, torch.Tensor, torch.Tensor]:
+) -> Served:
     """The edit the cloud serves for each history (rows of ``seq``, ``length`` items each; 0 = empty).
 
     The assigned prototype's head edit plus the window's clipped residual; a window farther than the
-    bank's OOD threshold from every prototype gets its own clipped edit instead. Returns the batched
-    edit, the prototype id per row (-1 = its own edit) and the distance to the nearest prototype.
+    bank's OOD threshold from every prototype gets its own clipped edit instead.
     The one implementation behind the cloud service and the ``served`` evaluation method.
     """
     state = base.user_state(seq, length.clamp(min=1))
@@ -112,7 +128,20 @@ def served_edit(
     own = clipped_parts(sample, adapter.cfg.clip)  # within ±adapter clip ≤ the bank's total clip
     parts = [torch.where(ood.view(-1, *[1] * (p.dim() - 1)), m, p) for p, m in zip(edit.dW + edit.db, own)]
     n = bank.n_layers
-    return HeadEdit(parts[:n], parts[n:], clip=edit.clip), torch.where(ood, -1, k), dist
+    return Served(HeadEdit(parts[:n], parts[n:], clip=edit.clip), torch.where(ood, -1, k), dist, layer_codes)
+
+
+def edit_decoder(adapter: Adapter, bank: PrototypeBank) -> EditDecoder | None:
+    """The adapter's code → edit maps for the device (None when they are not linear: low rank, or no anchor)."""
+    if adapter.cfg.rank or not adapter.cfg.anchor:
+        return None
+    w = torch.stack([torch.cat([pw.weight, pb.weight]) for pw, pb in zip(adapter.proj_w, adapter.proj_b)])
+    b = torch.stack([torch.cat([pw.bias, pb.bias]) for pw, pb in zip(adapter.proj_w, adapter.proj_b)])
+    return EditDecoder(
+        n_layers=adapter.n_layers, dim=adapter.dim, code_dim=adapter.cfg.code_dim, clip=adapter.cfg.clip,
+        residual_clip=bank.cfg.residual_clip, total_clip=bank.cfg.total_clip, weights=pack(w, "<f4"),
+        biases=pack(b, "<f4"), centres=pack(bank.centres, "<f4"), n_prototypes=bank.size,
+    )  # fmt: skip
 
 
 def _first(edit: HeadEdit) -> HeadEdit:

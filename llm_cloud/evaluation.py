@@ -207,7 +207,7 @@ class Adaptation:
 
         def fn(rows):
             seq, length = rows["item_id_list"], rows["item_length"]
-            edit, _, _ = served_edit(base, adapter, bank, table, seq, length)
+            edit = served_edit(base, adapter, bank, table, seq, length).edit
             return edited_logits(base, base.user_state(seq, length), edit)
 
         return fn

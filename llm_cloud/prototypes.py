@@ -12,6 +12,7 @@ centre's. While the test period streams in, assigned codes pull their centre and
 from __future__ import annotations
 
 import hashlib
+import math
 
 import faiss
 import numpy as np
@@ -22,7 +23,7 @@ from llm_cloud.adapter import Adapter
 from llm_cloud.adapter_config import PrototypeConfig
 from llm_cloud.adapter_data import TrainingSamples
 from recsys.models import EditableSeqRec, HeadEdit
-from recsys.runtime import EditPayload, PrototypeSnapshot
+from recsys.runtime import EditDecoder, EditPayload, PrototypeSnapshot, prototype_plus_residual
 
 
 @torch.no_grad()
@@ -50,7 +51,8 @@ class PrototypeBank:
         self.biases: list[torch.Tensor] = []
         self.signatures = torch.empty(0)
         self.counts = torch.empty(0)
-        self.ood_threshold = float("inf")
+        self.ood_threshold = float("inf")  # in code space (the cloud's test)
+        self.state_threshold = float("inf")  # in user-state space, to the nearest signature (the device's test)
         self.spawned = 0
         self._online = None  # (bank size, leaf head tensors, Adam) of prequential refinement
 
@@ -77,6 +79,8 @@ class PrototypeBank:
         sig = torch.zeros(k, samples.state.size(1), device=flat.device).index_add_(0, assign, samples.state)
         bank.signatures = sig / bank.counts.clamp(min=1).unsqueeze(1)
         bank.ood_threshold = float(torch.quantile(dist[: min(len(dist), 200_000)], cfg.ood_quantile))
+        state_dist = torch.cdist(samples.state, bank.signatures).min(dim=1).values  # what a device can compute
+        bank.state_threshold = float(torch.quantile(state_dist[: min(len(state_dist), 200_000)], cfg.ood_quantile))
         with torch.no_grad():
             centre_edit = adapter.edits_from_codes(bank.centres.view(k, bank.n_layers, -1), base)
         parts = clipped_parts(centre_edit, adapter.cfg.clip)
@@ -140,7 +144,7 @@ class PrototypeBank:
         if sample_edit is not None and centre_edit is not None:
             r = self.cfg.residual_clip
             mine, theirs = clipped_parts(sample_edit, self.adapter_clip), clipped_parts(centre_edit, self.adapter_clip)
-            protos = [p + (m - t).clamp(-r, r) for p, m, t in zip(protos, mine, theirs)]
+            protos = prototype_plus_residual(protos, mine, theirs, r)
         return HeadEdit(protos[: self.n_layers], protos[self.n_layers :], clip=self.cfg.total_clip)
 
     # ------------------------------------------------------- dynamic updates
@@ -209,13 +213,15 @@ class PrototypeBank:
         other.counts = self.counts.clone()
         other.weights = [w.clone() for w in self.weights]
         other.biases = [b.clone() for b in self.biases]
-        other.ood_threshold, other.spawned = self.ood_threshold, self.spawned
+        other.ood_threshold, other.state_threshold = self.ood_threshold, self.state_threshold
+        other.spawned = self.spawned
         return other
 
     # ---------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {"centres": self.centres, "signatures": self.signatures, "counts": self.counts}
         out["ood_threshold"] = torch.tensor(self.ood_threshold)
+        out["state_threshold"] = torch.tensor(self.state_threshold)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             out[f"weight_{i}"], out[f"bias_{i}"] = w, b
         return out
@@ -223,6 +229,7 @@ class PrototypeBank:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.centres, self.signatures, self.counts = state["centres"], state["signatures"], state["counts"]
         self.ood_threshold = float(state["ood_threshold"])
+        self.state_threshold = float(state.get("state_threshold", torch.tensor(float("inf"))))  # older banks: none
         self.weights = [state[f"weight_{i}"] for i in range(self.n_layers)]
         self.biases = [state[f"bias_{i}"] for i in range(self.n_layers)]
 
@@ -233,14 +240,16 @@ class PrototypeBank:
             h.update(t.detach().cpu().numpy().tobytes())
         return f"bank-{h.hexdigest()[:12]}"
 
-    def snapshot(self) -> PrototypeSnapshot:
-        """The device cache: signatures, per-prototype head edits, the OOD threshold in state space."""
-        version = self.version
+    def snapshot(self, decoder: EditDecoder | None = None, version: str | None = None) -> PrototypeSnapshot:
+        """The device cache: signatures, per-prototype head edits (fp32), the OOD threshold in state space,
+        and the adapter's ``decoder`` for code-encoded edits."""
+        version = version or self.version
         edits = [
             EditPayload.from_head_edit(
                 HeadEdit([w[k] for w in self.weights], [b[k] for b in self.biases], clip=self.cfg.total_clip),
                 version,
                 k,
+                encoding="fp32",
             )
             for k in range(self.size)
         ]
@@ -249,5 +258,6 @@ class PrototypeBank:
             dim=int(self.signatures.size(1)),
             signatures=self.signatures.tolist(),
             edits=edits,
-            ood_threshold=None,
+            ood_threshold=self.state_threshold if math.isfinite(self.state_threshold) else None,
+            decoder=decoder,
         )

@@ -8,8 +8,10 @@ the cloud produces them.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -19,52 +21,157 @@ from recsys.atomic_io import atomic_write_text
 from recsys.checkpoint import load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
 
+Encoding = Literal["json", "fp32", "fp16", "code"]
+ENCODINGS = ("json", "fp32", "fp16", "code")
+
+
+def pack(array: np.ndarray | torch.Tensor, dtype: str) -> str:
+    """Little-endian ``dtype`` bytes of ``array`` (flattened), base64."""
+    a = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    return base64.b64encode(np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()).decode()
+
+
+def unpack(data: str, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`pack` as float32 ``shape``; a wrong length raises ``ValueError``."""
+    raw = base64.b64decode(data.encode(), validate=True)
+    a = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+    if a.size != int(np.prod(shape)):
+        raise ValueError(f"packed data holds {a.size} values, expected {int(np.prod(shape))} for shape {shape}")
+    return torch.from_numpy(a.astype(np.float32).reshape(shape))
+
+
+def prototype_plus_residual(
+    proto: list[torch.Tensor], mine: list[torch.Tensor], theirs: list[torch.Tensor], residual_clip: float
+) -> list[torch.Tensor]:
+    """``E_k + clamp(clip(ΔW(z)) − clip(ΔW(c_k)), ±r)`` part by part (the cloud's and the device's rule)."""
+    return [p + (m - t).clamp(-residual_clip, residual_clip) for p, m, t in zip(proto, mine, theirs)]
+
 
 class LayerEdit(BaseModel):
-    """One head layer's edit: full ``dW`` (D×D, row-major) or low-rank ``A`` (D×r) @ ``B`` (r×D); ``db`` (D)."""
+    """One head layer's edit as JSON numbers: ``dW`` (D×D, row-major) and ``db`` (D)."""
 
     model_config = ConfigDict(extra="forbid")
     dW: list[list[float]] | None = None
-    A: list[list[float]] | None = None
-    B: list[list[float]] | None = None
     db: list[float] | None = None
 
     def weight(self) -> torch.Tensor | None:
-        if self.dW is not None:
-            return torch.tensor(self.dW, dtype=torch.float32)
-        if self.A is not None and self.B is not None:
-            return torch.tensor(self.A, dtype=torch.float32) @ torch.tensor(self.B, dtype=torch.float32)
-        return None
+        return None if self.dW is None else torch.tensor(self.dW, dtype=torch.float32)
 
     def bias(self) -> torch.Tensor | None:
         return None if self.db is None else torch.tensor(self.db, dtype=torch.float32)
 
 
+class EditDecoder(BaseModel):
+    """The adapter's linear code → edit maps and the prototype codes, cached on the device with the bank.
+
+    With it an edit travels as its per-layer code (``L × code_dim`` fp32, a few hundred bytes): the device
+    computes ``clip(W_l z_l + b_l)`` itself and, relative to prototype k, adds the clipped residual to
+    ``E_k`` exactly as the cloud does (:func:`prototype_plus_residual`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    n_layers: int = Field(..., ge=1)
+    dim: int = Field(..., ge=1)
+    code_dim: int = Field(..., ge=1)
+    clip: float = Field(..., gt=0, description="the adapter's entry clip")
+    residual_clip: float = Field(..., gt=0)
+    total_clip: float = Field(..., gt=0)
+    weights: str = Field(..., description="fp32 base64 [L, D·D + D, code_dim]: rows of dW (row-major) then db")
+    biases: str = Field(..., description="fp32 base64 [L, D·D + D]")
+    centres: str = Field(..., description="fp32 base64 [K, L, code_dim]: the prototypes' codes")
+    n_prototypes: int = Field(..., ge=0)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.dim * self.dim + self.dim
+        return (
+            unpack(self.weights, "<f4", (self.n_layers, out, self.code_dim)),
+            unpack(self.biases, "<f4", (self.n_layers, out)),
+            unpack(self.centres, "<f4", (self.n_prototypes, self.n_layers, self.code_dim)),
+        )
+
+
 class EditPayload(BaseModel):
-    """What the cloud sends a device for one adaptation (``POST /v1/edits``)."""
+    """What the cloud sends a device for one adaptation (``POST /v1/edits``).
+
+    The edit itself is, by ``encoding``: ``json`` per-layer number lists (``layers``); ``fp32`` / ``fp16``
+    the dense ``[dW_0, db_0, dW_1, …]`` as base64 (``data``); ``code`` the per-layer code ``[L, code_dim]``
+    fp32 (``data``), decoded with the :class:`EditDecoder` of the cached snapshot of the same ``version``.
+    Whatever the encoding, it is the whole edit of the base head (prototype + residual included).
+    """
 
     model_config = ConfigDict(extra="forbid")
     version: str = Field(..., description="version of the adapter/prototype bank that produced the edit")
-    prototype_id: int | None = Field(None, description="prototype the edit is relative to (None = base head)")
+    prototype_id: int | None = Field(None, description="prototype the edit builds on (None = its own edit)")
     clip: float = Field(1.0, gt=0)
-    layers: list[LayerEdit] = Field(default_factory=list, description="residual edit per head layer; empty = none")
+    encoding: Encoding = "json"
+    n_layers: int = Field(0, ge=0, description="head layers in ``data`` (binary encodings)")
+    dim: int = Field(0, ge=0, description="head width D (binary encodings)")
+    data: str | None = Field(None, description="base64 edit or code (binary encodings)")
+    layers: list[LayerEdit] = Field(default_factory=list, description="edit per head layer (json); empty = none")
 
-    def head_edit(self) -> HeadEdit | None:
-        if not self.layers:
+    def head_edit(self, decoder: EditDecoder | None = None, prototypes: list[HeadEdit | None] = ()) -> HeadEdit | None:
+        """The edit as tensors; ``code`` needs the snapshot's ``decoder`` and decoded prototype edits."""
+        if self.encoding == "json":
+            if not self.layers:
+                return None
+            return HeadEdit([le.weight() for le in self.layers], [le.bias() for le in self.layers], clip=self.clip)
+        if self.data is None:
             return None
-        return HeadEdit([le.weight() for le in self.layers], [le.bias() for le in self.layers], clip=self.clip)
+        d, n = self.dim, self.n_layers
+        if self.encoding == "code":
+            if decoder is None:
+                raise ValueError("a code-encoded edit needs the prototype snapshot's decoder")
+            return _decode_code(self, decoder, prototypes)
+        flat = unpack(self.data, "<f4" if self.encoding == "fp32" else "<f2", (n, d * d + d))
+        return HeadEdit([f[: d * d].view(d, d) for f in flat], [f[d * d :] for f in flat], clip=self.clip)
 
     @staticmethod
-    def from_head_edit(edit: HeadEdit, version: str, prototype_id: int | None = None) -> EditPayload:
-        """A single-sample ``HeadEdit`` (``[D, D]`` / ``[D]`` tensors) as a payload."""
-        layers = [
-            LayerEdit(
-                dW=None if w is None else w.detach().reshape(w.shape[-2], w.shape[-1]).tolist(),
-                db=None if b is None else b.detach().reshape(-1).tolist(),
-            )
-            for w, b in zip(edit.dW, edit.db)
-        ]
-        return EditPayload(version=version, prototype_id=prototype_id, clip=edit.clip, layers=layers)
+    def from_head_edit(
+        edit: HeadEdit, version: str, prototype_id: int | None = None, encoding: Encoding = "json"
+    ) -> EditPayload:
+        """A single-sample ``HeadEdit`` (``[D, D]`` / ``[D]`` tensors) as a dense payload (not ``code``)."""
+        if encoding == "json":
+            layers = [
+                LayerEdit(
+                    dW=None if w is None else w.detach().reshape(w.shape[-2], w.shape[-1]).tolist(),
+                    db=None if b is None else b.detach().reshape(-1).tolist(),
+                )
+                for w, b in zip(edit.dW, edit.db)
+            ]
+            return EditPayload(version=version, prototype_id=prototype_id, clip=edit.clip, layers=layers)
+        if encoding not in ("fp32", "fp16"):
+            raise ValueError(f"from_head_edit makes json, fp32 or fp16 payloads, not {encoding!r}")
+        d = edit.dW[0].shape[-1]
+        flat = torch.cat([torch.cat([w.reshape(-1), b.reshape(-1)]) for w, b in zip(edit.dW, edit.db)])
+        data = pack(flat, "<f4" if encoding == "fp32" else "<f2")
+        return EditPayload(version=version, prototype_id=prototype_id, clip=edit.clip, encoding=encoding,
+                           n_layers=len(edit.dW), dim=d, data=data)  # fmt: skip
+
+    @staticmethod
+    def from_code(codes: torch.Tensor, version: str, prototype_id: int | None, clip: float, dim: int) -> EditPayload:
+        """A ``code`` payload from one window's per-layer code ``[L, code_dim]``."""
+        return EditPayload(version=version, prototype_id=prototype_id, clip=clip, encoding="code",
+                           n_layers=codes.shape[0], dim=dim, data=pack(codes, "<f4"))  # fmt: skip
+
+
+def _decode_code(payload: EditPayload, decoder: EditDecoder, prototypes) -> HeadEdit:
+    w, b, centres = decoder.tensors()
+    n, d = decoder.n_layers, decoder.dim
+    z = unpack(payload.data, "<f4", (n, decoder.code_dim))
+
+    def parts(code: torch.Tensor) -> list[torch.Tensor]:
+        raw = (w @ code.unsqueeze(-1)).squeeze(-1) + b  # [L, D·D + D]
+        raw = raw.clamp(-decoder.clip, decoder.clip)
+        return [r[: d * d].view(d, d) for r in raw] + [r[d * d :] for r in raw]
+
+    mine = parts(z)
+    k = payload.prototype_id
+    if k is not None:
+        if not 0 <= k < decoder.n_prototypes or k >= len(prototypes) or prototypes[k] is None:
+            raise ValueError(f"prototype_id {k} is not in the cached bank")
+        proto = prototypes[k].dW + prototypes[k].db
+        mine = prototype_plus_residual(proto, mine, parts(centres[k]), decoder.residual_clip)
+    return HeadEdit(mine[:n], mine[n:], clip=payload.clip)
 
 
 class PrototypeSnapshot(BaseModel):
@@ -72,7 +179,9 @@ class PrototypeSnapshot(BaseModel):
 
     ``signatures[k]`` lives in the device model's user-state space, so a device assigns itself to the
     nearest prototype with no cloud call; ``edits[k]`` is prototype k's head edit (relative to the
-    base head); a device farther than ``ood_threshold`` from every signature is out of distribution.
+    base head); a device farther than ``ood_threshold`` (a quantile of the training states' distances to
+    their nearest signature) from every signature is out of distribution and keeps the base head;
+    ``decoder`` lets it decode ``code`` edits.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -81,6 +190,7 @@ class PrototypeSnapshot(BaseModel):
     signatures: list[list[float]] = Field(default_factory=list)
     edits: list[EditPayload] = Field(default_factory=list)
     ood_threshold: float | None = None
+    decoder: EditDecoder | None = None
 
     @property
     def size(self) -> int:
@@ -123,6 +233,20 @@ class DeviceRuntime:
         edits = [e.head_edit() for e in snapshot.edits]  # decode before swapping: never half-updated
         sigs = torch.tensor(snapshot.signatures, dtype=torch.float32) if snapshot.size else None
         self.prototypes, self._signatures, self._proto_edits = snapshot, sigs, edits
+
+    def decode_edit(self, payload: EditPayload) -> HeadEdit | None:
+        """A received edit as tensors (``code`` edits through the cached snapshot's decoder)."""
+        snap = self.prototypes
+        if payload.encoding == "code" and (snap is None or snap.version != payload.version):
+            raise ValueError(f"code edit of version {payload.version} but the cached bank is "
+                             f"{snap.version if snap else 'missing'}")  # fmt: skip
+        return payload.head_edit(snap.decoder if snap else None, self._proto_edits)
+
+    @property
+    def edit_encoding_ready(self) -> str | None:
+        """The cached bank version against which ``code`` edits can be decoded (None: ask for dense)."""
+        snap = self.prototypes
+        return snap.version if snap is not None and snap.decoder is not None else None
 
     def encode_history(self, item_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ``[1, T]`` sequence of the last ``max_seq_len`` items and its length."""

@@ -137,7 +137,7 @@ class CloudService:
             await asyncio.sleep(self.delay_s)
         state = self.state
         ids = [state.token_to_id[t] for t in req.items if t in state.token_to_id]
-        return await asyncio.to_thread(state.editor.edit, ids)
+        return await asyncio.to_thread(state.editor.edit, ids, req.encoding, req.bank_version)
 
     def health(self) -> Health:
         st = self.state

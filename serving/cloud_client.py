@@ -58,8 +58,11 @@ class CloudClient:
         finally:
             self.metrics.cloud_rtt.labels(endpoint, outcome).observe(time.perf_counter() - t0)
 
-    async def edit(self, items: list[str], user_id: str | None = None) -> EditPayload:
-        resp = await self._request("edits", "POST", "/v1/edits", json={"items": items, "user_id": user_id})
+    async def edit(
+        self, items: list[str], user_id: str | None = None, encoding: str = "json", bank_version: str | None = None
+    ) -> EditPayload:
+        body = {"items": items, "user_id": user_id, "encoding": encoding, "bank_version": bank_version}
+        resp = await self._request("edits", "POST", "/v1/edits", json=body)
         try:
             return EditPayload.model_validate_json(resp.content)
         except ValueError as exc:

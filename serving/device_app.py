@@ -254,9 +254,11 @@ class DeviceService:
 
     async def _fetch(self, key: str, tokens: list[str], user_id: str | None, n_events: int, proto, bank) -> CachedEdit:
         try:
-            payload = await self.cloud.edit(tokens, user_id)
+            cached_bank = self.runtime.edit_encoding_ready
+            encoding = self.s.edit_encoding if self.s.edit_encoding != "code" or cached_bank else "fp32"
+            payload = await self.cloud.edit(tokens, user_id, encoding, cached_bank)
             try:
-                edit = payload.head_edit()
+                edit = self.runtime.decode_edit(payload)
                 if edit is not None:
                     self._check_edit(edit)
             except (ValueError, RuntimeError) as exc:

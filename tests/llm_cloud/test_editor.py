@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from llm_cloud.adapter import edited_logits, left_padded_windows
 from llm_cloud.adapter_config import PrototypeConfig
 from llm_cloud.editor import AdapterEditor, served_edit
 from llm_cloud.prototypes import clipped_parts
+from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
 from tests.llm_cloud.test_adapter import N_ITEMS, _bank
 
 
@@ -26,11 +29,10 @@ def _row_logits(base, seq, length, edit):
 def test_served_batch_equals_what_the_service_sends_each_device():
     bank, adapter, _, base = _bank(PrototypeConfig(k=3, variant="centre"))
     seq, length = _histories()
-    _, _, dist = served_edit(base, adapter, bank, None, seq, length)
-    d = dist.sort().values
+    d = served_edit(base, adapter, bank, None, seq, length).distance.sort().values
     bank.ood_threshold = float(d[2] + d[3]) / 2  # some rows in distribution, some not (no row at the edge)
-    edit, proto, dist = served_edit(base, adapter, bank, None, seq, length)
-    ood = dist > bank.ood_threshold
+    out = served_edit(base, adapter, bank, None, seq, length)
+    edit, proto, ood = out.edit, out.prototype, out.distance > bank.ood_threshold
     assert ood.any() and (~ood).any() and proto[ood].eq(-1).all() and proto[~ood].ge(0).all()
     batch = _row_logits(base, seq, length, edit)
     editor = AdapterEditor(base, adapter, bank, None, "v")
@@ -45,7 +47,8 @@ def test_out_of_distribution_rows_get_their_own_edit_the_rest_prototype_plus_res
     bank, adapter, _, base = _bank(PrototypeConfig(k=3, variant="centre"))
     seq, length = _histories()
     bank.ood_threshold = float("inf")
-    edit, proto, _ = served_edit(base, adapter, bank, None, seq, length)
+    out = served_edit(base, adapter, bank, None, seq, length)
+    edit, proto = out.edit, out.prototype
     assert proto.ge(0).all()
     window = left_padded_windows(seq, length, adapter.cfg.window)
     codes = adapter.layer_codes(adapter.sequence_code(window, None, base.user_state(seq, length)))
@@ -55,7 +58,58 @@ def test_out_of_distribution_rows_get_their_own_edit_the_rest_prototype_plus_res
     assert all(torch.equal(a, b) for a, b in zip(edit.dW + edit.db, expected.dW + expected.db))
 
     bank.ood_threshold = -1.0  # every row out of distribution: the window's own clipped edit
-    edit, proto, _ = served_edit(base, adapter, bank, None, seq, length)
+    out = served_edit(base, adapter, bank, None, seq, length)
+    edit, proto = out.edit, out.prototype
     assert proto.eq(-1).all()
     own = clipped_parts(sample, adapter.cfg.clip)
     assert all(torch.equal(a, b) for a, b in zip(edit.dW + edit.db, own))
+
+
+def _device(base, editor):
+    runtime = DeviceRuntime(base, np.array(["[PAD]"] + [str(i) for i in range(1, N_ITEMS)]))
+    runtime.set_prototypes(PrototypeSnapshot.model_validate_json(editor.snapshot().model_dump_json()))
+    return runtime
+
+
+def test_every_wire_encoding_decodes_on_the_device_to_the_served_edit():
+    bank, adapter, _, base = _bank(PrototypeConfig(k=3, variant="finetune", finetune_epochs=2))
+    seq, length = _histories()
+    d = served_edit(base, adapter, bank, None, seq, length).distance.sort().values
+    bank.ood_threshold = float(d[2] + d[3]) / 2  # both branches: prototype + residual, and own edit
+    editor = AdapterEditor(base, adapter, bank, None, "v")
+    device = _device(base, editor)
+    assert device.edit_encoding_ready == "v"
+    sizes = {}
+    for i in range(len(seq)):
+        history = seq[i, : length[i]].tolist()
+        dense = editor.edit(history).head_edit()
+        for encoding, atol in (("code", 1e-6), ("fp32", 0.0), ("fp16", 2.0**-11)):
+            payload = EditPayload.model_validate_json(editor.edit(history, encoding, "v").model_dump_json())
+            assert payload.encoding == encoding
+            got = device.decode_edit(payload)
+            err = max(float((a - b).abs().max()) for a, b in zip(got.dW + got.db, dense.dW + dense.db))
+            assert err <= atol, (encoding, err)
+            sizes[encoding] = len(payload.model_dump_json())
+    sizes["json"] = len(editor.edit(seq[0, : length[0]].tolist()).model_dump_json())
+    assert sizes["code"] < sizes["fp16"] < sizes["fp32"] < sizes["json"]
+    # a device caching another bank version gets a dense edit, never a code it cannot decode
+    assert editor.edit(seq[0].tolist(), "code", "old").encoding == "fp32"
+
+
+def test_code_edit_of_another_bank_version_is_refused_by_the_device():
+    bank, adapter, _, base = _bank(PrototypeConfig(k=3, variant="centre"))
+    device = _device(base, AdapterEditor(base, adapter, bank, None, "v1"))
+    payload = AdapterEditor(base, adapter, bank, None, "v2").edit([1, 2, 3], "code", "v2")
+    with pytest.raises(ValueError, match="cached bank is v1"):
+        device.decode_edit(payload)
+
+
+def test_the_ood_threshold_reaches_the_device_and_flags_far_states():
+    bank, adapter, samples, base = _bank(PrototypeConfig(k=3, variant="centre", ood_quantile=0.9))
+    editor = AdapterEditor(base, adapter, bank, None, "v")
+    device = _device(base, editor)
+    threshold = device.prototypes.ood_threshold
+    assert threshold is not None and threshold == pytest.approx(bank.state_threshold)
+    flags = [device.is_ood(device.assign(s)[1]) for s in samples.state]
+    assert 0.03 < np.mean(flags) < 0.2  # ≈ 10 % of the training states lie beyond the 0.9 quantile
+    assert device.is_ood(device.assign(samples.state[0] + 1e3)[1])

@@ -115,7 +115,7 @@ class RandomEditor:
         self.signatures = torch.randn(n_prototypes, dim, generator=gen)
         self.calls = 0
 
-    def edit(self, item_ids: list[int]) -> EditPayload:
+    def edit(self, item_ids: list[int], encoding: str = "json", bank_version: str | None = None) -> EditPayload:
         self.calls += 1
         return random_edit(f"{self.version}:{item_ids}", self.dim, self.n_layers, self.version)
 

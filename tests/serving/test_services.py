@@ -237,7 +237,7 @@ class GatedCloud:
     def __init__(self, runtime):
         self.runtime, self.asked, self.gates = runtime, [], []
 
-    async def edit(self, tokens, user_id=None):
+    async def edit(self, tokens, user_id=None, encoding="json", bank_version=None):
         import asyncio
 
         gate = asyncio.Event()

@@ -1,0 +1,74 @@
+"""The real cloud editor (adapter + prototype bank on the served base model) over HTTP on 127.0.0.1:
+the device decodes compact ``code`` edits to exactly the served edit, and the wire bytes are measured."""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import numpy as np
+import torch
+
+from llm_cloud.adapter import Adapter
+from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
+from llm_cloud.adapter_data import training_samples
+from llm_cloud.artifacts import save_adapter, save_bank
+from llm_cloud.editor import AdapterEditor, load_editor
+from llm_cloud.prototypes import PrototypeBank
+from serving.artefacts import load_artefacts
+from serving.cloud_app import CloudService, create_cloud_app
+from serving.device_app import DeviceService, create_device_app
+from tests.serving.conftest import API_KEY, LiveServer, rank, serve_config, wait_for
+
+
+def _real_editor_checkpoint(checkpoint, runtime, tmp_path):
+    """A copy of the served checkpoint with a small real adapter + bank next to it (as `persona adapter` writes)."""
+    ckpt = tmp_path / "seed0"
+    shutil.copytree(checkpoint[0], ckpt)
+    base = runtime.model
+    torch.manual_seed(0)
+    cfg = AdapterConfig(window=4, code_dim=8, clip=0.05)
+    adapter = Adapter(cfg, base.n_items, base.head.dim, len(base.head.layers))
+    for p in [*adapter.proj_w.parameters(), *adapter.proj_b.parameters()]:
+        torch.nn.init.normal_(p, std=0.05)  # an untrained adapter's edit is zero: make it visible in rankings
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, base.n_items, 15) for _ in range(60)]
+    samples = training_samples(base, seqs, n_window=4, n_future=1)
+    with torch.enable_grad():
+        bank = PrototypeBank.build(PrototypeConfig(k=3, variant="centre"), base, adapter, samples, None, seed=0)
+    save_adapter(ckpt / "adapter-main", adapter, {"seed": 0})
+    save_bank(ckpt / "bank-centre", bank)
+    return ckpt
+
+
+def test_device_serves_the_real_editors_code_edits_and_the_bytes_are_small(checkpoint, runtime, tmp_path):
+    ckpt = _real_editor_checkpoint(checkpoint, runtime, tmp_path)
+    cfg = serve_config((ckpt, checkpoint[1]), tmp_path)
+    editor = load_editor(ckpt, runtime.model.head.dim, ckpt / "adapter-main")
+    assert isinstance(editor, AdapterEditor)
+    cloud = CloudService(cfg, ckpt)  # the default factory: the real editor from the artefacts
+    items = [str(t) for t in runtime.item_tokens[[5, 17, 99, 120, 3]]]
+    ids = [runtime.token_to_id[t] for t in items]
+    with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=30) as c:
+        device = DeviceService(cfg, load_artefacts(cfg), cl.url, API_KEY)
+        with LiveServer(create_device_app(device)) as dev:
+            wait_for(lambda: device.runtime.edit_encoding_ready == editor.version, timeout=30)
+            events = [{"event_id": f"e{i}", "user_id": "ann", "item_id": t} for i, t in enumerate(items)]
+            assert c.post(f"{dev.url}/v1/events", json={"events": events}).status_code == 200
+            resp = rank(c, dev.url, user_id="ann", k=10).json()
+            assert resp["adaptation"] == "cloud-edit" and resp["version"] == editor.version
+            want, _ = runtime.rank(ids, 10, exclude=set(ids), edit=editor.edit(ids).head_edit())
+            assert [it["item_id"] for it in resp["items"]] == [str(runtime.item_tokens[i]) for i in want]
+            static, _ = runtime.rank(ids, 10, exclude=set(ids))
+            assert want != static  # the served edit changes the ranking, so the check above can fail
+
+        # bytes on the wire, as the device receives them
+        sizes = {}
+        for encoding in ("json", "fp32", "fp16", "code"):
+            body = {"items": items, "encoding": encoding, "bank_version": editor.version}
+            r = c.post(f"{cl.url}/v1/edits", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+            assert r.status_code == 200 and r.json()["encoding"] == encoding
+            sizes[encoding] = len(r.content)
+        assert sizes["code"] < 1024 < sizes["fp16"] < sizes["fp32"] < sizes["json"], sizes
+        snap = c.get(f"{cl.url}/v1/prototypes", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+        assert snap["ood_threshold"] is not None and snap["decoder"]["n_prototypes"] == 3
