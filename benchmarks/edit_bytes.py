@@ -1,0 +1,140 @@
+"""Bytes on the wire per adaptation, measured from the cloud's HTTP responses, per edit encoding.
+
+Starts the real cloud service (``persona serve --role cloud``) on 127.0.0.1 with a trained adapter +
+prototype bank, fetches the bank snapshot as a device does (``GET /v1/prototypes``, once, then cached),
+and asks ``POST /v1/edits`` for the same real histories (the last 20 items of test-split rows) in each
+encoding. For each encoding: response bytes (mean / max, the whole HTTP body the device receives), the
+largest absolute difference of the device-decoded edit from the ``json`` edit, and the share of rows
+whose device top-10 equals the one under the ``json`` edit. Writes ``reports/benchmarks/edit_bytes.{json,md}``.
+
+    python benchmarks/edit_bytes.py [--dataset ml-100k] [--model sasrec] [--rows 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from serve_load import free_port, start_service, stop  # noqa: E402
+
+from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot  # noqa: E402
+
+API_KEY = "bench-bytes-key"
+ENCODINGS = ("json", "fp32", "fp16", "code")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--model", default="sasrec")
+    parser.add_argument("--rows", type=int, default=200)
+    parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
+    args = parser.parse_args()
+    ckpt = ROOT / "runs" / args.dataset / args.model / "seed0"
+    if not (ckpt / "adapter-main").is_dir():
+        print(f"no adapter at {ckpt}/adapter-main: run `make run` (or `persona adapter dataset={args.dataset}`)")
+        return 2
+    from recsys.experiment import load_dataset_split
+    from serving.config import load_app_config
+
+    split = load_dataset_split(load_app_config(overrides=[f"dataset={args.dataset}"]))
+    rows = split.eval_rows("test")
+    step = max(len(rows) // args.rows, 1)
+    runtime = DeviceRuntime.load(ckpt)
+    histories = []
+    for i in range(0, len(rows), step)[: args.rows]:
+        n = int(rows["item_length"][i])
+        histories.append([str(runtime.item_tokens[j]) for j in rows["item_id_list"][i, :n].tolist()][-20:])
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        cmd = [sys.executable, "-m", "serving.cli", "serve", "--role", "cloud", "--cloud-port", str(port),
+               f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}", f"data.workdir={ROOT / 'data' / 'atomic'}",
+               "serve.access_log=false"]  # fmt: skip
+        proc = start_service(cmd, port, Path(tmp) / "cloud.log", "cloud")
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers) as c:
+                snap_resp = c.get("/v1/prototypes")
+                snapshot = PrototypeSnapshot.model_validate_json(snap_resp.content)
+                runtime.set_prototypes(snapshot)
+                answers = {e: [] for e in ENCODINGS}
+                for items in histories:
+                    for e in ENCODINGS:
+                        body = {"items": items, "encoding": e, "bank_version": snapshot.version}
+                        r = c.post("/v1/edits", json=body)
+                        r.raise_for_status()
+                        answers[e].append(r.content)
+        finally:
+            stop(proc)
+    results = {}
+    reference = []
+    for e in ENCODINGS:
+        sizes, errs, same = [], [], []
+        for i, raw in enumerate(answers[e]):
+            payload = EditPayload.model_validate_json(raw)
+            edit = runtime.decode_edit(payload)
+            ids = [runtime.token_to_id[t] for t in histories[i] if t in runtime.token_to_id]
+            top, _ = runtime.rank(ids, 10, exclude=set(ids), edit=edit)
+            if e == "json":
+                reference.append((edit, top))
+            ref_edit, ref_top = reference[i]
+            errs.append(max(float((a - b).abs().max()) for a, b in zip(edit.dW + edit.db, ref_edit.dW + ref_edit.db)))
+            same.append(top == ref_top)
+            sizes.append(len(raw))
+        results[e] = {
+            "encoding_used": EditPayload.model_validate_json(answers[e][0]).encoding,
+            "bytes_mean": sum(sizes) / len(sizes),
+            "bytes_max": max(sizes),
+            "max_abs_error_vs_json": max(errs),
+            "same_top10_share": sum(same) / len(same),
+        }
+    meta = {
+        "dataset": args.dataset,
+        "model": args.model,
+        "rows": len(histories),
+        "snapshot_bytes": len(snap_resp.content),
+        "prototypes": snapshot.size,
+        "dim": snapshot.dim,
+        "torch": torch.__version__,
+        "machine": f"{os.cpu_count()} CPU cores",
+        "command": "python " + " ".join(["benchmarks/edit_bytes.py", *sys.argv[1:]]),
+    }
+    lines = [
+        f"# Bytes per adaptation on the wire ({args.dataset}, {args.model} seed 0, {len(histories)} test histories)",
+        "",
+        "Measured as the HTTP response bodies of `POST /v1/edits` that a device receives from the real cloud "
+        f"service; the bank snapshot (`GET /v1/prototypes`, fetched once and cached, with the decoder) is "
+        f"{meta['snapshot_bytes']:,} bytes ({snapshot.size} prototypes, D={snapshot.dim}).",
+        "",
+        "| encoding | bytes per edit (mean) | max | × fewer than json | max abs error vs json | same top-10 as json |",
+        "|---|---|---|---|---|---|",
+    ]
+    base = results["json"]["bytes_mean"]
+    for e, r in results.items():
+        lines.append(
+            f"| {e} | {r['bytes_mean']:,.0f} | {r['bytes_max']:,} | {base / r['bytes_mean']:.0f} | "
+            f"{r['max_abs_error_vs_json']:.2e} | {100 * r['same_top10_share']:.1f} % |"
+        )
+    lines += ["", f"Command: `{meta['command']}`.", ""]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "edit_bytes.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    (out / "edit_bytes.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
