@@ -39,7 +39,7 @@ def adaptation_summary() -> str:
 
     import numpy as np
 
-    cols = ["finetune", "duet", "edit", "proto", "proto-res", "proto-dyn", "no-xlayer", "no-codebook"]
+    cols = ["finetune", "duet", "edit", "proto", "proto-res", "proto-dyn", "served", "no-xlayer", "no-codebook"]
     head = "| dataset | model | static NDCG@10 | " + " | ".join(cols) + " | OOD AUROC frozen / dynamic |"
     rows = [head, "|---|---|---|" + "---|" * (len(cols) + 1)]
     for d in DATASETS:
