@@ -25,7 +25,7 @@ from llm_cloud.editor import Editor, load_editor
 from recsys.checkpoint import load_checkpoint
 from recsys.runtime import EditPayload, PrototypeSnapshot
 from serving.config import AppConfig
-from serving.embeddings_api import embeddings_router
+from serving.embeddings_api import DEFAULT_MODEL, OpenAIErrorBodies, embeddings_router
 from serving.metrics import Metrics
 from serving.schemas import AUTH_ERRORS, ERRORS, EditRequest, Health
 from serving.web import (
@@ -174,11 +174,25 @@ class LazyBackbone(Backbone):
     def dim(self) -> int | None:
         return self.inner().dim
 
+    @property
+    def tokenizer(self):
+        return self.inner().tokenizer
+
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         return self.inner().encode(texts)
 
     def encode(self, texts) -> np.ndarray:
         return self.inner().encode(texts)
+
+
+def served_model_name(cfg: BackboneConfig) -> str:
+    """The ``model`` name the cloud's /v1/embeddings answers to: as vLLM, the model path's last part."""
+    if cfg.name == "openai-http":
+        return cfg.openai_http.model
+    model = cfg.sentence_transformers.model if cfg.name == "sentence-transformers" else cfg.hf.model
+    if model:
+        return Path(model).stem if model.endswith(".gguf") else Path(model).name
+    return DEFAULT_MODEL if cfg.name == "sentence-transformers" else "SmolLM2-135M-Instruct"
 
 
 def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | None = None) -> FastAPI:
@@ -239,7 +253,7 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
         return metrics_response(service.metrics)
 
     backbone = backbone or LazyBackbone(service.cfg.backbone)
-    app.include_router(embeddings_router(backbone, api_key=api_key))
+    app.include_router(embeddings_router(backbone, served_model_name(service.cfg.backbone), api_key, describe=False))
 
     app.add_middleware(
         ServiceMiddleware,
@@ -247,4 +261,5 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
         max_body_bytes=service.s.max_body_bytes,
         log_requests=service.s.access_log,
     )
+    app.add_middleware(OpenAIErrorBodies)  # outside: the middleware's 413s on /v1/embeddings in OpenAI's shape
     return app

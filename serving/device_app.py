@@ -8,7 +8,8 @@ cached prototype's edit (``prototype-cache``) or the base head (``base``), and t
 comes, fills the cache for the next request (background catch-up). The cloud never causes an error.
 
 Concurrent ranking requests are scored together (:mod:`serving.rank_batcher`: ``serve.max_batch``,
-``serve.batch_wait_ms``); stored histories are read through the event store's in-memory cache.
+``serve.batch_wait_ms``); stored histories are read through the event store's in-memory cache, in a
+thread, bounded to the last ``max_seq_len`` items (plus per-item counts for ``exclude_seen``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
 from serving.artefacts import Artefacts
 from serving.cloud_client import CloudClient, CloudError
 from serving.config import AppConfig
-from serving.event_store import EventStore
+from serving.event_store import EventStore, UserHistory
 from serving.metrics import Metrics
 from serving.rank_batcher import AdmitRank, Choice, Encoded, RankBatcher, RankJob
 from serving.schemas import ERRORS, EventsRequest, EventsResponse, Health, RankRequest, RankResponse
@@ -71,7 +72,8 @@ class DeviceService:
                 log.warning("ignoring prototype cache %s: %s", self.cache_path, exc)
         self.metrics = Metrics("device")
         self.store = EventStore(
-            Path(self.s.db_path), self.s.sqlite_synchronous, history_cache_users=self.s.history_cache_users
+            Path(self.s.db_path), self.s.sqlite_synchronous, history_cache_users=self.s.history_cache_users,
+            window=art.model.max_seq_len,  # the model reads no more; reads stay bounded for long histories
         )
         self.batcher = RankBatcher(self.runtime, self.s.max_batch, self.s.batch_wait_ms, self._observe_batch)
         self.cloud = (
@@ -158,17 +160,18 @@ class DeviceService:
         if not 1 <= req.k <= self.catalogue:
             raise field_error("k", f"must be between 1 and the catalogue size {self.catalogue}")
         t2i = self.runtime.token_to_id
-        tokens = self.store.history(req.user_id) if req.user_id is not None else []
-        if req.history:
-            tokens += req.history
-        ids = [t2i[t] for t in tokens if t in t2i]
-        unknown = sorted({t for t in tokens if t not in t2i} | {t for t in req.exclude if t not in t2i})
+        stored = UserHistory()
+        if req.user_id is not None:  # bounded read (last max_seq_len items + item counts), in a thread: SQLite
+            stored = await asyncio.to_thread(self.store.user_history, req.user_id)
+        extra = req.history or []
+        ids = [t2i[t] for t in stored.items + extra if t in t2i]
+        unknown = sorted({t for t in (*stored.counts, *extra, *req.exclude) if t not in t2i})
         exclude = {t2i[t] for t in req.exclude if t in t2i}
-        if req.exclude_seen:
-            exclude.update(ids)
+        if req.exclude_seen:  # every stored item, not only those in the window
+            exclude.update(ids, (t2i[t] for t in stored.counts if t in t2i))
 
         window = ids[-self.runtime.model.max_seq_len :]
-        n_events = len(ids)
+        n_events = sum(n for t, n in stored.counts.items() if t in t2i) + sum(1 for t in extra if t in t2i)
         key = None
         if self.cloud is not None:  # the device's edit-cache key
             if req.user_id is not None:

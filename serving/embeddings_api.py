@@ -3,47 +3,156 @@
 ``embeddings_router(backbone)`` is an ``APIRouter`` the cloud app mounts; ``create_embeddings_app``
 wraps it in a tiny FastAPI app (tests, or a stand-alone embeddings server). Requests and responses
 follow OpenAI's embeddings API, so the ``openai-http`` backbone (and any OpenAI client) talks to it
-exactly as to vLLM. Errors use OpenAI's ``{"error": {"message", "type", "param", "code"}}`` shape.
+exactly as to vLLM: text or token-id input (decoded with the backbone's tokenizer), ``model`` one of the
+served names (else 404). The API key is checked before the body is read. Every error, including the
+shared middleware's (413), uses OpenAI's ``{"error": {"message", "type", "param", "code"}}`` shape.
 """
 
-from __future__ import annotations
-
 import base64
-import hmac
+import json
 import threading
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+from starlette.exceptions import HTTPException
 
 from llm_cloud.backbones import Backbone, BackboneError
+from llm_cloud.backbones.config import OpenAIHTTPConfig
+from serving.schemas import StrictInt
+from serving.web import _bearer, _header, api_key_dependency
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
+PATH = "/v1/embeddings"
+DEFAULT_MODEL = OpenAIHTTPConfig().model  # the packaged default backbone, as the openai-http client asks for it
+
+TokenIds = list[Annotated[StrictInt, Field(ge=0)]]  # JSON integers (3 or 3.0, as JSON Schema's integer)
+Input = str | list[str] | TokenIds | list[TokenIds]
+
+
+def _input_schema(vocab: int | None = None) -> dict:
+    """What ``input`` may be (blank texts, empty lists and unknown token ids get 400, as documented)."""
+    text = {"type": "string", "pattern": r"\S"}
+    token = {"type": "integer", "minimum": 0, **({"maximum": vocab - 1} if vocab else {})}
+    tokens = {"type": "array", "items": token, "minItems": 1}
+    many = {"minItems": 1, "maxItems": MAX_INPUTS}
+    branches = [text, {"type": "array", "items": text, **many}, tokens, {"type": "array", "items": tokens, **many}]
+    return {"anyOf": branches,
+            "description": "text, texts, token ids or lists of token ids (decoded with the model's tokenizer)"}
 
 
 class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    input: str | list[str]
-    model: str | None = None
-    encoding_format: str = "float"  # "float" | "base64"
-    dimensions: int | None = Field(None, ge=1)
+    input: Annotated[Input, WithJsonSchema(_input_schema())]
+    model: str | None = Field(None, description="a served model name (see GET /healthz); omitted: the served one")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, description="must equal the model's width when given")
     user: str | None = None
 
 
+def _request_model(backbone: Backbone) -> type[EmbeddingsRequest]:
+    """:class:`EmbeddingsRequest` whose schema names this backbone's token-id range and width."""
+    vocab = len(backbone.tokenizer) if backbone.tokenizer is not None else None
+    dim = backbone.dim
+    return create_model(
+        "EmbeddingsRequest", __base__=EmbeddingsRequest,
+        input=(Annotated[Input, WithJsonSchema(_input_schema(vocab))], ...),
+        dimensions=(Annotated[int | None, WithJsonSchema({"anyOf": [{"enum": [dim]}, {"type": "null"}]})]
+                    if dim else int | None, Field(None, ge=1, description="must equal the model's width")),
+    )
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(..., description="floats, or base64 of little-endian float32")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+RESPONSES = {
+    200: {"model": EmbeddingsResponse},
+    **{status: {"model": ErrorBody, "description": what} for status, what in [
+        (400, "invalid input (empty text, unknown token id, wrong `dimensions`, unreadable body); `param` names it"),
+        (401, "missing or wrong API key"),
+        (404, "`model` is not served here"),
+        (408, "the request body did not arrive within serve.body_timeout_s"),
+        (413, "request body larger than serve.max_body_bytes"),
+        (422, "the body does not match the schema; `param` names the field"),
+    ]},
+}
+_KINDS = {401: "authentication_error", 404: "not_found_error"}
+
+
 class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+        self.kind = kind or _KINDS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-def _validate(req: EmbeddingsRequest, dim: int | None) -> list[str]:
-    texts = [req.input] if isinstance(req.input, str) else list(req.input)
+def _from_validation(exc: RequestValidationError) -> APIError:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first["loc"] if p != "body"]
+    where = ".".join(loc)
+    return APIError(422, f"'{where}': {first['msg']}" if where else first["msg"], loc[0] if loc else None)
+
+
+def _from_http(exc: HTTPException) -> APIError:
+    detail = exc.detail.get("message", exc.detail) if isinstance(exc.detail, dict) else exc.detail
+    return APIError(exc.status_code, str(detail), headers=getattr(exc, "headers", None))
+
+
+def _texts(req: EmbeddingsRequest, backbone: Backbone) -> tuple[list[str], int | None]:
+    """The input as texts, and its token count when it came as token ids."""
+    inp = req.input
+    if isinstance(inp, str) or not inp or isinstance(inp[0], str):
+        return ([inp] if isinstance(inp, str) else list(inp)), None
+    seqs = [inp] if isinstance(inp[0], int) else inp
+    if any(not s for s in seqs):
+        raise APIError(400, "'input' has an empty token list", "input")
+    try:
+        texts = backbone.decode_tokens(seqs)
+    except BackboneError as exc:
+        raise APIError(400, f"'input' holds token ids, which cannot be used here: {exc}", "input") from exc
+    # only special tokens (e.g. [CLS] [SEP]): embed their text rather than nothing
+    texts = [t if t.strip() else backbone.tokenizer.decode(ids) for t, ids in zip(texts, seqs)]
+    return texts, sum(map(len, seqs))
+
+
+def _validate(req: EmbeddingsRequest, texts: list[str], dim: int | None) -> None:
     if not texts:
         raise APIError(400, "'input' must not be empty", "input")
     if len(texts) > MAX_INPUTS:
@@ -51,39 +160,69 @@ def _validate(req: EmbeddingsRequest, dim: int | None) -> list[str]:
     for i, text in enumerate(texts):
         if not text.strip():
             raise APIError(400, f"'input[{i}]' is an empty string", "input")
-    if req.encoding_format not in ("float", "base64"):
-        raise APIError(400, "'encoding_format' must be 'float' or 'base64'", "encoding_format")
     if req.dimensions is not None and dim is not None and req.dimensions != dim:
         raise APIError(400, f"'dimensions' {req.dimensions} is not supported; this model returns {dim}", "dimensions")
-    return texts
 
 
-def embeddings_router(backbone: Backbone, model_name: str | None = None, api_key: str | None = None) -> APIRouter:
-    """``POST /v1/embeddings`` for ``backbone``; with ``api_key`` set, requests need ``Bearer <api_key>``."""
-    router = APIRouter()
+def _route_class(check):
+    """Routes that check the API key before FastAPI reads the body and answer every error OpenAI-shaped."""
+
+    class OpenAIRoute(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+
+            async def openai_route(request):
+                try:
+                    if check is not None:  # before the body: an unauthenticated request gets 401, whatever it sends
+                        await check(await _bearer(request), await _header(request))
+                    return await handler(request)
+                except APIError as exc:
+                    return exc.response()
+                except RequestValidationError as exc:
+                    return _from_validation(exc).response()
+                except HTTPException as exc:
+                    return _from_http(exc).response()
+
+            return openai_route
+
+    return OpenAIRoute
+
+
+def embeddings_router(
+    backbone: Backbone, model_name: str | None = None, api_key: str | None = None, describe: bool = True
+) -> APIRouter:
+    """``POST /v1/embeddings`` for ``backbone``, answering to ``model_name`` (default ``all-MiniLM-L6-v2``) or
+    the backbone's name; with ``api_key`` set, requests need ``Bearer <api_key>`` (or ``X-API-Key``).
+    ``describe``: the schema gives the backbone's width and token-id range (False: a backbone built lazily)."""
+    check = api_key_dependency(lambda: api_key) if api_key is not None else None
+    router = APIRouter(route_class=_route_class(check))
     lock = threading.Lock()  # one encode at a time: torch already uses every core for one batch
-    served_name = model_name or backbone.name
+    served_name = model_name or DEFAULT_MODEL
+    served = {served_name, backbone.name}
+    Request = _request_model(backbone) if describe else EmbeddingsRequest
 
-    @router.post("/v1/embeddings")
-    def create_embeddings(req: EmbeddingsRequest, authorization: str | None = Header(None)):
+    # the dependency documents the key in OpenAPI (the route class has already checked it)
+    @router.post(PATH, responses=RESPONSES, dependencies=[Depends(check)] if check else [],
+                 summary="OpenAI-compatible embeddings of texts or token ids")
+    def create_embeddings(req: Request):  # the annotation is evaluated here (no __future__ import)
+        if req.model is not None and req.model not in served:
+            raise APIError(404, f"The model `{req.model}` does not exist; served: {sorted(served)}", "model",
+                           code="model_not_found")
+        texts, n_tokens = _texts(req, backbone)
+        _validate(req, texts, backbone.dim)
         try:
-            if api_key is not None and not hmac.compare_digest(authorization or "", f"Bearer {api_key}"):
-                raise APIError(401, "invalid or missing API key", None, "authentication_error")
-            texts = _validate(req, backbone.dim)
-            try:
-                with lock:
-                    emb = backbone.encode(texts)
-            except BackboneError as exc:
-                raise APIError(500, f"backbone failed: {exc}", None, "server_error") from exc
-        except APIError as exc:
-            return exc.response()
+            with lock:
+                emb = backbone.encode(texts)
+        except BackboneError as exc:
+            raise APIError(500, f"backbone failed: {exc}") from exc
         b64 = req.encoding_format == "base64"
         data = [
             {"object": "embedding", "index": i,
              "embedding": base64.b64encode(row.astype("<f4").tobytes()).decode() if b64 else row.tolist()}
             for i, row in enumerate(emb)
         ]
-        tokens = int(sum(len(t.split()) for t in texts))  # whitespace words: an honest, cheap usage count
+        # token input: its length; text: whitespace words (an honest, cheap usage count)
+        tokens = n_tokens if n_tokens is not None else int(sum(len(t.split()) for t in texts))
         return {
             "object": "list",
             "data": data,
@@ -94,24 +233,58 @@ def embeddings_router(backbone: Backbone, model_name: str | None = None, api_key
     return router
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    loc = [str(p) for p in first["loc"] if p != "body"]
-    param = ".".join(loc) or None
-    return APIError(422, f"'{param}': {first['msg']}" if param else first["msg"], param).response()
+class OpenAIErrorBodies:
+    """Pure ASGI, outside the shared middleware: its error bodies on ``path`` (413, bad Content-Length, 408)
+    rewritten into OpenAI's shape; bodies already in it pass unchanged."""
+
+    def __init__(self, app, path: str = PATH):
+        self.app, self.path = app, path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        held: dict = {}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held.update(start=message, body=b"")
+                return
+            if message["type"] != "http.response.body" or "start" not in held:
+                return await send(message)
+            held["body"] += message.get("body", b"")
+            if message.get("more_body"):
+                return
+            start = held.pop("start")
+            body = _openai_shaped(start["status"], held["body"])
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def _openai_shaped(status: int, body: bytes) -> bytes:
+    """An error body in OpenAI's shape (from our ``{"message", "detail"}`` bodies or plain text)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = body.decode("utf-8", "replace")
+    if isinstance(parsed, dict) and "error" in parsed:
+        return body
+    message = (parsed.get("message") or str(parsed.get("detail"))) if isinstance(parsed, dict) else str(parsed)
+    return json.dumps(APIError(status, message).body()).encode()
 
 
 def create_embeddings_app(backbone: Backbone, model_name: str | None = None, api_key: str | None = None) -> FastAPI:
     """A FastAPI app serving only ``/v1/embeddings`` (and ``/healthz``) from ``backbone``."""
     app = FastAPI(title="Persona embeddings")
     app.include_router(embeddings_router(backbone, model_name, api_key))
-    app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.get("/healthz")
     def healthz():
-        return {"status": "ok", "model": model_name or backbone.name, "dim": backbone.dim}
+        return {"status": "ok", "model": model_name or DEFAULT_MODEL, "dim": backbone.dim}
 
     return app
 
 
-__all__ = ["EmbeddingsRequest", "create_embeddings_app", "embeddings_router"]
+__all__ = ["EmbeddingsRequest", "OpenAIErrorBodies", "create_embeddings_app", "embeddings_router"]

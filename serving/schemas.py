@@ -43,6 +43,7 @@ def _json_int(value):
 
 StrictInt = Annotated[int, BeforeValidator(_json_int), Strict()]
 StrictFloat = Annotated[float, Strict()]
+MAX_TIMESTAMP = 7_258_118_400.0  # 2200-01-01T00:00:00Z: later (or non-finite) event times are client bugs
 Adaptation = Literal["cloud-edit", "prototype-cache", "base"]
 
 
@@ -55,7 +56,8 @@ class Event(_Body):
     user_id: Token
     item_id: Token = Field(..., description="item token of the dataset (e.g. a MovieLens item id)")
     timestamp: StrictFloat | None = Field(
-        None, ge=0, allow_inf_nan=False, description="unix seconds; default: time of receipt (orders the history)"
+        None, ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False,
+        description="unix seconds (0 to 2200-01-01); default: time of receipt (orders the history)",
     )
 
 

@@ -43,6 +43,7 @@ class ServeConfig(BaseModel):
     history_cache_users: int = Field(10_000, ge=0)  # users whose event history a device worker keeps in memory
 
     max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
+    body_timeout_s: float = Field(5.0, gt=0)  # a request body not complete this long after its headers: 408, closed
     reload_poll_s: float = Field(2.0, ge=0)  # cloud: check editor artefacts for changes (0 = only /admin/reload)
     access_log: bool = True  # one JSON log line per request
     inject_delay_ms: float = Field(0.0, ge=0)  # testing only: the cloud's /v1/edits waits this long first

@@ -2,13 +2,16 @@
 
 ``workers > 1`` (role device or cloud) binds the socket once and starts that many spawned worker
 processes, each building its own app from the config (no import strings); they share the port and,
-for the device, the SQLite event log (WAL). Every worker scores with one torch thread.
+for the device, the SQLite event log (WAL). Every worker scores with one torch thread. Every server
+answers 408 and closes the connection when a request body is not complete ``serve.body_timeout_s`` after
+its headers (:class:`BodyReadTimeout`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
@@ -27,8 +30,10 @@ from serving.artefacts import load_artefacts, require_checkpoint
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.config import AppConfig
 from serving.device_app import DeviceService, create_device_app
+from serving.embeddings_api import PATH as EMBEDDINGS_PATH
+from serving.embeddings_api import APIError
 from serving.metrics import MULTIPROC_ENV
-from serving.serve_config import API_KEY_ENV
+from serving.serve_config import API_KEY_ENV, ServeConfig
 from serving.web import setup_json_logging
 
 log = logging.getLogger(__name__)
@@ -51,10 +56,66 @@ def build_app(cfg: AppConfig, role: str, api_key: str | None) -> FastAPI:
     return create_cloud_app(CloudService(cfg, require_checkpoint(cfg)), api_key)
 
 
-def uvicorn_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
+class BodyReadTimeout:
+    """Pure ASGI: a request body not complete ``timeout_s`` after its headers gets 408 and the connection closed,
+    so a client that sends headers (and maybe part of the body) and then stalls holds nothing for long."""
+
+    def __init__(self, app, timeout_s: float):
+        self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        state = {"body_done": False, "timed_out": False, "started": False}
+
+        async def timed_receive():
+            if state["timed_out"]:
+                return {"type": "http.disconnect"}
+            if state["body_done"]:  # e.g. waiting for a disconnect while streaming: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                state["timed_out"] = True
+                return {"type": "http.disconnect"}  # to the app, the client is gone
+            state["body_done"] = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def guarded_send(message):
+            if state["timed_out"] and not state["started"]:
+                return  # the app's answer to the cut body is replaced by the 408
+            state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, guarded_send)
+        except Exception:
+            if not state["timed_out"]:
+                raise
+        if state["timed_out"] and not state["started"]:
+            await self._send_408(scope, send)
+
+    async def _send_408(self, scope, send) -> None:
+        message = f"request body not received within {self.timeout_s:g} s"
+        error = APIError(408, message) if scope["path"] == EMBEDDINGS_PATH else None
+        body = json.dumps(error.body() if error else {"detail": message, "message": message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 408, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def uvicorn_config(app: FastAPI, host: str, port: int, body_timeout_s: float | None = None) -> uvicorn.Config:
+    """uvicorn on uvloop + httptools; bodies time out after ``body_timeout_s`` (default: the app's
+    ``serve.body_timeout_s``)."""
+    if body_timeout_s is None:
+        service = getattr(app.state, "service", None)
+        body_timeout_s = service.s.body_timeout_s if service is not None else ServeConfig().body_timeout_s
     return uvicorn.Config(
-        app, host=host, port=port, loop="uvloop", http="httptools", log_config=None, access_log=False,
-        timeout_graceful_shutdown=5,
+        BodyReadTimeout(app, body_timeout_s), host=host, port=port, loop="uvloop", http="httptools",
+        log_config=None, access_log=False, timeout_graceful_shutdown=5,
     )
 
 

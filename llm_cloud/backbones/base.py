@@ -63,6 +63,7 @@ class Backbone(ABC):
     """Turns texts into float32 embeddings. Subclasses implement :meth:`_encode_batch`."""
 
     name: str = "backbone"
+    tokenizer = None  # the Hugging Face tokenizer of a local model (decodes token-id input), else None
 
     def __init__(self, batch_size: int = 64, progress: bool = True):
         self.batch_size = batch_size
@@ -77,6 +78,18 @@ class Backbone(ABC):
     def dim(self) -> int | None:
         """Embedding width when known before encoding, else None."""
         return None
+
+    def decode_tokens(self, token_ids: Sequence[Sequence[int]]) -> list[str]:
+        """Texts of token-id sequences (OpenAI's token input) with :attr:`tokenizer`, special tokens dropped."""
+        tok = self.tokenizer
+        if tok is None:
+            raise BackboneError(f"backbone {self.name} has no tokenizer: send text")
+        vocab = len(tok)
+        for i, ids in enumerate(token_ids):
+            bad = next((t for t in ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise BackboneError(f"token sequence {i} has token id {bad}, outside the vocabulary [0, {vocab})")
+        return tok.batch_decode([list(ids) for ids in token_ids], skip_special_tokens=True)
 
     @abstractmethod
     def _encode_batch(self, texts: list[str]) -> np.ndarray:

@@ -53,6 +53,10 @@ class CachedBackbone(Backbone):
     def dim(self) -> int | None:
         return self.inner.dim
 
+    @property
+    def tokenizer(self):
+        return self.inner.tokenizer
+
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         return self.inner._encode_batch(texts)
 

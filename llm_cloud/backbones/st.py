@@ -47,6 +47,10 @@ class SentenceTransformerBackbone(Backbone):
     def dim(self) -> int:
         return self._dim
 
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(
             texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=self.normalize,

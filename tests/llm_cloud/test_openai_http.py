@@ -44,10 +44,11 @@ def test_build_by_config_and_cache(server, tmp_path):
 
 
 def test_openai_wire_format(server):
-    r = httpx.post(f"{server}/embeddings", json={"input": "Heat", "model": "x", "encoding_format": "base64"})
+    r = httpx.post(f"{server}/embeddings",
+                   json={"input": "Heat", "model": "all-MiniLM-L6-v2", "encoding_format": "base64"})
     assert r.status_code == 200
     body = r.json()
-    assert body["object"] == "list" and body["model"] == "x" and body["usage"]["prompt_tokens"] == 1
+    assert body["object"] == "list" and body["model"] == "all-MiniLM-L6-v2" and body["usage"]["prompt_tokens"] == 1
     vec = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(vec, minilm().encode(["Heat"])[0], atol=1e-6)
 
@@ -55,15 +56,68 @@ def test_openai_wire_format(server):
 @pytest.mark.parametrize("payload,status,needle", [
     ({"input": []}, 400, "'input' must not be empty"),
     ({"input": ["ok", " "]}, 400, "'input[1]' is an empty string"),
-    ({"model": "m"}, 422, "'input'"),
-    ({"input": [1, 2]}, 422, "input"),
-    ({"input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
+    ({"model": "all-MiniLM-L6-v2"}, 422, "'input'"),
+    ({"input": [1, "a"]}, 422, "input"),
+    ({"input": [[101, 102], []]}, 400, "empty token list"),
+    ({"input": [101, -1]}, 422, "input"),
+    ({"input": [[101, 99999]]}, 400, "token id 99999"),
+    ({"input": "x", "encoding_format": "int8"}, 422, "encoding_format"),
     ({"input": "x", "dimensions": 512}, 400, "dimensions"),
 ])
 def test_endpoint_validation_names_the_field(server, payload, status, needle):
     r = httpx.post(f"{server}/embeddings", json=payload)
     assert r.status_code == status
     assert needle in r.json()["error"]["message"]
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("model", ["gpt-4", "x", ""])
+def test_unknown_model_is_404_like_openai(server, model):
+    r = httpx.post(f"{server}/embeddings", json={"input": "Heat", "model": model})
+    assert r.status_code == 404, r.text
+    err = r.json()["error"]
+    assert err["param"] == "model" and err["code"] == "model_not_found" and f"`{model}`" in err["message"]
+    for served in ("all-MiniLM-L6-v2", "sentence-transformers", None):  # the served name, the backbone's, none
+        assert httpx.post(f"{server}/embeddings", json={"input": "Heat", "model": served}).status_code == 200
+
+
+def test_token_id_input_is_decoded_with_the_tokenizer(server):
+    ids = minilm().tokenizer("Heat")["input_ids"]  # [CLS] heat [SEP]
+    want = minilm().encode(["Heat"])[0]
+    for payload in ({"input": [ids]}, {"input": ids}):
+        r = httpx.post(f"{server}/embeddings", json=payload)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], want, atol=1e-5)
+        assert r.json()["usage"]["prompt_tokens"] == len(ids)
+    two = httpx.post(f"{server}/embeddings", json={"input": [ids, minilm().tokenizer("Casino")["input_ids"]]})
+    np.testing.assert_allclose(np.asarray([d["embedding"] for d in two.json()["data"]]),
+                               minilm().encode(["Heat", "Casino"]), atol=1e-5)
+
+
+def test_token_ids_without_a_tokenizer_are_a_clear_400():
+    with serve(create_embeddings_app(Slow(minilm(), delay_s=0))) as url:  # a wrapper: no tokenizer of its own
+        r = httpx.post(f"{url}/embeddings", json={"input": [101, 2732, 102]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+        assert "has no tokenizer" in r.json()["error"]["message"]
+
+
+def test_api_key_checked_first_and_any_header_bytes_give_401():
+    with serve(create_embeddings_app(minilm(), api_key="s3cret")) as url:
+        cases = [
+            ({"Authorization": b"Bearer \xff\xfe"}, {"input": "x"}),  # non-ASCII key (was a 500)
+            ({"X-API-Key": b"\xe9t\xe9"}, {"input": "x"}),
+            ({}, {}),  # unauthenticated and invalid: 401, not 422
+            ({"Authorization": "Bearer wrong"}, {"input": 3}),
+        ]
+        for headers, body in cases:
+            r = httpx.post(f"{url}/embeddings", json=body, headers=headers)
+            assert r.status_code == 401, r.text
+            assert r.json()["error"]["type"] == "authentication_error"
+        raw = httpx.post(f"{url}/embeddings", content=b"{not json", headers={"content-type": "application/json"})
+        assert raw.status_code == 401 and "error" in raw.json()
+        ok = {"Authorization": "Bearer s3cret"}
+        assert httpx.post(f"{url}/embeddings", json={}, headers=ok).status_code == 422
+        assert httpx.post(f"{url}/embeddings", json={"input": "x"}, headers={"X-API-Key": "s3cret"}).status_code == 200
 
 
 def test_client_empty_text_fails_before_any_request():
@@ -107,7 +161,7 @@ def test_wrong_dimension_is_an_error_and_not_cached(server, tmp_path):
 def test_api_key_4xx_is_not_retried():
     flaky = Flaky(minilm(), failures=0)
     with serve(create_embeddings_app(flaky, api_key="s3cret")) as url:
-        with pytest.raises(BackboneError, match="HTTP 401: invalid or missing API key"):
+        with pytest.raises(BackboneError, match="HTTP 401: missing API key"):
             client(url, max_retries=3).encode(["x"])
         assert flaky.calls == 0
         assert client(url, api_key="s3cret").encode(["x"]).shape == (1, 384)

@@ -177,3 +177,55 @@ def test_openapi_has_examples(services):
     cloud_spec = c.get(f"{cloud}/openapi.json").json()
     assert {"/v1/edits", "/v1/prototypes", "/v1/embeddings", "/admin/reload"} <= set(cloud_spec["paths"])
     assert cloud_spec["components"]["securitySchemes"]
+
+
+@pytest.mark.parametrize("ts", [1e308, 7_258_118_401, -0.5, "Infinity"])
+def test_absurd_timestamps_are_422(services, ts):
+    device, _, c = services
+    event = {"event_id": "t", "user_id": "u", "item_id": "5", "timestamp": ts}
+    raw = json.dumps({"events": [event]}).replace('"Infinity"', "Infinity")  # Python's json reads Infinity
+    resp = c.post(f"{device}/v1/events", content=raw, headers={"content-type": "application/json"})
+    assert_names(resp, 422, "events.0.timestamp")
+
+
+def test_timestamps_up_to_2200_are_accepted(services):
+    device, _, c = services
+    events = [{"event_id": f"ts-{t}", "user_id": "ts-user", "item_id": "50", "timestamp": t}
+              for t in (0, 1_700_000_000, 4_102_444_800.5, 7_258_118_400)]
+    assert c.post(f"{device}/v1/events", json={"events": events}).json()["accepted"] == 4
+
+
+def assert_openai_error(resp: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"] and err["param"] == param
+    return err
+
+
+def test_cloud_embeddings_auth_first_and_openai_errors(services):
+    _, cloud, c = services
+    url = f"{cloud}/v1/embeddings"
+    for headers in ({"Authorization": b"Bearer \xff\xfe"}, {"X-API-Key": b"\xff"}, {}):
+        assert assert_openai_error(c.post(url, json={"input": "hi"}, headers=headers), 401)["type"] == (
+            "authentication_error")
+        assert_openai_error(c.post(url, json={}, headers=headers), 401)  # the key before the body
+    assert_openai_error(c.post(url, content=b"\xff{", headers={"content-type": "application/json"}), 401)
+    key = {"x-api-key": API_KEY}
+    assert_openai_error(c.post(url, json={}, headers=key), 422, "input")
+    assert_openai_error(c.post(url, json={"input": "hi", "encoding_format": "hex"}, headers=key), 422,
+                        "encoding_format")
+    assert_openai_error(c.post(url, json={"input": "hi", "model": "gpt-4"}, headers=key), 404, "model")
+    assert_openai_error(c.post(url, json={"input": []}, headers=key), 400, "input")
+    big = json.dumps({"input": ["x" * 1000] * 300}).encode()  # > serve.max_body_bytes (200 kB here)
+    assert_openai_error(c.post(url, content=big, headers={**key, "content-type": "application/json"}), 413)
+    # the other routes keep their own error shape and also answer 401 to non-ASCII keys
+    other = c.get(f"{cloud}/v1/prototypes", headers={"Authorization": b"Bearer \xff\xfe"})
+    assert other.status_code == 401 and other.json()["message"] and "error" not in other.json()
+
+
+def test_cloud_embeddings_openapi_documents_its_answers(services):
+    _, cloud, c = services
+    op = c.get(f"{cloud}/openapi.json").json()["paths"]["/v1/embeddings"]["post"]
+    assert {"200", "400", "401", "404", "413", "422"} <= set(op["responses"])
+    assert op["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert op["security"]

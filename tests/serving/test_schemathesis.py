@@ -13,6 +13,8 @@ import pytest
 from serving.artefacts import load_artefacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.device_app import DeviceService, create_device_app
+from serving.embeddings_api import create_embeddings_app
+from tests.llm_cloud.helpers import minilm
 from tests.serving.conftest import API_KEY, LiveServer, RandomEditor, serve_config
 
 ST = shutil.which("st")
@@ -41,3 +43,14 @@ def test_schemathesis_finds_no_server_error(checkpoint, runtime, tmp_path):
     finally:
         device.stop()
         cloud.stop()
+
+
+@pytest.mark.skipif(ST is None, reason="schemathesis not installed (pip install -e .[dev])")
+def test_schemathesis_embeddings_conform_to_their_schema(tmp_path):
+    """``--checks all`` on /v1/embeddings with the real MiniLM: every answer (2xx and 4xx) as documented."""
+    with LiveServer(create_embeddings_app(minilm(), api_key=API_KEY)) as srv:
+        cmd = [ST, "run", f"{srv.url}/openapi.json", "-H", f"Authorization: Bearer {API_KEY}", "--checks", "all",
+               "--max-time", "20", "--max-examples", "40", "--seed", "7", "-w", "1", "--no-color"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "Tested: 2" in proc.stdout
