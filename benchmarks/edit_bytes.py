@@ -28,10 +28,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from serve_load import free_port, start_service, stop  # noqa: E402
 
-from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot  # noqa: E402
+from recsys.runtime import ENCODINGS, DeviceRuntime, EditPayload, PrototypeSnapshot  # noqa: E402
 
 API_KEY = "bench-bytes-key"
-ENCODINGS = ("json", "fp32", "fp16", "code")
 
 
 def main() -> int:

@@ -97,6 +97,7 @@ class Served:
     prototype: torch.Tensor  # [B] prototype id, -1 = the window's own edit (out of distribution)
     distance: torch.Tensor  # [B] to the nearest prototype (code space)
     codes: torch.Tensor  # [B, L, code_dim] the windows' per-layer codes
+    state: torch.Tensor  # [B, D] the base model's user states the edit applies to
 
 
 @torch.inference_mode()
@@ -128,7 +129,7 @@ def served_edit(
     own = clipped_parts(sample, adapter.cfg.clip)  # within ±adapter clip ≤ the bank's total clip
     parts = [torch.where(ood.view(-1, *[1] * (p.dim() - 1)), m, p) for p, m in zip(edit.dW + edit.db, own)]
     n = bank.n_layers
-    return Served(HeadEdit(parts[:n], parts[n:], clip=edit.clip), torch.where(ood, -1, k), dist, layer_codes)
+    return Served(HeadEdit(parts[:n], parts[n:], clip=edit.clip), torch.where(ood, -1, k), dist, layer_codes, state)
 
 
 def edit_decoder(adapter: Adapter, bank: PrototypeBank) -> EditDecoder | None:

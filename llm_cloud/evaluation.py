@@ -206,9 +206,8 @@ class Adaptation:
         base, table = self.base, self.table_for(adapter)
 
         def fn(rows):
-            seq, length = rows["item_id_list"], rows["item_length"]
-            edit = served_edit(base, adapter, bank, table, seq, length).edit
-            return edited_logits(base, base.user_state(seq, length), edit)
+            out = served_edit(base, adapter, bank, table, rows["item_id_list"], rows["item_length"])
+            return edited_logits(base, out.state, out.edit)
 
         return fn
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from recsys.checkpoint import load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
 
 Encoding = Literal["json", "fp32", "fp16", "code"]
-ENCODINGS = ("json", "fp32", "fp16", "code")
+ENCODINGS: tuple[str, ...] = get_args(Encoding)
 
 
 def pack(array: np.ndarray | torch.Tensor, dtype: str) -> str:
@@ -81,7 +82,9 @@ class EditDecoder(BaseModel):
     centres: str = Field(..., description="fp32 base64 [K, L, code_dim]: the prototypes' codes")
     n_prototypes: int = Field(..., ge=0)
 
+    @cached_property
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weights, biases, centres), decoded once per snapshot (not per edit)."""
         out = self.dim * self.dim + self.dim
         return (
             unpack(self.weights, "<f4", (self.n_layers, out, self.code_dim)),
@@ -155,7 +158,7 @@ class EditPayload(BaseModel):
 
 
 def _decode_code(payload: EditPayload, decoder: EditDecoder, prototypes) -> HeadEdit:
-    w, b, centres = decoder.tensors()
+    w, b, centres = decoder.tensors
     n, d = decoder.n_layers, decoder.dim
     z = unpack(payload.data, "<f4", (n, decoder.code_dim))
 
@@ -231,6 +234,8 @@ class DeviceRuntime:
         if snapshot.size and snapshot.dim != self.model.head.dim:
             raise ValueError(f"prototype dim {snapshot.dim} != model dim {self.model.head.dim}")
         edits = [e.head_edit() for e in snapshot.edits]  # decode before swapping: never half-updated
+        if snapshot.decoder is not None:
+            snapshot.decoder.tensors  # noqa: B018 - decoded (and checked) here, once, not on the first edit
         sigs = torch.tensor(snapshot.signatures, dtype=torch.float32) if snapshot.size else None
         self.prototypes, self._signatures, self._proto_edits = snapshot, sigs, edits
 

@@ -20,6 +20,8 @@ from pydantic import (
     StringConstraints,
 )
 
+from recsys.runtime import Encoding
+
 
 def _utf8(value: str) -> str:
     try:
@@ -133,7 +135,7 @@ class RankResponse(BaseModel):
 class EditRequest(_Body):
     items: list[Token] = Field(..., max_length=10_000, description="the device's recent item ids, oldest first")
     user_id: Token | None = Field(None, description="optional, for logs only")
-    encoding: Literal["json", "fp32", "fp16", "code"] = Field(
+    encoding: Encoding = Field(
         "json", description="wire format of the edit; `code` needs the bank of version `bank_version` cached"
     )
     bank_version: str | None = Field(None, max_length=200, description="version of the device's cached bank")

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from recsys.runtime import Encoding
+
 API_KEY_ENV = "PERSONA_API_KEY"
 
 
@@ -36,7 +38,7 @@ class ServeConfig(BaseModel):
     refresh_every: int = Field(5, ge=1)  # ask the cloud for a new edit every N new events of a user
     prototypes_refresh_s: float = Field(60.0, gt=0)  # how often the device refetches the bank snapshot
     edit_cache_size: int = Field(10_000, ge=1)  # users whose cloud edit a device worker keeps
-    edit_encoding: Literal["json", "fp32", "fp16", "code"] = "code"  # how the device asks for edits on the wire
+    edit_encoding: Encoding = "code"  # how the device asks for edits on the wire
     # (code: the window's per-layer code, decoded with the cached bank's decoder; dense fp32 until one is cached)
     max_batch: int = Field(64, ge=1, le=4096)  # rank requests scored in one forward pass (1 = no batching)
     batch_wait_ms: float = Field(1.0, ge=0, le=100)  # a batch waits at most this long for requests on their way

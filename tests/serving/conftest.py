@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -141,3 +142,21 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
 
 def rank(client: httpx.Client, url: str, **body) -> httpx.Response:
     return client.post(f"{url}/v1/rank", json=body)
+
+
+@contextmanager
+def device_and_cloud(checkpoint, runtime, tmp_path: Path, *overrides: str):
+    """Live (device, cloud) servers on 127.0.0.1: the cloud edits with :class:`RandomEditor`, the device uses it."""
+    from serving.artefacts import load_artefacts
+    from serving.cloud_app import CloudService, create_cloud_app
+    from serving.device_app import DeviceService, create_device_app
+
+    cfg = serve_config(checkpoint, tmp_path, *overrides)
+    dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
+    cloud = LiveServer(create_cloud_app(CloudService(cfg, cfg.serve.checkpoint, lambda: RandomEditor(dim, n_layers)),
+                                        API_KEY))  # fmt: skip
+    try:
+        with LiveServer(create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY))) as device:
+            yield device, cloud
+    finally:
+        cloud.stop()

@@ -7,24 +7,15 @@ import json
 import httpx
 import pytest
 
-from serving.artefacts import load_artefacts
-from serving.cloud_app import CloudService, create_cloud_app
-from serving.device_app import DeviceService, create_device_app
-from tests.serving.conftest import API_KEY, LiveServer, RandomEditor, serve_config
+from tests.serving.conftest import API_KEY, RandomEditor, device_and_cloud
 
 
 @pytest.fixture(scope="module")
 def services(checkpoint, runtime, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad-input")
-    cfg = serve_config(checkpoint, tmp, "serve.max_body_bytes=200000")
-    dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
-    cloud = LiveServer(create_cloud_app(CloudService(cfg, cfg.serve.checkpoint, lambda: RandomEditor(dim, n_layers)),
-                                        API_KEY))
-    device = LiveServer(create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY)))
-    with httpx.Client(timeout=30) as client:
-        yield device.url, cloud.url, client
-    device.stop()
-    cloud.stop()
+    with device_and_cloud(checkpoint, runtime, tmp, "serve.max_body_bytes=200000") as (device, cloud):
+        with httpx.Client(timeout=30) as client:
+            yield device.url, cloud.url, client
 
 
 def catalogue(runtime) -> int:

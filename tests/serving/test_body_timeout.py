@@ -10,23 +10,14 @@ import time
 import httpx
 import pytest
 
-from serving.artefacts import load_artefacts
-from serving.cloud_app import CloudService, create_cloud_app
-from serving.device_app import DeviceService, create_device_app
-from tests.serving.conftest import API_KEY, LiveServer, RandomEditor, serve_config
+from tests.serving.conftest import API_KEY, device_and_cloud
 
 
 @pytest.fixture(scope="module")
 def servers(checkpoint, runtime, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("body-timeout")
-    cfg = serve_config(checkpoint, tmp, "serve.body_timeout_s=0.3")
-    dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
-    cloud = LiveServer(create_cloud_app(CloudService(cfg, cfg.serve.checkpoint, lambda: RandomEditor(dim, n_layers)),
-                                        API_KEY))
-    device = LiveServer(create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY)))
-    yield {"device": device, "cloud": cloud}
-    device.stop()
-    cloud.stop()
+    with device_and_cloud(checkpoint, runtime, tmp, "serve.body_timeout_s=0.3") as (device, cloud):
+        yield {"device": device, "cloud": cloud}
 
 
 def half_open(port: int, path: str, n: int = 1) -> list[tuple[bytes, bool]]:

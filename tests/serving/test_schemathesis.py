@@ -50,7 +50,7 @@ def test_schemathesis_embeddings_conform_to_their_schema(tmp_path):
     """``--checks all`` on /v1/embeddings with the real MiniLM: every answer (2xx and 4xx) as documented."""
     with LiveServer(create_embeddings_app(minilm(), api_key=API_KEY)) as srv:
         cmd = [ST, "run", f"{srv.url}/openapi.json", "-H", f"Authorization: Bearer {API_KEY}", "--checks", "all",
-               "--max-time", "20", "--max-examples", "40", "--seed", "7", "-w", "1", "--no-color"]
+               "--max-time", "60", "--max-examples", "40", "--seed", "7", "-w", "1", "--no-color"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "Tested: 2" in proc.stdout
