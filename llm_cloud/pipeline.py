@@ -40,11 +40,14 @@ class ItemEmbeddings:
 
 
 def encode_items(
-    dataset: str, data: DataConfig, context: ContextConfig, backbone: Backbone
+    dataset: str, data: DataConfig, context: ContextConfig, backbone: Backbone, cutoff: float | None = None
 ) -> ItemEmbeddings:
-    """Prepare ``dataset`` (if needed), build item texts, encode them, fuse shipped image features."""
+    """Prepare ``dataset`` (if needed), build item texts, encode them, fuse shipped image features.
+
+    ``cutoff`` (the split's ``train_cutoff``): timestamped item text after it is left out.
+    """
     out_dir = prepare(dataset, data)
-    items = read_items(out_dir, dataset)
+    items = read_items(out_dir, dataset, cutoff)
     texts = item_texts(items, dataset, context)
     emb = backbone.encode(texts)
     image = read_arrays(out_dir).get("image_features")
@@ -78,11 +81,11 @@ def encode_user_contexts(
 
 
 def build_item_codebook(
-    cfg: PipelineConfig, dataset_name: str, backbone: Backbone | None = None
+    cfg: PipelineConfig, dataset_name: str, backbone: Backbone | None = None, cutoff: float | None = None
 ) -> tuple[list[str], np.ndarray, SemanticCodebook]:
     """Item ids, item embeddings (cached encoding) and the semantic codebook built on them."""
     backbone = backbone or build_backbone(cfg.backbone)
-    enc = encode_items(dataset_name, cfg.data, cfg.context, backbone)
+    enc = encode_items(dataset_name, cfg.data, cfg.context, backbone, cutoff)
     book = SemanticCodebook.build(enc.embeddings, cfg.codebook, item_ids=enc.item_ids)
     return enc.item_ids, enc.embeddings, book
 

@@ -15,7 +15,7 @@ import yaml
 
 from recsys.atomic_io import atomic_torch_save, atomic_write_text
 from recsys.config import ModelConfig
-from recsys.models import EditableSeqRec
+from recsys.models import EditableSeqRec, side_from_state
 
 
 @dataclass
@@ -75,11 +75,11 @@ def load_checkpoint(directory: Path) -> tuple[EditableSeqRec, CheckpointMeta, np
         dataset=raw["dataset"],
         n_items=int(raw["n_items"]),
         max_seq_len=int(raw["max_seq_len"]),
-        model_params=ModelConfig(**raw["model_params"]),
+        model_params=ModelConfig(**{"item_side": "none", **raw["model_params"]}),  # older checkpoints: ID-only
         extra=raw.get("extra") or {},
     )
-    model = EditableSeqRec(meta.model, meta.model_params, meta.n_items, meta.max_seq_len)
     state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+    model = EditableSeqRec(meta.model, meta.model_params, meta.n_items, meta.max_seq_len, side_from_state(state))
     model.load_state_dict(state)
     model.eval()
     tokens = np.asarray((directory / "items.txt").read_text().splitlines())

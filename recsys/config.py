@@ -36,6 +36,7 @@ class DataConfig(_Strict):
     split: list[float] = Field(default_factory=lambda: [0.7, 0.1, 0.2])  # shift protocol ratios
     max_seq_len: int = Field(50, ge=2)
     download: bool = False  # fetch from the official URL when the mirror lacks the dataset
+    item_side: str | None = None  # side file (model_params.item_side); None → <output_dir>/<dataset>/codebook/
 
 
 class ModelConfig(_Strict):
@@ -48,6 +49,12 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     head_layers: int = Field(2, ge=1)  # L editable dense layers (D x D)
     head_activation: Literal["tanh", "relu", "gelu"] = "tanh"
+    # LLM item knowledge (recsys.item_side): none = item-ID embeddings only; init = ID embeddings start from the
+    # whitened LLM embeddings; fused = ID view + a trained projection of the frozen LLM view; codes = ID view +
+    # semantic-code embeddings shared across items. fused/codes score items without training interactions too.
+    item_side: Literal["none", "init", "fused", "codes"] = "none"
+    side_dims: int = Field(64, ge=1)  # whitened principal components of the LLM embeddings kept
+    id_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # fused/codes: share of items whose ID view a training batch drops
 
 
 class TrainConfig(_Strict):
@@ -94,6 +101,12 @@ class PersonaConfig(_Strict):
 
     def run_dir(self, seed: int) -> Path:
         return Path(self.output_dir) / self.dataset / self.model / f"seed{seed}"
+
+    def item_side_path(self) -> Path:
+        """The side file ``model_params.item_side`` reads (written by ``persona codebook``)."""
+        if self.data.item_side:
+            return Path(self.data.item_side)
+        return Path(self.output_dir) / self.dataset / "codebook" / "item_side.npz"
 
 
 def deep_merge(base: dict, update: dict) -> dict:

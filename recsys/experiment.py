@@ -11,7 +11,7 @@ from recsys.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from recsys.config import PersonaConfig
 from recsys.datasets import prepare
 from recsys.evaluate import evaluate_rows, model_score_fn, popularity_score_fn
-from recsys.report import markdown_table, write_report
+from recsys.report import markdown_table, slice_table, write_report
 from recsys.splits import SplitData, load_split
 from recsys.train import train_model
 
@@ -56,7 +56,8 @@ def evaluate_models(cfg: PersonaConfig, models: list[str], split: SplitData | No
     results: dict[str, list[dict]] = {}
     for name in models:
         if name == "pop":
-            metrics = evaluate_rows(popularity_score_fn(split.train_counts), rows, split.config, cfg.eval.batch_size)
+            metrics = evaluate_rows(popularity_score_fn(split.train_counts), rows, split.config, cfg.eval.batch_size,
+                                    train_counts=split.train_counts)
             results["popularity"] = [metrics for _ in cfg.seeds]  # deterministic: same for every seed
             continue
         runs = []
@@ -68,7 +69,8 @@ def evaluate_models(cfg: PersonaConfig, models: list[str], split: SplitData | No
                 raise CheckpointError(f"{exc}; run `persona train model={name}` first") from exc
             if meta.n_items != split.n_items:
                 raise CheckpointError(f"{run_dir}: trained on {meta.n_items} items, dataset has {split.n_items}")
-            runs.append(evaluate_rows(model_score_fn(model), rows, split.config, cfg.eval.batch_size, by_length=True))
+            runs.append(evaluate_rows(model_score_fn(model), rows, split.config, cfg.eval.batch_size, by_length=True,
+                                      train_counts=split.train_counts))
         results[name] = runs
     return results
 
@@ -84,7 +86,8 @@ def report_base(cfg: PersonaConfig, results: dict[str, list[dict]], seconds: flo
     }
     out = Path(cfg.reports_dir) / cfg.dataset
     write_report(out, "base", f"Base models on {cfg.dataset} ({cfg.data.protocol} protocol)", results, meta)
-    return markdown_table(results)
+    slices = slice_table(results)
+    return markdown_table(results) + (f"\n\n{slices}" if slices else "")
 
 
 def run_base(model_cfgs: list[PersonaConfig], progress: bool = True) -> str:

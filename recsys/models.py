@@ -21,6 +21,7 @@ from torch import nn
 
 import recsys  # noqa: F401  (numpy compatibility before RecBole)
 from recsys.config import ModelConfig
+from recsys.item_side import ItemSide
 
 # Importing RecBole's sequential models runs ``torch.autograd.set_detect_anomaly(True)`` (in its SINE
 # module) for the whole process: every op then records a traceback and every backward output is
@@ -95,10 +96,11 @@ class EditableHead(nn.Module):
         return h + x
 
 
-def _sasrec_positions(enc: SASRec, item_seq: torch.Tensor) -> torch.Tensor:
-    """SASRec's transformer output at every position (RecBole's forward, before its final gather)."""
+def _sasrec_positions(enc: SASRec, item_seq: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """SASRec's transformer output at every position (RecBole's forward, before its final gather);
+    ``items`` is the item table the sequence is embedded with (``EditableSeqRec.item_embeddings``)."""
     pos = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0).expand_as(item_seq)
-    x = enc.item_embedding(item_seq) + enc.position_embedding(pos)
+    x = F.embedding(item_seq, items, padding_idx=0) + enc.position_embedding(pos)
     x = enc.dropout(enc.LayerNorm(x))
     mask = enc.get_attention_mask(item_seq)
     return enc.trm_encoder(x, mask, output_all_encoded_layers=True)[-1]
@@ -125,7 +127,7 @@ def _feed_forward_eval(ff, x: torch.Tensor) -> torch.Tensor:
     return ff.LayerNorm(ff.dense_2(h) + x)
 
 
-def _sasrec_last(enc: SASRec, item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
+def _sasrec_last(enc: SASRec, item_seq: torch.Tensor, item_len: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """SASRec's output at each row's last real position only, ``[B, D]``.
 
     The same computation as :func:`_sasrec_positions` followed by a gather, on RecBole's own modules
@@ -135,7 +137,7 @@ def _sasrec_last(enc: SASRec, item_seq: torch.Tensor, item_len: torch.Tensor) ->
     GELU one op (same numbers to ~1e-6, tested).
     """
     pos = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0).expand_as(item_seq)
-    x = enc.dropout(enc.LayerNorm(enc.item_embedding(item_seq) + enc.position_embedding(pos)))
+    x = enc.dropout(enc.LayerNorm(F.embedding(item_seq, items, padding_idx=0) + enc.position_embedding(pos)))
     mask = enc.get_attention_mask(item_seq)  # [B, 1, T, T] additive: 0 or -10000
     *lower, top = enc.trm_encoder.layer
     rows = torch.arange(x.size(0), device=x.device)
@@ -159,9 +161,9 @@ def _sasrec_last(enc: SASRec, item_seq: torch.Tensor, item_len: torch.Tensor) ->
     return ffn(h)
 
 
-def _gru4rec_positions(enc: GRU4Rec, item_seq: torch.Tensor) -> torch.Tensor:
+def _gru4rec_positions(enc: GRU4Rec, item_seq: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """GRU4Rec's output at every position (RecBole's forward, before its final gather)."""
-    x = enc.emb_dropout(enc.item_embedding(item_seq))
+    x = enc.emb_dropout(F.embedding(item_seq, items, padding_idx=0))
     out, _ = enc.gru_layers(x)
     return enc.dense(out)
 
@@ -194,9 +196,9 @@ class ModelSpec:
     name: str
     recbole_class: type
     params: Callable[[ModelConfig], dict]
-    positions: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    positions: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (encoder, item_seq, item table)
     # the state at each row's last real position, when cheaper than all positions + a gather
-    last: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    last: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -240,10 +242,63 @@ def recbole_model_config(spec: ModelSpec, m: ModelConfig, max_seq_len: int) -> d
     }
 
 
-class EditableSeqRec(nn.Module):
-    """A RecBole sequential model (``encoder``) with an editable head between user state and scoring."""
+class SideViews(nn.Module):
+    """LLM item knowledge added to the ID embeddings (``model_params.item_side``, :mod:`recsys.item_side`).
 
-    def __init__(self, name: str, m: ModelConfig, n_items: int, max_seq_len: int):
+    ``fused``: a trained projection of the frozen whitened LLM view; ``codes``: per-level embeddings of
+    the semantic codes, shared by the items with that code. An item without training interactions keeps
+    its side view only (its ID embedding was never trained); while training, each batch also drops the ID
+    view of a random ``id_dropout`` share of items, so the side view learns to rank on its own.
+    """
+
+    def __init__(self, kind: str, side: ItemSide, dim: int, id_dropout: float):
+        super().__init__()
+        self.kind, self.id_dropout = kind, id_dropout
+        self.register_buffer("seen", side.seen.clone().bool())
+        if kind == "fused":
+            self.register_buffer("vectors", side.vectors.clone().float())
+            self.proj = nn.Linear(side.vectors.size(1), dim, bias=False)
+            nn.init.normal_(self.proj.weight, std=0.02 / side.vectors.size(1) ** 0.5)  # outputs ~ the ID init's std
+        elif kind == "codes":
+            if side.codes is None:
+                raise ValueError("item_side=codes needs semantic codes in the side file")
+            self.register_buffer("codes", side.codes.clone().long())
+            self.code_embs = nn.ModuleList(nn.Embedding(n + 1, dim, padding_idx=0) for n in side.code_sizes)
+            for emb in self.code_embs:
+                nn.init.normal_(emb.weight, std=0.02)
+                emb.weight.data[0] = 0
+        else:
+            raise ValueError(f"unknown side view '{kind}'")
+
+    def forward(self, id_weight: torch.Tensor) -> torch.Tensor:
+        """The item table ``[n_items, D]``: kept ID view + side view."""
+        keep = self.seen
+        if self.training and self.id_dropout > 0:
+            keep = keep & (torch.rand(keep.shape, device=keep.device) >= self.id_dropout)
+        out = id_weight * keep.unsqueeze(1).to(id_weight.dtype)
+        if self.kind == "fused":
+            return out + F.linear(self.vectors, self.proj.weight)
+        for level, emb in enumerate(self.code_embs):
+            out = out + emb(self.codes[:, level])
+        return out
+
+
+def side_from_state(state: dict[str, torch.Tensor]) -> ItemSide | None:
+    """The side-view buffers a checkpoint's state_dict holds (shapes to rebuild the model with)."""
+    if "side.seen" not in state:
+        return None
+    vectors = state.get("side.vectors", torch.zeros(len(state["side.seen"]), 1))
+    return ItemSide(vectors, state.get("side.codes"), state["side.seen"])
+
+
+class EditableSeqRec(nn.Module):
+    """A RecBole sequential model (``encoder``) with an editable head between user state and scoring.
+
+    ``side`` (LLM item knowledge) is read for ``model_params.item_side`` ``init`` (the starting ID
+    embeddings) and needed for ``fused`` and ``codes`` (kept as buffers of the model).
+    """
+
+    def __init__(self, name: str, m: ModelConfig, n_items: int, max_seq_len: int, side: ItemSide | None = None):
         super().__init__()
         self.spec = get_spec(name)
         self.model_config = m
@@ -251,10 +306,46 @@ class EditableSeqRec(nn.Module):
         self.max_seq_len = max_seq_len
         self.encoder = self.spec.recbole_class(recbole_model_config(self.spec, m, max_seq_len), _ItemVocab(n_items))
         self.head = EditableHead(m.hidden_size, m.head_layers, m.head_activation)
+        self.side: SideViews | None = None
+        self._table: tuple[tuple, torch.Tensor] | None = None
+        if side is not None and len(side.seen) != n_items:
+            raise ValueError(f"side knowledge has {len(side.seen)} items, the model {n_items}")
+        if m.item_side == "init" and side is not None:  # (a checkpoint of an init model loads without side)
+            self._init_from(side.vectors)
+        elif m.item_side in ("fused", "codes"):
+            if side is None:
+                raise ValueError(f"model_params.item_side={m.item_side} needs the items' side knowledge")
+            self.side = SideViews(m.item_side, side, m.hidden_size, m.id_dropout)
 
-    def position_states(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """``[B, T, D]`` encoder output at every position of right-padded ``item_seq``."""
-        return self.spec.positions(self.encoder, item_seq)
+    @torch.no_grad()
+    def _init_from(self, vectors: torch.Tensor) -> None:
+        """ID embeddings start from the whitened LLM view (first D components), at the default init's std."""
+        w = self.encoder.item_embedding.weight
+        v = torch.zeros(w.shape)
+        v[:, : min(vectors.size(1), w.size(1))] = vectors[:, : w.size(1)]
+        w[1:] = v[1:] * (w[1:].std() / v[1:].std().clamp(min=1e-8))
+
+    @property
+    def item_embeddings(self) -> torch.Tensor:
+        """``[n_items, D]``: the vectors items are embedded (input) and scored (output) with.
+
+        With side views, an inference-mode table is computed once per weight version and reused.
+        """
+        w = self.encoder.item_embedding.weight
+        if self.side is None:
+            return w
+        if self.training or torch.is_grad_enabled():
+            return self.side(w)
+        params = [w, *self.side.parameters()]
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if self._table is None or self._table[0] != key:
+            self._table = (key, self.side(w))
+        return self._table[1]
+
+    def position_states(self, item_seq: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, T, D]`` encoder output at every position of right-padded ``item_seq``
+        (``items``: the item table to embed with, default :attr:`item_embeddings`)."""
+        return self.spec.positions(self.encoder, item_seq, self.item_embeddings if items is None else items)
 
     def user_state(self, item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
         """``[B, D]`` state after the last real item of each row.
@@ -265,19 +356,16 @@ class EditableSeqRec(nn.Module):
         """
         if item_seq.numel() and bool((item_seq[:, 0] != 0).all()):  # an empty row attends over padding only
             item_seq = item_seq[:, : max(int(item_len.max()), 1)]
+        items = self.item_embeddings
         if self.spec.last is not None:
-            return self.spec.last(self.encoder, item_seq, item_len)
-        states = self.position_states(item_seq)
+            return self.spec.last(self.encoder, item_seq, item_len, items)
+        states = self.position_states(item_seq, items)
         idx = (item_len - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, states.size(-1))
         return states.gather(1, idx).squeeze(1)
 
-    @property
-    def item_embeddings(self) -> torch.Tensor:
-        return self.encoder.item_embedding.weight
-
-    def logits(self, query: torch.Tensor) -> torch.Tensor:
+    def logits(self, query: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every item for ``query`` ``[..., D]``; the padding id 0 gets ``-inf``."""
-        scores = query @ self.item_embeddings.T
+        scores = query @ (self.item_embeddings if items is None else items).T
         scores[..., 0] = float("-inf")
         return scores
 

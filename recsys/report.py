@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from recsys.atomic_io import atomic_write_text
-from recsys.evaluate import REPORT_KEYS, summarize
+from recsys.evaluate import REPORT_KEYS, SLICE_KEYS, SLICES, summarize
 
 LABELS = {"ndcg": "NDCG", "hit": "HR", "mrr": "MRR"}
 
@@ -27,6 +29,26 @@ def markdown_table(results: dict[str, list[dict[str, float]]], keys: list[str] =
         cells = " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in (stats[k] for k in keys))
         rows.append(f"| {method} | {len(runs)} | {cells} |")
     return "\n".join(rows)
+
+
+def slice_table(results: dict[str, list[dict[str, float]]]) -> str:
+    """Metrics on the slices of test targets (new / seen / long-tail items, :func:`recsys.evaluate.target_slices`),
+    mean ± std over seeds; empty when the runs carry no slice metrics."""
+    present = [s for s in SLICES if any(f"{s}/rows" in r for runs in results.values() for r in runs)]
+    if not present:
+        return ""
+    cols = [(s, k) for s in present for k in SLICE_KEYS]
+    rows = ["| method | " + " | ".join(f"{s} {label(k)}" for s, k in cols) + " |", "|---|" + "---|" * len(cols)]
+    for method, runs in results.items():
+        cells = []
+        for s, k in cols:
+            vals = [r[f"{s}/{k}"] for r in runs if f"{s}/{k}" in r]
+            cells.append(f"{np.mean(vals):.4f} ± {np.std(vals):.4f}" if vals else "–")
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    first = next(iter(results.values()))[0]
+    counts = ", ".join(f"{s} {int(first[f'{s}/rows']):,}" for s in present if f"{s}/rows" in first)
+    note = "long tail = seen items outside the top 20 % by training popularity"
+    return "\n".join(rows) + f"\n\nTest targets per slice: {counts} ({note})."
 
 
 def write_report(
@@ -50,6 +72,9 @@ def write_report(
     json_path, md_path = directory / f"{stem}.json", directory / f"{stem}.md"
     atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
     lines = [f"# {title}", "", markdown_table(results, keys), ""]
+    slices = slice_table(results)
+    if slices:
+        lines += ["## New and long-tail items", "", slices, ""]
     if notes:
         lines += [notes, ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]

@@ -18,6 +18,7 @@ from torch import nn
 from recsys import distributed
 from recsys.config import PersonaConfig
 from recsys.evaluate import evaluate_rows, model_score_fn
+from recsys.item_side import load_item_side
 from recsys.loop import FitResult, HasFit, LoopSettings, epoch_order, fit, seed_everything, settings_from
 from recsys.models import EditableSeqRec
 from recsys.splits import SplitData
@@ -55,9 +56,10 @@ class PositionLossSum(nn.Module):
         mask = targets > 0
         width = max(int(mask.any(0).nonzero().max()) + 1, 1) if mask.any() else 1  # trailing padding: no loss
         inputs, targets, mask = inputs[:, :width], targets[:, :width], mask[:, :width]
-        states = self.model.position_states(inputs)
+        items = self.model.item_embeddings  # one table per batch (side views drop ID views per batch)
+        states = self.model.position_states(inputs, items)
         query = self.model.head(states[mask])
-        return F.cross_entropy(self.model.logits(query), targets[mask], reduction="sum")
+        return F.cross_entropy(self.model.logits(query, items), targets[mask], reduction="sum")
 
 
 def next_item_loss(model: EditableSeqRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -80,7 +82,10 @@ def train_model(split: SplitData, cfg: PersonaConfig, seed: int, progress: bool 
     seed_everything(seed)
     torch.set_num_threads(cfg.train.threads)
     device = distributed.rank_device(cfg)
-    model = EditableSeqRec(cfg.model, cfg.model_params, split.n_items, cfg.data.max_seq_len).to(device)
+    side = None
+    if cfg.model_params.item_side != "none":
+        side = load_item_side(cfg.item_side_path(), split.item_tokens, split.train_counts, cfg.model_params.side_dims)
+    model = EditableSeqRec(cfg.model, cfg.model_params, split.n_items, cfg.data.max_seq_len, side).to(device)
     inputs, targets = make_windows(split.train_sequences, cfg.data.max_seq_len)
     weights = (targets > 0).sum(1).numpy()  # loss terms per window = its length
     inputs, targets = inputs.to(device), targets.to(device)

@@ -45,7 +45,7 @@ def prepare(name: str, data: DataConfig, force: bool = False) -> Path:
         if is_complete(out):
             return out
         raise DatasetError(f"unknown dataset '{name}' (known: {', '.join(sorted(registry))}; or import a CSV)")
-    if is_complete(out) and not force:
+    if is_complete(out, current=True) and not force:
         return out
     spec = get_spec(name)
     explicit_mirror = data.mirror is not None

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 COMPLETE_MARKER = ".complete"
+FORMAT = "format 2"  # 2: timestamped item text (``.item_events``) instead of text aggregated over all time
 
 
 @dataclass
@@ -20,13 +21,17 @@ class AtomicDataset:
     ``inter`` has columns user_id, item_id (str tokens) and timestamp (float; for order-only datasets
     it is the position within the user's sequence, not a time). ``items`` has item_id then text
     columns. ``arrays`` maps a name (e.g. ``image_features``) to a float32 matrix with one row per
-    ``items`` row, in the same order.
+    ``items`` row, in the same order. ``item_events`` (columns item_id, field, value, timestamp) holds
+    item text that arrives over time (ml-latest-small's user tags): :func:`read_items` joins the values
+    known by a cutoff into the item table's ``field`` column, so no text from after the training period
+    reaches the item context.
     """
 
     name: str
     inter: pd.DataFrame
     items: pd.DataFrame
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    item_events: pd.DataFrame | None = None
 
     def validate(self) -> None:
         missing = set(self.inter["item_id"]) - set(self.items["item_id"])
@@ -57,7 +62,11 @@ def write_atomic(ds: AtomicDataset, out_dir: Path) -> Path:
         items.to_csv(tmp / f"{ds.name}.item", sep="\t", index=False)
         for key, arr in ds.arrays.items():
             np.save(tmp / f"{key}.npy", np.ascontiguousarray(arr, dtype=np.float32))
-        (tmp / COMPLETE_MARKER).write_text("ok\n")
+        if ds.item_events is not None:
+            events = ds.item_events[["item_id", "field", "value", "timestamp"]].copy()
+            events["value"] = events["value"].map(_clean)
+            events.to_csv(tmp / f"{ds.name}.item_events", sep="\t", index=False)
+        (tmp / COMPLETE_MARKER).write_text(FORMAT + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -67,17 +76,33 @@ def write_atomic(ds: AtomicDataset, out_dir: Path) -> Path:
     return out_dir
 
 
-def is_complete(out_dir: Path) -> bool:
-    return (out_dir / COMPLETE_MARKER).is_file()
+def is_complete(out_dir: Path, current: bool = False) -> bool:
+    """Whether ``out_dir`` holds a complete conversion (``current``: written in today's :data:`FORMAT`)."""
+    marker = out_dir / COMPLETE_MARKER
+    return marker.is_file() and (not current or marker.read_text().strip() == FORMAT)
 
 
-def read_items(out_dir: Path, name: str) -> pd.DataFrame:
-    """The ``.item`` table with plain column names (``item_id``, ``title``, ...), all strings."""
+def read_items(out_dir: Path, name: str, cutoff: float | None = None) -> pd.DataFrame:
+    """The ``.item`` table with plain column names (``item_id``, ``title``, ...), all strings.
+
+    Timestamped item text (``.item_events``) becomes a column per field: the distinct values with
+    ``timestamp <= cutoff`` (every value when ``cutoff`` is None), in time order, joined by ", ".
+    """
     path = out_dir / f"{name}.item"
     if not path.is_file():
         raise FileNotFoundError(f"missing item file {path}")
     df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
     df.columns = [c.split(":")[0] for c in df.columns]
+    events_path = out_dir / f"{name}.item_events"
+    if events_path.is_file():
+        ev = pd.read_csv(events_path, sep="\t", dtype={"item_id": str, "field": str, "value": str},
+                         keep_default_na=False, quoting=3)
+        if cutoff is not None:
+            ev = ev[ev["timestamp"].astype(float) <= cutoff]
+        ev = ev.sort_values("timestamp", kind="stable").drop_duplicates(["item_id", "field", "value"])
+        for name_, group in ev.groupby("field", sort=True):
+            joined = group.groupby("item_id", sort=False)["value"].agg(", ".join)
+            df[name_] = df["item_id"].map(joined).fillna("")
     return df
 
 

@@ -69,21 +69,22 @@ def ml_latest_small(raw: Path) -> AtomicDataset:
     inter["timestamp"] = inter["timestamp"].astype(float)
     movies = pd.read_csv(raw / "movies.csv", dtype=str)
     tags = pd.read_csv(raw / "tags.csv", dtype=str, keep_default_na=False)
-    tag_text = (
-        tags.assign(tag=tags["tag"].str.strip().str.lower())
-        .drop_duplicates(["movieId", "tag"])
-        .groupby("movieId")["tag"]
-        .agg(", ".join)
+    tag_events = pd.DataFrame(  # user tags carry their time: read_items keeps those before a cutoff
+        {
+            "item_id": tags["movieId"],
+            "field": "tags",
+            "value": tags["tag"].str.strip().str.lower(),
+            "timestamp": tags["timestamp"].astype(float),
+        }
     )
     items = pd.DataFrame(
         {
             "item_id": movies["movieId"],
             "title": movies["title"],
             "genres": movies["genres"].str.replace("|", ", ", regex=False).replace("(no genres listed)", ""),
-            "tags": movies["movieId"].map(tag_text).fillna(""),
         }
     )
-    return AtomicDataset("ml-latest-small", inter[["user_id", "item_id", "timestamp"]], items)
+    return AtomicDataset("ml-latest-small", inter[["user_id", "item_id", "timestamp"]], items, item_events=tag_events)
 
 
 def amazon_beauty(raw: Path) -> AtomicDataset:

@@ -17,6 +17,8 @@ from codebook.report import quality_markdown
 from llm_cloud.backbones import BackboneError, build_backbone
 from llm_cloud.context import ContextError
 from llm_cloud.pipeline import codebook_dir, encode_items
+from recsys.experiment import load_dataset_split
+from recsys.item_side import SIDE_FILE, save_item_side
 from serving.commands import CliError, add_common
 from serving.config import load_app_config
 
@@ -36,8 +38,9 @@ def run(args) -> int:
     cfg = load_app_config(args.config, expand_shorthand(args.overrides))
     try:
         backbone = build_backbone(cfg.backbone)
+        cutoff = load_dataset_split(cfg).train_cutoff  # item text from after the training period stays out
         t0 = time.perf_counter()
-        enc = encode_items(cfg.dataset, cfg.data, cfg.context, backbone)
+        enc = encode_items(cfg.dataset, cfg.data, cfg.context, backbone, cutoff)
         encode_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         book = SemanticCodebook.build(enc.embeddings, cfg.codebook, item_ids=enc.item_ids)
@@ -47,12 +50,14 @@ def run(args) -> int:
         raise CliError(str(exc)) from exc
     out = book.save(codebook_dir(cfg.output_dir, cfg.dataset))
     np.save(out / "item_embeddings.npy", enc.embeddings, allow_pickle=False)
+    save_item_side(out / SIDE_FILE, enc.item_ids, enc.embeddings, book.semantic_ids)  # the device model's side data
     (out / "backbone.json").write_text(json.dumps({"name": backbone.name, "key": backbone.key}, indent=1))
     report.update({
         "dataset": cfg.dataset,
         "backbone": backbone.name,
         "backbone_key": backbone.key,
         "fused_image": enc.fused_image,
+        "text_cutoff": cutoff,
         "encode_s": round(encode_s, 2),
         "build_s": round(build_s, 2),
     })

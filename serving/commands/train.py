@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser(
-        "run", help="main job: prepare, train + evaluate base models, codebook, adapter + prototypes (seed 0)"
+        "run", help="main job: prepare, codebook, train + evaluate base models, adapter + prototypes (seed 0)"
     )
     add_common(p)
     p.add_argument("--models", default=",".join(BASE_MODELS), help="comma-separated base models")
@@ -130,6 +130,11 @@ def run_main(args) -> int:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     model_cfgs = _model_configs(args, names)
     cfg = load_app_config(args.config, args.overrides)
+    # the semantic codebook first: it writes the LLM item side file the device models read (model_params.item_side)
+    needs_side = any(c.model_params.item_side != "none" for c in model_cfgs) and not cfg.item_side_path().is_file()
+    if needs_side or not args.skip_adapter:
+        if not (Path(cfg.output_dir) / cfg.dataset / "codebook" / "meta.json").is_file() or needs_side:
+            codebook.run(argparse.Namespace(config=args.config, overrides=list(args.overrides)))
     if cfg.train.nproc > 1:  # each model trains as train.nproc DDP ranks, then evaluation runs here
         import time
 
@@ -148,8 +153,6 @@ def run_main(args) -> int:
     print(table + "\n", flush=True)
     if args.skip_adapter:
         return 0
-    # the cloud artefacts the demo services use: semantic codebook, then adapter + prototype bank (first seed)
-    if not (Path(cfg.output_dir) / cfg.dataset / "codebook" / "meta.json").is_file():
-        codebook.run(argparse.Namespace(config=args.config, overrides=list(args.overrides)))
+    # the cloud artefacts the demo services use: adapter + prototype bank (first seed)
     first = [f"model={names[0]}", f"seeds=[{cfg.seeds[0]}]", *MAIN_JOB_ADAPTER]
     return adapt.run(argparse.Namespace(config=args.config, overrides=[*args.overrides, *first], quiet=args.quiet))

@@ -120,3 +120,19 @@ def test_malformed_csv_is_named(tmp_path, content, message):
     with pytest.raises(CsvFormatError, match=message):
         import_csv(csv, "bad", DataConfig(workdir=str(tmp_path / "atomic")))
     assert not (tmp_path / "atomic" / "bad").exists()
+
+
+@needs_mirror
+def test_ml_latest_small_tags_after_the_cutoff_stay_out_of_the_item_text(workdir):
+    """User tags carry their time: the item text keeps only those known by the training cutoff."""
+    import pandas as pd
+
+    out = prepare("ml-latest-small", DataConfig(workdir=str(workdir)))
+    events = pd.read_csv(out / "ml-latest-small.item_events", sep="\t", dtype={"item_id": str})
+    cutoff = float(events["timestamp"].median())
+    late = events[events["timestamp"] > cutoff]
+    only_late = set(late["item_id"]) - set(events[events["timestamp"] <= cutoff]["item_id"])
+    everything = read_items(out, "ml-latest-small").set_index("item_id")["tags"]
+    before = read_items(out, "ml-latest-small", cutoff).set_index("item_id")["tags"]
+    assert only_late and all(everything[i] for i in only_late) and not any(before[i] for i in only_late)
+    assert (before.str.len() <= everything.str.len()).all()

@@ -103,7 +103,7 @@ def test_trailing_padding_changes_neither_states_nor_loss(name):
     model = EditableSeqRec(name, ModelConfig(hidden_size=16, inner_size=32, dropout=0.0), 60, 12).eval()
     seq, lengths = _batch()
     seq, lengths = seq[[0, 1, 3, 4]], lengths[[0, 1, 3, 4]]  # longest history 7 of 12 columns
-    full = {"sasrec": _sasrec_positions, "gru4rec": _gru4rec_positions}[name](model.encoder, seq)
+    full = {"sasrec": _sasrec_positions, "gru4rec": _gru4rec_positions}[name](model.encoder, seq, model.item_embeddings)
     expected = full[torch.arange(4), lengths - 1]
     torch.testing.assert_close(model.user_state(seq, lengths), expected, atol=1e-6, rtol=1e-5)
     x, y = make_windows([torch.randint(1, 60, (n,)).numpy() for n in (4, 6)], 12)  # 5 of 12 columns used
