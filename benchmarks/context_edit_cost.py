@@ -46,15 +46,18 @@ def _adapter(run_dir: Path, name: str, cfg: AdapterConfig, base, code_sizes, con
     return Adapter(cfg, base.n_items, base.head.dim, len(base.head.layers), code_sizes, None, sizes).eval(), "fresh"
 
 
-def _times_ms(fn, items: list) -> np.ndarray:
+def _times_ms(fns: dict, items: list) -> dict[str, np.ndarray]:
+    """Per-call ms of each function, interleaved per item so machine load hits every path alike."""
     for x in items[:10]:  # warm-up
-        fn(x)
-    out = []
+        for fn in fns.values():
+            fn(x)
+    out = {k: [] for k in fns}
     for x in items:
-        t0 = time.perf_counter()
-        fn(x)
-        out.append((time.perf_counter() - t0) * 1e3)
-    return np.array(out)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(x)
+            out[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: np.array(v) for k, v in out.items()}
 
 
 def main() -> int:
@@ -95,16 +98,16 @@ def main() -> int:
         with torch.enable_grad():
             bank = PrototypeBank.build(PrototypeConfig(k=8, variant="centre"), base, adapter, samples, table, 0, ctx)
         editors[name] = AdapterEditor(base, adapter, bank, table, f"bench-{name}", ctx)
-    times = {
-        "edit without user context": _times_ms(lambda h: editors["main"].edit(h, "fp32"), histories),
-        "edit with user context": _times_ms(lambda h: editors["context"].edit(h, "fp32"), histories),
-    }
-
     def hits_only(h):
         seq = torch.tensor([h[-base.max_seq_len :]])
         return context(left_padded_windows(seq, torch.tensor([seq.size(1)]), cfg.adapter.window))
 
-    times["  of which: context hits (cached item embeddings → FAISS)"] = _times_ms(hits_only, histories)
+    fns = {
+        "edit without user context": lambda h: editors["main"].edit(h, "fp32"),
+        "edit with user context": lambda h: editors["context"].edit(h, "fp32"),
+        "  of which: context hits (cached item embeddings → FAISS)": hits_only,
+    }
+    times = _times_ms(fns, histories)
     if not args.no_backbone:
         from llm_cloud.backbones import build_backbone
         from llm_cloud.context import item_texts, user_context
@@ -120,9 +123,8 @@ def main() -> int:
             recent = [texts[str(tok[i])] for i in h[-cfg.context.user_max_items :] if str(tok[i]) in texts]
             return backbone.encode([user_context(recent, cfg.context)])
 
-        times[f"alternative: re-encode the context text ({cfg.backbone.name}) per edit"] = _times_ms(
-            reencode, histories[: min(len(histories), 100)]
-        )
+        name = f"alternative: re-encode the context text ({cfg.backbone.name}) per edit"
+        times.update(_times_ms({name: reencode}, histories[: min(len(histories), 100)]))
     results = {k: {"median_ms": float(np.median(v)), "mean_ms": float(v.mean()), "p95_ms": float(np.percentile(v, 95)),
                    "n": len(v)} for k, v in times.items()}  # fmt: skip
     plain, ctx = results["edit without user context"], results["edit with user context"]
