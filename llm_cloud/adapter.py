@@ -1,6 +1,10 @@
 """The Persona adapter: a device's real-time window → per-layer codes → head edits, one forward pass.
 
-``window items (+ their semantic codes) → GRU → z`` (with the device model's user state ``h``), then
+``window items (+ their semantic codes) → GRU → z`` (with the device model's user state ``h`` and, with
+``use_context``, the codebook hits of the LLM encoding of the user's context: per-level embeddings,
+summed, projected into the mix; :mod:`llm_cloud.user_context`). With ``semantic_main`` (SOLID) the
+semantic path — context hits + the window's semantic codes — gives the main code and the ID path
+(item-id GRU + ``h``) a residual scaled by a learned gate (starting at 0.1). Then
 per-layer codes ``z_1 … z_L``: with ``cross_layer`` a stacked recurrent net (``z_l = GRUCell_l(z,
 z_{l-1})``) so each layer's edit is conditioned on the lower layers'; without it, independent maps.
 Registered projections turn ``z_l`` into ``ΔW_l`` (full rank, or ``U_l V_l`` of rank r) and ``Δb_l``;
@@ -28,7 +32,7 @@ def left_padded_windows(seq: torch.Tensor, end: torch.Tensor, n: int) -> torch.T
 
 
 class Adapter(nn.Module):
-    """Hypernetwork from a device's window (+ semantic codes, + user state) to head edits."""
+    """Hypernetwork from a device's window (+ semantic codes, + user state, + user-context hits) to head edits."""
 
     def __init__(
         self,
@@ -38,8 +42,11 @@ class Adapter(nn.Module):
         n_layers: int,
         code_sizes: list[int] | None = None,
         item_init: torch.Tensor | None = None,
+        context_sizes: list[int] | None = None,
     ):
         super().__init__()
+        if cfg.semantic_main and not cfg.use_context:
+            raise ValueError("semantic_main needs use_context")
         self.cfg, self.dim, self.n_layers = cfg, dim, n_layers
         dz = cfg.code_dim
         self.item_emb = nn.Embedding(n_items, dim, padding_idx=0)
@@ -49,9 +56,19 @@ class Adapter(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.code_sizes = list(code_sizes or []) if cfg.use_codebook else []
         self.code_embs = nn.ModuleList(nn.Embedding(size + 1, dim, padding_idx=0) for size in self.code_sizes)
+        self.context_sizes = list(context_sizes or []) if cfg.use_context else []
+        if cfg.use_context and not self.context_sizes:
+            raise ValueError("use_context needs the codebook's level sizes (context_sizes)")
+        self.context_embs = nn.ModuleList(nn.Embedding(size + 1, dim, padding_idx=0) for size in self.context_sizes)
+        self.context_proj = nn.Linear(dim, dz) if self.context_sizes else None
         self.gru = nn.GRU(dim, dz, batch_first=True)
         self.state_proj = nn.Linear(dim, dz) if cfg.use_state else None
-        self.mix = nn.Sequential(nn.Linear(dz * (2 if cfg.use_state else 1), dz), nn.Tanh(), nn.Linear(dz, dz))
+        n_in = 1 + cfg.use_state + (cfg.use_context and not cfg.semantic_main)
+        self.mix = nn.Sequential(nn.Linear(dz * n_in, dz), nn.Tanh(), nn.Linear(dz, dz))
+        if cfg.semantic_main:  # the semantic path's own mix; the ID path's (self.mix) is its gated residual
+            self.semantic_mix = nn.Sequential(nn.Linear(dz * 2, dz), nn.Tanh(), nn.Linear(dz, dz))
+            self.semantic_window = nn.Linear(dim, dz)
+            self.id_gate = nn.Parameter(torch.tensor(0.1))
         if cfg.cross_layer:
             self.layer_cells = nn.ModuleList(nn.GRUCell(dz, dz) for _ in range(n_layers))
         else:
@@ -69,17 +86,39 @@ class Adapter(nn.Module):
                 nn.init.normal_(lin.weight, std=0.01)
                 nn.init.zeros_(lin.bias)
 
-    def sequence_code(self, window: torch.Tensor, codes: torch.Tensor | None, state: torch.Tensor | None):
-        """``z`` ``[B, dz]`` from a left-padded window ``[B, N]``, its codes ``[B, N, levels]`` and ``h``."""
+    def sequence_code(
+        self,
+        window: torch.Tensor,
+        codes: torch.Tensor | None,
+        state: torch.Tensor | None,
+        context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``z`` ``[B, dz]`` from a left-padded window ``[B, N]``, its codes ``[B, N, levels]``, ``h`` and the
+        user-context hits ``[B, levels]`` (+1; 0 = none)."""
         x = self.item_emb(window)
+        sem = None
         if self.code_sizes and codes is not None:
-            for level, emb in enumerate(self.code_embs):
-                x = x + emb(codes[..., level])
+            sem = sum(emb(codes[..., level]) for level, emb in enumerate(self.code_embs))
+            if not self.cfg.semantic_main:
+                x = x + sem
         out, _ = self.gru(self.drop(x))
         parts = [out[:, -1]]
         if self.state_proj is not None:
             parts.append(torch.tanh(self.state_proj(state)))
-        return self.mix(self.drop(torch.cat(parts, dim=-1)))
+        ctx = None
+        if self.context_sizes:
+            if context is None:
+                raise ValueError("this adapter reads user-context hits; pass context=")
+            ctx = torch.tanh(self.context_proj(sum(emb(context[:, lv]) for lv, emb in enumerate(self.context_embs))))
+            if not self.cfg.semantic_main:
+                parts.append(ctx)
+        z_id = self.mix(self.drop(torch.cat(parts, dim=-1)))
+        if not self.cfg.semantic_main:
+            return z_id
+        valid = (window > 0).unsqueeze(-1).float()
+        sem_win = (sem * valid).sum(1) / valid.sum(1).clamp(min=1) if sem is not None else torch.zeros_like(x[:, 0])
+        z_sem = self.semantic_mix(self.drop(torch.cat([ctx, torch.tanh(self.semantic_window(sem_win))], dim=-1)))
+        return z_sem + self.id_gate * z_id
 
     def layer_codes(self, z: torch.Tensor) -> torch.Tensor:
         """``[B, L, dz]``: per-layer codes (layer-major when flattened)."""
@@ -118,8 +157,9 @@ class Adapter(nn.Module):
         codes: torch.Tensor | None,
         state: torch.Tensor | None,
         base: EditableSeqRec | None = None,
+        context: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, HeadEdit]:
-        layer_codes = self.layer_codes(self.sequence_code(window, codes, state))
+        layer_codes = self.layer_codes(self.sequence_code(window, codes, state, context))
         return layer_codes, self.edits_from_codes(layer_codes, base)
 
 

@@ -19,6 +19,10 @@ class AdapterConfig(_Strict):
     cross_layer: bool = True  # stacked recurrent codes across layers (False = independent maps)
     use_codebook: bool = True  # semantic-code embeddings of the window's items as input
     use_state: bool = True  # the device model's user state h as input
+    use_context: bool = False  # codebook hits of the user-context encoding (LLM) as input (llm_cloud.user_context)
+    context_items: int = Field(10, ge=1)  # the user context = the window's last this-many items
+    semantic_main: bool = False  # SOLID: the semantic path (context hits + window codes) gives the main code,
+    # the ID path (GRU over item ids + h) a gated residual; needs use_context
     rank: int = Field(0, ge=0)  # 0 = full-rank ΔW_l; r > 0 = ΔW_l = U_l(z_l) V_l(z_l), rank r
     clip: float = Field(0.02, gt=0)  # entries of ΔW_l, Δb_l are clipped to ±clip
     anchor: bool = True  # False = DUET-style: the head is generated outright, base head unused

@@ -1,4 +1,5 @@
-"""Adapter inputs from RecBole rows or training sequences: windows, semantic codes, frozen user states."""
+"""Adapter inputs from RecBole rows or training sequences: windows, semantic codes, frozen user states,
+user-context hits (:class:`llm_cloud.user_context.UserContextHits`, computed from the window per batch)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 
 from llm_cloud.adapter import left_padded_windows
+from llm_cloud.user_context import UserContextHits
 from recsys.models import EditableSeqRec
 from recsys.train import make_windows
 
@@ -18,20 +20,26 @@ class AdapterBatch:
     codes: torch.Tensor | None  # [B, N, levels] semantic codes (+1; 0 = padding)
     state: torch.Tensor  # [B, D] the frozen base model's user state
     targets: torch.Tensor | None = None  # [B, n_future] next items (0 = none)
+    context: torch.Tensor | None = None  # [B, levels] codebook hits of the user context (+1; 0 = none)
 
 
 def code_lookup(window: torch.Tensor, code_table: torch.Tensor | None) -> torch.Tensor | None:
     return None if code_table is None else code_table[window]
 
 
+def context_lookup(window: torch.Tensor, context: UserContextHits | None) -> torch.Tensor | None:
+    return None if context is None else context(window)
+
+
 @torch.inference_mode()
 def batch_from_rows(
-    base: EditableSeqRec, rows, n_window: int, code_table: torch.Tensor | None
+    base: EditableSeqRec, rows, n_window: int, code_table: torch.Tensor | None, context: UserContextHits | None = None
 ) -> AdapterBatch:
     """Adapter inputs for RecBole evaluation rows (``item_id_list``, ``item_length``)."""
     seq, length = rows["item_id_list"], rows["item_length"]
     window = left_padded_windows(seq, length, n_window)
-    return AdapterBatch(window, code_lookup(window, code_table), base.user_state(seq, length).clone())
+    state = base.user_state(seq, length).clone()
+    return AdapterBatch(window, code_lookup(window, code_table), state, context=context_lookup(window, context))
 
 
 @dataclass
@@ -45,9 +53,12 @@ class TrainingSamples:
     def __len__(self) -> int:
         return len(self.window)
 
-    def batch(self, idx: torch.Tensor, code_table: torch.Tensor | None) -> AdapterBatch:
+    def batch(
+        self, idx: torch.Tensor, code_table: torch.Tensor | None, context: UserContextHits | None = None
+    ) -> AdapterBatch:
         w = self.window[idx]
-        return AdapterBatch(w, code_lookup(w, code_table), self.state[idx], self.targets[idx])
+        hits = context_lookup(w, context)
+        return AdapterBatch(w, code_lookup(w, code_table), self.state[idx], self.targets[idx], hits)
 
     def subset(self, n: int | None, seed: int) -> TrainingSamples:
         """At most ``n`` samples drawn without replacement (time order kept); ``self`` when ``n`` covers all."""

@@ -12,6 +12,7 @@ from torch import nn
 from llm_cloud.adapter import Adapter, edited_logits
 from llm_cloud.adapter_config import AdapterConfig
 from llm_cloud.adapter_data import TrainingSamples, batch_from_rows, training_samples
+from llm_cloud.user_context import UserContextHits
 from recsys.evaluate import evaluate_rows
 from recsys.loop import FitResult, HasFit, LoopSettings, fit, seed_everything, settings_from
 from recsys.models import EditableSeqRec
@@ -20,12 +21,18 @@ from recsys.splits import SplitData
 log = logging.getLogger(__name__)
 
 
-def adapter_score_fn(base: EditableSeqRec, adapter: Adapter, n_window: int, code_table: torch.Tensor | None):
+def adapter_score_fn(
+    base: EditableSeqRec,
+    adapter: Adapter,
+    n_window: int,
+    code_table: torch.Tensor | None,
+    context: UserContextHits | None = None,
+):
     """RecBole-row scores of the base model edited per sample by ``adapter``."""
 
     def fn(rows) -> torch.Tensor:
-        b = batch_from_rows(base, rows, n_window, code_table)
-        _, edit = adapter(b.window, b.codes, b.state, base)
+        b = batch_from_rows(base, rows, n_window, code_table, context)
+        _, edit = adapter(b.window, b.codes, b.state, base, b.context)
         return edited_logits(base, b.state, edit)
 
     return fn
@@ -49,9 +56,9 @@ class AdapterLossSum(nn.Module):
         self.adapter = adapter
         self._base = (base,)
 
-    def forward(self, window, codes, state, targets) -> torch.Tensor:
+    def forward(self, window, codes, state, targets, context=None) -> torch.Tensor:
         base = self._base[0]
-        _, edit = self.adapter(window, codes, state, base)
+        _, edit = self.adapter(window, codes, state, base, context)
         logp = torch.log_softmax(edited_logits(base, state, edit), dim=-1)
         return -(logp.gather(1, targets.clamp(min=0)) * (targets > 0)).sum()
 
@@ -70,11 +77,13 @@ def train_adapter(
     progress: bool = True,
     dist_timeout_s: float = 300.0,
     valid_metric: str = "ndcg@10",
+    context: UserContextHits | None = None,
 ) -> AdapterResult:
     """Train an adapter on the training-period windows of ``split``; keep the best epoch on validation.
 
     Runs on the base model's device (``code_table`` must be there too); epochs, selection, stopping
-    and DDP are :func:`recsys.loop.fit`'s. The result is the same on every rank; the caller saves on rank 0.
+    and DDP are :func:`recsys.loop.fit`'s. ``context`` (needed when ``cfg.use_context``) gives the
+    user-context hits of each window. The result is the same on every rank; the caller saves on rank 0.
     """
     seed_everything(seed)
     base.eval()
@@ -84,19 +93,21 @@ def train_adapter(
     samples = training_samples(base, split.train_sequences, cfg.window, cfg.n_future)
     weights = (samples.targets > 0).sum(1).cpu().numpy()
     code_sizes = None if code_table is None else [int(code_table[:, i].max()) for i in range(code_table.size(1))]
+    context = context if cfg.use_context else None
     adapter = Adapter(
-        cfg, base.n_items, base.head.dim, len(base.head.layers), code_sizes, base.item_embeddings.detach().clone()
+        cfg, base.n_items, base.head.dim, len(base.head.layers), code_sizes, base.item_embeddings.detach().clone(),
+        context.level_sizes if context is not None else None,
     ).to(device)
     trainable = [p for p in adapter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     valid_rows = split.eval_rows("valid")
 
     def batch_of(idx: torch.Tensor) -> tuple:
-        b = samples.batch(idx.to(device), code_table)
-        return b.window, b.codes, b.state, b.targets
+        b = samples.batch(idx.to(device), code_table, context)
+        return b.window, b.codes, b.state, b.targets, b.context
 
     def validate() -> dict[str, float]:
-        score_fn = adapter_score_fn(base, adapter, cfg.window, code_table)
+        score_fn = adapter_score_fn(base, adapter, cfg.window, code_table, context)
         return evaluate_rows(score_fn, valid_rows, split.config, eval_batch_size, device, by_length=True)
 
     res = fit(

@@ -8,10 +8,11 @@ import numpy as np
 import torch
 import yaml
 
-from codebook import SemanticCodebook
+from codebook import CodebookError, SemanticCodebook
 from llm_cloud.adapter import Adapter
 from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.prototypes import PrototypeBank
+from llm_cloud.user_context import UserContextHits
 from recsys.atomic_io import atomic_torch_save, atomic_write_text
 from recsys.models import EditableSeqRec
 
@@ -35,19 +36,46 @@ def code_table_for(codebook_dir: Path, item_tokens: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(table)
 
 
-def save_adapter(directory: Path, adapter: Adapter, meta: dict, code_table: torch.Tensor | None = None) -> Path:
-    """``adapter.pt`` + ``adapter.yaml`` (+ ``code_table.pt``, the semantic codes it reads), atomically."""
+def user_context_for(codebook_dir: Path, item_tokens: np.ndarray, n_recent: int) -> UserContextHits:
+    """User-context hits from ``persona codebook``'s artefacts (codebook + cached item embeddings)."""
+    from llm_cloud.pipeline import load_item_codebook
+
+    codebook_dir = Path(codebook_dir)
+    if not (codebook_dir / "meta.json").is_file():
+        raise ArtifactError(f"no semantic codebook in {codebook_dir}; run `persona codebook` first")
+    try:
+        _, emb, book = load_item_codebook(codebook_dir.parent.parent, codebook_dir.parent.name)
+    except CodebookError as exc:
+        raise ArtifactError(str(exc)) from exc
+    return UserContextHits.from_codebook(book, emb, item_tokens, n_recent)
+
+
+def save_adapter(
+    directory: Path,
+    adapter: Adapter,
+    meta: dict,
+    code_table: torch.Tensor | None = None,
+    context: UserContextHits | None = None,
+) -> Path:
+    """``adapter.pt`` + ``adapter.yaml`` (+ ``code_table.pt``, the semantic codes it reads; + the user-context
+    artefacts ``context_items.pt`` and ``context_codebook/`` when it reads context hits), atomically."""
     directory = Path(directory)
     (directory / "adapter.yaml").unlink(missing_ok=True)
     atomic_torch_save(adapter.state_dict(), directory / "adapter.pt")
     if code_table is not None:
         atomic_torch_save({"codes": code_table.cpu()}, directory / "code_table.pt")
+    (directory / "context_items.pt").unlink(missing_ok=True)
+    if adapter.context_sizes:
+        if context is None:
+            raise ArtifactError("this adapter reads user-context hits: save it with its context")
+        context.save(directory)
     info = {
         "config": adapter.cfg.model_dump(),
         "n_items": adapter.item_emb.num_embeddings,
         "dim": adapter.dim,
         "n_layers": adapter.n_layers,
         "code_sizes": adapter.code_sizes,
+        "context_sizes": adapter.context_sizes,
         **meta,
     }
     atomic_write_text(directory / "adapter.yaml", yaml.safe_dump(info, sort_keys=False))
@@ -59,13 +87,19 @@ def load_code_table(directory: Path) -> torch.Tensor | None:
     return torch.load(path, map_location="cpu", weights_only=True)["codes"] if path.is_file() else None
 
 
+def load_user_context(directory: Path) -> UserContextHits | None:
+    """The user-context artefacts saved beside an adapter (None for one that reads no context)."""
+    return UserContextHits.load(directory)
+
+
 def load_adapter(directory: Path) -> tuple[Adapter, dict]:
     directory = Path(directory)
     if not (directory / "adapter.yaml").is_file():
         raise ArtifactError(f"no complete adapter in {directory}")
     info = yaml.safe_load((directory / "adapter.yaml").read_text())
     adapter = Adapter(
-        AdapterConfig(**info["config"]), info["n_items"], info["dim"], info["n_layers"], info["code_sizes"] or None
+        AdapterConfig(**info["config"]), info["n_items"], info["dim"], info["n_layers"], info["code_sizes"] or None,
+        context_sizes=info.get("context_sizes") or None,  # adapters saved before user context have none
     )
     adapter.load_state_dict(torch.load(directory / "adapter.pt", map_location="cpu", weights_only=True))
     return adapter.eval(), info

@@ -17,6 +17,7 @@ import torch
 
 from llm_cloud.adapter import Adapter, left_padded_windows
 from llm_cloud.prototypes import PrototypeBank, clipped_parts
+from llm_cloud.user_context import UserContextHits
 from recsys.checkpoint import load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
 from recsys.runtime import EditDecoder, EditPayload, Encoding, PrototypeSnapshot, pack
@@ -64,9 +65,18 @@ class AdapterEditor:
     """
 
     def __init__(
-        self, base: EditableSeqRec, adapter: Adapter, bank: PrototypeBank, code_table: torch.Tensor | None, version: str
+        self,
+        base: EditableSeqRec,
+        adapter: Adapter,
+        bank: PrototypeBank,
+        code_table: torch.Tensor | None,
+        version: str,
+        context: UserContextHits | None = None,
     ):
         self.base, self.adapter, self.bank, self.code_table = base.eval(), adapter.eval(), bank, code_table
+        self.context = context  # user-context hits computed from the device's window at edit time
+        if adapter.context_sizes and context is None:
+            raise ValueError("this adapter reads user-context hits: the editor needs its context artefacts")
         self.version = version
         self._snapshot = bank.snapshot(edit_decoder(adapter, bank), version)
 
@@ -79,7 +89,7 @@ class AdapterEditor:
         seq = torch.zeros(1, base.max_seq_len, dtype=torch.long)
         if ids:
             seq[0, : len(ids)] = torch.tensor(ids)
-        out = served_edit(base, self.adapter, self.bank, self.code_table, seq, torch.tensor([len(ids)]))
+        out = served_edit(base, self.adapter, self.bank, self.code_table, seq, torch.tensor([len(ids)]), self.context)
         proto = None if int(out.prototype[0]) < 0 else int(out.prototype[0])
         if encoding == "code":
             if self._snapshot.decoder is not None and bank_version == self.version:
@@ -108,17 +118,20 @@ def served_edit(
     code_table: torch.Tensor | None,
     seq: torch.Tensor,
     length: torch.Tensor,
+    context: UserContextHits | None = None,
 ) -> Served:
     """The edit the cloud serves for each history (rows of ``seq``, ``length`` items each; 0 = empty).
 
     The assigned prototype's head edit plus the window's clipped residual; a window farther than the
     bank's OOD threshold from every prototype gets its own clipped edit instead.
     The one implementation behind the cloud service and the ``served`` evaluation method.
+    ``context`` gives the window's user-context hits (for an adapter that reads them).
     """
     state = base.user_state(seq, length.clamp(min=1))
     window = left_padded_windows(seq, length, adapter.cfg.window)
     codes = None if code_table is None or not adapter.code_sizes else code_table[window]
-    layer_codes = adapter.layer_codes(adapter.sequence_code(window, codes, state))
+    hits = context(window) if context is not None and adapter.context_sizes else None
+    layer_codes = adapter.layer_codes(adapter.sequence_code(window, codes, state, hits))
     sample = adapter.edits_from_codes(layer_codes, base)
     k, dist = bank.assign_nearest(layer_codes.flatten(1))
     if bank.cfg.assignment == "min-residual":
@@ -155,7 +168,7 @@ def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None)
     ``adapter_dir`` is an ``adapter-<variant>`` directory written by ``persona adapter``; its bank is the
     sibling ``bank-finetune`` (or ``bank-centre``) directory.
     """
-    from llm_cloud.artifacts import load_adapter, load_bank, load_code_table
+    from llm_cloud.artifacts import load_adapter, load_bank, load_code_table, load_user_context
 
     adapter_dir = Path(adapter_dir) if adapter_dir else None
     if adapter_dir is None or not (adapter_dir / "adapter.yaml").is_file():
@@ -169,4 +182,5 @@ def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None)
     adapter, _ = load_adapter(adapter_dir)
     bank = load_bank(bank_dir)
     version = "persona-" + _digest(Path(checkpoint_dir) / "model.pt", adapter_dir / "adapter.pt", bank_dir / "bank.pt")
-    return AdapterEditor(base, adapter, bank, load_code_table(adapter_dir), version)
+    context = load_user_context(adapter_dir) if adapter.context_sizes else None
+    return AdapterEditor(base, adapter, bank, load_code_table(adapter_dir), version, context)

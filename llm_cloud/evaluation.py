@@ -5,9 +5,10 @@ window; ``duet`` head generated outright (no anchor); ``edit`` Persona per-sampl
 frozen prototype bank (fine-tuned prototype heads, nearest centre); ``proto-centre`` frozen bank of
 centre edits; ``proto-res`` frozen bank + per-sample residual; ``proto-dyn`` prototype + residual with
 dynamic refinement and OOD spawning while the test period streams in time order; ``no-xlayer`` and
-``no-codebook`` ablations of the edit; ``served`` what the cloud service answers
-(:func:`llm_cloud.editor.served_edit`: prototype + residual, the window's own edit when out of
-distribution, the configured bank variant, frozen).
+``no-codebook`` ablations of the edit; ``context`` / ``no-context`` the edit with / without the
+user-context codebook hits, ``solid`` with them and the semantic path as the main edit; ``served``
+what the cloud service answers (:func:`llm_cloud.editor.served_edit`: prototype + residual, the
+window's own edit when out of distribution, the configured bank variant, frozen).
 """
 
 from __future__ import annotations
@@ -24,9 +25,19 @@ from llm_cloud.adapter import Adapter, edited_logits
 from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.adapter_data import TrainingSamples, batch_from_rows
 from llm_cloud.adapter_train import adapter_score_fn, train_adapter
-from llm_cloud.artifacts import ArtifactError, code_table_for, freeze, load_adapter, load_bank, save_adapter, save_bank
+from llm_cloud.artifacts import (
+    ArtifactError,
+    code_table_for,
+    freeze,
+    load_adapter,
+    load_bank,
+    save_adapter,
+    save_bank,
+    user_context_for,
+)
 from llm_cloud.editor import served_edit
 from llm_cloud.prototypes import PrototypeBank, clipped_parts
+from llm_cloud.user_context import UserContextHits
 from recsys import distributed
 from recsys.evaluate import evaluate_rows, model_score_fn
 from recsys.finetune import finetune_edit
@@ -36,15 +47,19 @@ from recsys.splits import SplitData
 log = logging.getLogger(__name__)
 
 METHODS = ["static", "finetune", "duet", "edit", "proto", "proto-centre", "proto-res", "proto-dyn", "served",
-           "no-xlayer", "no-codebook"]
+           "no-xlayer", "no-codebook", "context", "no-context", "solid"]
 ADAPTER_OF = {  # method → adapter variant (config overrides)
     "edit": "main", "proto": "main", "proto-centre": "main", "proto-res": "main", "proto-dyn": "main",
     "served": "main", "duet": "duet", "no-xlayer": "no-xlayer", "no-codebook": "no-codebook",
+    "context": "context", "no-context": "no-context", "solid": "solid",
 }
+EDIT_METHODS = ("edit", "duet", "no-xlayer", "no-codebook", "context", "no-context", "solid")  # per-sample edits
 FINETUNE_LRS = (1e-3, 3e-3, 1e-2)  # on-device fine-tuning: 5 Adam steps, lr chosen on validation
 FINETUNE_SELECT_ROWS = 3000
 VARIANTS = {"main": {}, "duet": {"anchor": False}, "no-xlayer": {"cross_layer": False},
-            "no-codebook": {"use_codebook": False}}
+            "no-codebook": {"use_codebook": False}, "context": {"use_context": True},
+            "no-context": {"use_context": False, "semantic_main": False},
+            "solid": {"use_context": True, "semantic_main": True}}
 
 
 BUILD_FIELDS = ("k", "variant", "finetune_epochs", "finetune_lr", "build_samples", "ood_quantile")  # a saved bank's
@@ -108,6 +123,8 @@ class Adaptation:
         self.code_table = None
         if adapter_cfg.use_codebook and codebook_dir is not None:
             self.code_table = code_table_for(codebook_dir, split.item_tokens).to(device)
+        self.codebook_dir = codebook_dir
+        self._context: UserContextHits | None = None
         self.adapters: dict[str, tuple[Adapter, TrainingSamples]] = {}
         self.banks: dict[str, PrototypeBank] = {}
         self.timings: dict[str, float] = {}
@@ -123,21 +140,40 @@ class Adaptation:
         if variant not in self.adapters:
             cfg = self.adapter_cfg.model_copy(update=VARIANTS[variant])
             table = self.code_table if cfg.use_codebook else None
+            context = self.user_context() if cfg.use_context else None
             t0 = time.perf_counter()
             res = train_adapter(self.base, self.split, cfg, self.seed, table, self.eval_batch_size,
-                                self.progress and distributed.is_rank0(), self.dist_timeout_s, self.valid_metric)
+                                self.progress and distributed.is_rank0(), self.dist_timeout_s, self.valid_metric,
+                                context)
             self.timings[f"adapter:{variant}"] = time.perf_counter() - t0
             meta = {"seed": self.seed, **res.fit.summary, "valid": res.best_valid}
             if distributed.world_size() > 1:
                 meta["world_size"] = distributed.world_size()
             if distributed.is_rank0():  # under torchrun every rank holds the same adapter; one writes it
-                save_adapter(self.out_dir / f"adapter-{variant}", res.adapter, meta, table)
+                save_adapter(self.out_dir / f"adapter-{variant}", res.adapter, meta, table, context)
             self.adapters[variant] = (res.adapter, res.samples)
             log.info("adapter %s: best epoch %d valid %s", variant, res.best_epoch, res.best_valid)
         return self.adapters[variant]
 
     def table_for(self, adapter: Adapter):
         return self.code_table if adapter.code_sizes else None
+
+    def user_context(self) -> UserContextHits:
+        """User-context hits from the codebook artefacts (loaded once)."""
+        if self._context is None:
+            if self.codebook_dir is None:
+                raise ArtifactError("user context needs the semantic codebook; run `persona codebook` first")
+            self._context = user_context_for(self.codebook_dir, self.split.item_tokens,
+                                             self.adapter_cfg.context_items).to(self.device)
+        return self._context
+
+    def context_for(self, adapter: Adapter) -> UserContextHits | None:
+        if not adapter.context_sizes:
+            return None
+        ctx = self.user_context()
+        if ctx.n_recent != adapter.cfg.context_items:
+            ctx = UserContextHits(ctx.book, ctx.item_emb, adapter.cfg.context_items)
+        return ctx
 
     def bank(self, variant: str) -> PrototypeBank:
         """``finetune`` or ``centre`` prototype bank built on the main adapter's training codes."""
@@ -155,7 +191,8 @@ class Adaptation:
             with torch.enable_grad():
                 self.banks[variant] = PrototypeBank.build(cfg, self.base, adapter,
                                                           samples.subset(cfg.build_samples, self.seed),
-                                                          self.table_for(adapter), self.seed)
+                                                          self.table_for(adapter), self.seed,
+                                                          self.context_for(adapter))
             self.timings[f"bank:{variant}"] = time.perf_counter() - t0
             save_bank(self.out_dir / f"bank-{variant}", self.banks[variant])
         return self.banks[variant]
@@ -170,8 +207,9 @@ class Adaptation:
         adapter, _ = self.adapter(ADAPTER_OF[method])
         if method == "served":
             return self._served_fn(adapter, self.bank(self.proto_cfg.variant))
-        if method in ("edit", "duet", "no-xlayer", "no-codebook"):
-            return adapter_score_fn(base, adapter, adapter.cfg.window, self.table_for(adapter))
+        if method in EDIT_METHODS:
+            return adapter_score_fn(base, adapter, adapter.cfg.window, self.table_for(adapter),
+                                    self.context_for(adapter))
         frozen = method != "proto-dyn"
         bank = self.bank("centre" if method == "proto-centre" else "finetune")
         bank = bank if frozen else bank.copy()
@@ -203,20 +241,20 @@ class Adaptation:
         return self.selected["finetune"]
 
     def _served_fn(self, adapter: Adapter, bank: PrototypeBank):
-        base, table = self.base, self.table_for(adapter)
+        base, table, context = self.base, self.table_for(adapter), self.context_for(adapter)
 
         def fn(rows):
-            out = served_edit(base, adapter, bank, table, rows["item_id_list"], rows["item_length"])
+            out = served_edit(base, adapter, bank, table, rows["item_id_list"], rows["item_length"], context)
             return edited_logits(base, out.state, out.edit)
 
         return fn
 
     def _proto_fn(self, adapter: Adapter, bank: PrototypeBank, residual: bool, dynamic: bool, record: RowRecord):
-        base, table = self.base, self.table_for(adapter)
+        base, table, context = self.base, self.table_for(adapter), self.context_for(adapter)
 
         def fn(rows):
-            b = batch_from_rows(base, rows, adapter.cfg.window, table)
-            codes = adapter.layer_codes(adapter.sequence_code(b.window, b.codes, b.state))
+            b = batch_from_rows(base, rows, adapter.cfg.window, table, context)
+            codes = adapter.layer_codes(adapter.sequence_code(b.window, b.codes, b.state, b.context))
             flat = codes.flatten(1)
             if bank.cfg.assignment == "min-residual":
                 k = bank.assign_min_residual(adapter.edits_from_codes(codes, base))

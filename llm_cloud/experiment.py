@@ -29,7 +29,7 @@ def codebook_dir(cfg) -> Path:
 def adaptation_for_seed(cfg, seed: int, split, progress: bool = True, reuse: bool = False) -> Adaptation:
     run_dir = cfg.run_dir(seed)
     base, _, _ = load_checkpoint(run_dir)
-    cb = codebook_dir(cfg) if cfg.adapter.use_codebook else None
+    cb = codebook_dir(cfg)  # semantic codes (adapter.use_codebook) and user-context hits (context variants)
     return Adaptation(
         base, split, cfg.adapter, cfg.prototypes, seed, cb, run_dir, cfg.eval.batch_size, progress,
         distributed.rank_device(cfg), cfg.train.dist_timeout_s, reuse, cfg.eval.valid_metric,

@@ -27,12 +27,14 @@ from recsys.runtime import EditDecoder, EditPayload, PrototypeSnapshot, prototyp
 
 
 @torch.no_grad()
-def sample_codes(adapter: Adapter, samples: TrainingSamples, code_table, batch: int = 1024) -> torch.Tensor:
-    """Layer codes ``[S, L, dz]`` of every training sample."""
+def sample_codes(
+    adapter: Adapter, samples: TrainingSamples, code_table, batch: int = 1024, context=None
+) -> torch.Tensor:
+    """Layer codes ``[S, L, dz]`` of every training sample (``context``: its user-context hits, when read)."""
     out = []
     for start in range(0, len(samples), batch):
-        b = samples.batch(torch.arange(start, min(start + batch, len(samples))), code_table)
-        out.append(adapter.layer_codes(adapter.sequence_code(b.window, b.codes, b.state)))
+        b = samples.batch(torch.arange(start, min(start + batch, len(samples))), code_table, context)
+        out.append(adapter.layer_codes(adapter.sequence_code(b.window, b.codes, b.state, b.context)))
     return torch.cat(out)
 
 
@@ -66,9 +68,10 @@ class PrototypeBank:
         samples: TrainingSamples,
         code_table,
         seed: int = 0,
+        context=None,
     ) -> PrototypeBank:
         bank = cls(cfg, len(base.head.layers), adapter.cfg.code_dim, adapter.cfg.clip)
-        codes = sample_codes(adapter, samples, code_table)
+        codes = sample_codes(adapter, samples, code_table, context=context)
         flat = codes.reshape(len(codes), -1).contiguous()
         k = min(cfg.k, len(flat))
         km = faiss.Kmeans(flat.size(1), k, niter=25, seed=seed, verbose=False)

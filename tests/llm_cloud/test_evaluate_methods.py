@@ -5,13 +5,27 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
+from codebook import CodebookConfig, SemanticCodebook
 from llm_cloud.evaluation import METHODS
 from serving.cli import main as persona
 from tests.llm_cloud.helpers import tiny_base, tiny_overrides
 
 
+def _tiny_codebook(split, runs) -> None:
+    """A real FAISS codebook + cached item embeddings (random, 8-d) where `persona codebook` writes them."""
+    items = [str(t) for t in split.item_tokens[1:]]
+    emb = np.random.default_rng(0).normal(size=(len(items), 8)).astype(np.float32)
+    out = SemanticCodebook.build(emb, CodebookConfig(levels=2, max_levels=2, bits=3), item_ids=items).save(
+        runs / "ml-100k" / "codebook"
+    )
+    np.save(out / "item_embeddings.npy", emb, allow_pickle=False)
+
+
 def test_every_method_then_update_one(ml100k_split, workdir, tmp_path, capsys):
     run_dir = tiny_base(workdir, tmp_path / "runs")
+    _tiny_codebook(ml100k_split[1], tmp_path / "runs")  # the user-context methods read it
     # large clip and lr so that two tiny epochs visibly change rankings
     args = [*tiny_overrides(workdir, tmp_path / "runs"), f"reports_dir={tmp_path / 'reports'}", "adapter.clip=0.5",
             "adapter.lr=0.01"]  # fmt: skip
@@ -22,8 +36,11 @@ def test_every_method_then_update_one(ml100k_split, workdir, tmp_path, capsys):
     ndcg = {m: runs[0]["ndcg@10"] for m, runs in first["runs"].items()}
     assert all(0 < v < 1 for v in ndcg.values())
     assert ndcg["edit"] != ndcg["static"]  # the trained adapter edits the ranking
+    assert ndcg["context"] != ndcg["no-context"] and ndcg["solid"] != ndcg["context"]  # the context hits count
     assert (report / "adaptation-sasrec-ndcg-over-time.png").stat().st_size > 1000
     assert {"adapter-main", "adapter-duet", "bank-finetune", "bank-centre"} <= {p.name for p in run_dir.iterdir()}
+    assert (run_dir / "adapter-solid" / "context_items.pt").is_file()  # saved with the context it reads
+    assert not (run_dir / "adapter-main" / "context_items.pt").exists()
     extra = json.loads((report / "adaptation-sasrec-extra.json").read_text())
     protos = ("proto", "proto-res", "proto-dyn")
     assert set(extra["ood_auroc"]) == {*protos, *(f"{m} residual-norm" for m in protos), "base entropy"}
