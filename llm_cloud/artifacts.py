@@ -14,6 +14,7 @@ from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.prototypes import PrototypeBank
 from llm_cloud.user_context import UserContextHits
 from recsys.atomic_io import atomic_torch_save, atomic_write_text
+from recsys.item_side import rows_for
 from recsys.models import EditableSeqRec
 
 
@@ -26,13 +27,9 @@ def code_table_for(codebook_dir: Path, item_tokens: np.ndarray) -> torch.Tensor:
     if not (Path(codebook_dir) / "meta.json").is_file():
         raise ArtifactError(f"no semantic codebook in {codebook_dir}; run `persona codebook` first")
     book = SemanticCodebook.load(codebook_dir)
-    row = {item: i for i, item in enumerate(book.item_ids)}
-    ids = book.semantic_ids
-    table = np.zeros((len(item_tokens), ids.shape[1]), dtype=np.int64)
-    for internal, token in enumerate(item_tokens):
-        r = row.get(str(token))
-        if internal > 0 and r is not None:
-            table[internal] = ids[r] + 1
+    rows = rows_for(item_tokens, book.item_ids)
+    table = np.zeros((len(item_tokens), book.semantic_ids.shape[1]), dtype=np.int64)
+    table[rows >= 0] = book.semantic_ids[rows[rows >= 0]] + 1
     return torch.from_numpy(table)
 
 

@@ -181,6 +181,9 @@ def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None)
     base, _, _ = load_checkpoint(Path(checkpoint_dir))
     adapter, _ = load_adapter(adapter_dir)
     bank = load_bank(bank_dir)
-    version = "persona-" + _digest(Path(checkpoint_dir) / "model.pt", adapter_dir / "adapter.pt", bank_dir / "bank.pt")
+    version = "persona-" + _digest(  # context_items.pt only where the adapter reads user context
+        Path(checkpoint_dir) / "model.pt", adapter_dir / "adapter.pt", bank_dir / "bank.pt",
+        adapter_dir / "context_items.pt",
+    )
     context = load_user_context(adapter_dir) if adapter.context_sizes else None
     return AdapterEditor(base, adapter, bank, load_code_table(adapter_dir), version, context)

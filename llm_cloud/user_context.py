@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from codebook import SemanticCodebook
+from recsys.item_side import rows_for
 
 
 class UserContextHits:
@@ -31,12 +32,9 @@ class UserContextHits:
         cls, book: SemanticCodebook, embeddings: np.ndarray, item_tokens: np.ndarray, n_recent: int
     ) -> UserContextHits:
         """Rows of ``embeddings`` (aligned with ``book.item_ids``) re-indexed by internal item id."""
-        row = {item: i for i, item in enumerate(book.item_ids)}
+        rows = rows_for(item_tokens, book.item_ids)
         table = np.zeros((len(item_tokens), embeddings.shape[1]), dtype=np.float32)
-        for internal, token in enumerate(item_tokens):
-            r = row.get(str(token))
-            if internal > 0 and r is not None:
-                table[internal] = embeddings[r]
+        table[rows >= 0] = embeddings[rows[rows >= 0]]
         return cls(book, torch.from_numpy(table), n_recent)
 
     def encode(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

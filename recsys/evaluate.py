@@ -22,6 +22,8 @@ REPORT_KEYS = ["ndcg@5", "ndcg@10", "ndcg@20", "hit@5", "hit@10", "hit@20", "mrr
 
 
 HEAD_SHARE = 0.2  # the most popular 20 % of training-period items are the head; the rest the long tail
+SLICES = ["new", "seen", "tail"]  # target_slices' keys, in report order
+SLICE_KEYS = ["ndcg@10", "hit@10"]  # the metrics the slice tables show
 
 
 def target_slices(targets: torch.Tensor, train_counts: np.ndarray) -> dict[str, torch.Tensor]:
@@ -55,26 +57,27 @@ def evaluate_rows(
     :func:`target_slices` (keys ``new/ndcg@10``, ``tail/hit@10``, ...; row counts ``new/rows``, ``tail/rows``).
     """
     slices = target_slices(rows["item_id"], train_counts) if train_counts is not None else {}
-    collectors = {"": Collector(recbole_config), **{name: Collector(recbole_config) for name in slices}}
+    collectors = {name: Collector(recbole_config) for name in ["all", *slices]}
     evaluator = Evaluator(recbole_config)
-    order = torch.argsort(rows["item_length"], stable=True) if by_length else torch.arange(len(rows))
+    order = torch.argsort(rows["item_length"], stable=True) if by_length else None
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
-            idx = order[start : start + batch_size]
+            idx = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
             batch = rows[idx]
             if device != "cpu":
                 batch = batch.to(device)
             scores = score_fn(batch).float().clone()
             scores[:, 0] = float("-inf")
             for name, collector in collectors.items():
-                sel = torch.arange(len(idx)) if not name else torch.nonzero(slices[name][idx]).view(-1)
-                if len(sel) == 0:
-                    continue
-                sub = batch if not name else batch[sel.to(scores.device)]
-                sub_scores = scores if not name else scores[sel.to(scores.device)]
-                positive_u = torch.arange(len(sel), device=scores.device)
+                sub, sub_scores = batch, scores
+                if name != "all":  # the slice's rows of this batch
+                    sel = torch.nonzero(slices[name][idx]).view(-1).to(scores.device)
+                    if len(sel) == 0:
+                        continue
+                    sub, sub_scores = batch[sel], scores[sel]
+                positive_u = torch.arange(len(sub_scores), device=scores.device)
                 collector.eval_batch_collect(sub_scores, sub, positive_u, sub["item_id"].to(scores.device))
-    out = {k: float(v) for k, v in evaluator.evaluate(collectors[""].get_data_struct()).items()}
+    out = {k: float(v) for k, v in evaluator.evaluate(collectors["all"].get_data_struct()).items()}
     for name, mask in slices.items():
         out[f"{name}/rows"] = float(mask.sum())
         if mask.any():
@@ -104,10 +107,6 @@ def popularity_score_fn(train_counts: np.ndarray) -> ScoreFn:
         return row.unsqueeze(0).expand(len(batch), -1)
 
     return fn
-
-
-SLICES = ["new", "seen", "tail"]
-SLICE_KEYS = ["ndcg@10", "hit@10"]
 
 
 def summarize(runs: list[dict[str, float]], keys: list[str] = REPORT_KEYS) -> dict[str, tuple[float, float]]:

@@ -41,6 +41,13 @@ class ItemSide:
         return [] if self.codes is None else [int(self.codes[:, i].max()) for i in range(self.codes.size(1))]
 
 
+def rows_for(item_tokens: np.ndarray, item_ids) -> np.ndarray:
+    """Row of each internal item id's token in ``item_ids`` (a per-item artefact's order); -1 for the
+    padding id 0 and for tokens the artefact lacks."""
+    row = {str(t): i for i, t in enumerate(item_ids)}
+    return np.array([row.get(str(t), -1) if i > 0 else -1 for i, t in enumerate(item_tokens)], dtype=np.int64)
+
+
 def save_item_side(path: Path, item_ids: list[str], vectors: np.ndarray, codes: np.ndarray | None = None) -> Path:
     """Write a side file (atomically): item tokens, their LLM embeddings and semantic codes."""
     if len(item_ids) != len(vectors) or (codes is not None and len(codes) != len(item_ids)):
@@ -74,9 +81,8 @@ def load_item_side(path: Path, item_tokens: np.ndarray, train_counts: np.ndarray
     with np.load(path, allow_pickle=False) as z:
         ids, vectors = z["item_ids"], z["vectors"]
         codes = z["codes"] if "codes" in z else None
-    row = {str(t): i for i, t in enumerate(ids)}
     n = len(item_tokens)
-    rows = np.array([row.get(str(t), -1) if i > 0 else -1 for i, t in enumerate(item_tokens)])
+    rows = rows_for(item_tokens, ids)
     known = rows >= 0
     if known.sum() < 0.5 * (n - 1):
         raise ItemSideError(f"{path} covers {int(known.sum())} of {n - 1} items: built for another dataset?")

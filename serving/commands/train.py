@@ -133,9 +133,9 @@ def run_main(args) -> int:
     cfg = load_app_config(args.config, args.overrides)
     # the semantic codebook first: it writes the LLM item side file the device models read (model_params.item_side)
     needs_side = any(c.model_params.item_side != "none" for c in model_cfgs) and not cfg.item_side_path().is_file()
-    if needs_side or not args.skip_adapter:
-        if not (Path(cfg.output_dir) / cfg.dataset / "codebook" / "meta.json").is_file() or needs_side:
-            codebook.run(argparse.Namespace(config=args.config, overrides=list(args.overrides)))
+    has_codebook = (Path(cfg.output_dir) / cfg.dataset / "codebook" / "meta.json").is_file()
+    if needs_side or (not args.skip_adapter and not has_codebook):
+        codebook.run(argparse.Namespace(config=args.config, overrides=list(args.overrides)))
     if cfg.train.nproc > 1:  # each model trains as train.nproc DDP ranks, then evaluation runs here
         import time
 
