@@ -83,7 +83,7 @@ def main() -> None:
         model, _, _ = load_checkpoint(Path(args.checkpoint))
         source = args.checkpoint
     else:  # same shapes as the ml-100k device model, random weights
-        model = EditableSeqRec("sasrec", ModelConfig(), 1683, 50)
+        model = EditableSeqRec("sasrec", ModelConfig(item_side="none"), 1683, 50)
         source = "random sasrec (no checkpoint found)"
     model.eval()
     d, n_layers, n_items = model.head.dim, len(model.head.layers), model.n_items

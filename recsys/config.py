@@ -52,7 +52,7 @@ class ModelConfig(_Strict):
     # LLM item knowledge (recsys.item_side): none = item-ID embeddings only; init = ID embeddings start from the
     # whitened LLM embeddings; fused = ID view + a trained projection of the frozen LLM view; codes = ID view +
     # semantic-code embeddings shared across items. fused/codes score items without training interactions too.
-    item_side: Literal["none", "init", "fused", "codes"] = "none"
+    item_side: Literal["none", "init", "fused", "codes"] = "fused"  # best on validation (docs/item_side.md)
     side_dims: int = Field(64, ge=1)  # whitened principal components of the LLM embeddings kept
     id_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # fused/codes: share of items whose ID view a training batch drops
 

@@ -9,6 +9,7 @@ import sys
 from recsys.checkpoint import CheckpointError
 from recsys.config import ConfigError
 from recsys.datasets import CsvFormatError, DatasetError
+from recsys.item_side import ItemSideError
 from recsys.models import UnknownModelError
 from serving.commands import CliError
 from serving.commands import adapt as adapt_cmd
@@ -18,7 +19,8 @@ from serving.commands import serve as serve_cmd
 from serving.commands import train as train_cmd
 
 COMMANDS = [data_cmd, train_cmd, codebook_cmd, adapt_cmd, serve_cmd]
-EXPECTED_ERRORS = (CliError, ConfigError, DatasetError, CsvFormatError, CheckpointError, UnknownModelError)
+EXPECTED_ERRORS = (CliError, ConfigError, DatasetError, CsvFormatError, CheckpointError, UnknownModelError,
+                   ItemSideError)
 
 
 def build_parser() -> argparse.ArgumentParser:

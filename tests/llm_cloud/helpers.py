@@ -125,6 +125,7 @@ def tiny_overrides(workdir: Path, out: Path) -> list[str]:
         "model_params.hidden_size=16",
         "model_params.inner_size=32",
         "model_params.n_layers=1",
+        "model_params.item_side=none",  # ID-only: no codebook needed (side views: tests/recsys/test_item_side.py)
         "train.epochs=1",
         "train.dist_timeout_s=30",
         "seeds=[0]",

@@ -31,6 +31,7 @@ def _overrides(workdir: Path, out: Path) -> list[str]:
         "model_params.hidden_size=16",
         "model_params.inner_size=32",
         "model_params.n_layers=1",
+        "model_params.item_side=none",  # ID-only: no codebook needed (side views: tests/recsys/test_item_side.py)
         "model_params.dropout=0",
         "train.epochs=2",
         "train.batch_size=44",

@@ -36,7 +36,7 @@ def test_order_protocol_is_leave_one_out(scientific_split):
 def test_metrics_do_not_depend_on_eval_batch_size(ml100k_split):
     cfg, split = ml100k_split
     torch.manual_seed(0)
-    model = EditableSeqRec("sasrec", ModelConfig(hidden_size=16, inner_size=32), split.n_items, 50)
+    model = EditableSeqRec("sasrec", ModelConfig(hidden_size=16, inner_size=32, item_side="none"), split.n_items, 50)
     rows = split.eval_rows("valid")[:1500]
     a = evaluate_rows(model_score_fn(model), rows, split.config, batch_size=1500)
     b = evaluate_rows(model_score_fn(model), rows, split.config, batch_size=7)

@@ -23,14 +23,20 @@ API_KEY = "test-key"
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> tuple[Path, Path]:
-    """(checkpoint dir, data workdir) of SASRec trained one epoch on ml-100k (about 10 s)."""
+    """(checkpoint dir, data workdir) of the default SASRec (LLM side view ``fused``) trained one epoch on
+    ml-100k, after the real MiniLM codebook that writes its side file (about 30 s)."""
+    import argparse
+
     from recsys.experiment import train_seeds
+    from serving.commands import codebook
 
     root = tmp_path_factory.mktemp("serving")
-    cfg = load_app_config(
-        overrides=["train.epochs=1", "seeds=[0]", f"output_dir={root / 'runs'}", f"data.workdir={root / 'atomic'}"]
-    )
+    overrides = ["train.epochs=1", "seeds=[0]", f"output_dir={root / 'runs'}", f"data.workdir={root / 'atomic'}",
+                 f"reports_dir={root / 'reports'}"]
     torch.set_num_threads(1)
+    assert codebook.run(argparse.Namespace(config=None, overrides=overrides)) == 0
+    cfg = load_app_config(overrides=overrides)
+    assert cfg.model_params.item_side == "fused"
     (path,) = train_seeds(cfg, progress=False)
     return path, root / "atomic"
 

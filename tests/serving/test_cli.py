@@ -82,3 +82,10 @@ def test_run_end_to_end_on_a_small_real_dataset(tmp_path):
 @pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run"])
 def test_help(cmd):
     assert persona(cmd, "--help").returncode == 0
+
+
+@needs_mirror
+def test_train_without_side_file_says_what_to_run(tmp_path):
+    proc = persona("train", "model=sasrec", "model_params.item_side=fused", f"data.item_side={tmp_path / 'no.npz'}",
+                   f"output_dir={tmp_path}", f"data.workdir={tmp_path / 'a'}")
+    _one_line_error(proc, "no item side file", "persona codebook")
