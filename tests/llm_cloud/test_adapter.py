@@ -19,7 +19,8 @@ D, L, N_ITEMS = 16, 2, 40
 
 def _base(seed=0):
     torch.manual_seed(seed)
-    model = EditableSeqRec("sasrec", ModelConfig(hidden_size=D, inner_size=32, head_layers=L, item_side="none"), N_ITEMS, 10)
+    m = ModelConfig(hidden_size=D, inner_size=32, head_layers=L, item_side="none")
+    model = EditableSeqRec("sasrec", m, N_ITEMS, 10)
     for layer in model.head.layers:
         torch.nn.init.normal_(layer.weight, std=0.2)
     return model.eval()

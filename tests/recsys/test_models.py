@@ -10,6 +10,10 @@ from recsys.models import MODELS, EditableSeqRec, HeadEdit, UnknownModelError, g
 from recsys.train import make_windows, next_item_loss
 
 
+def _id_only(**kw) -> ModelConfig:
+    return ModelConfig(item_side="none", **kw)  # ID-only (side views: test_item_side.py)
+
+
 def _batch(n_items=60, batch=5, max_len=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     lengths = torch.tensor([1, 4, 12, 7, 2][:batch])
@@ -22,7 +26,7 @@ def _batch(n_items=60, batch=5, max_len=12, seed=0):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_model_smoke_train_step_and_score(name):
     torch.manual_seed(0)
-    model = EditableSeqRec(name, ModelConfig(hidden_size=16, inner_size=32, item_side="none"), n_items=60, max_seq_len=12)
+    model = EditableSeqRec(name, _id_only(hidden_size=16, inner_size=32), n_items=60, max_seq_len=12)
     seqs = [torch.randint(1, 60, (n,)).numpy() for n in (5, 20, 3)]
     x, y = make_windows(seqs, 12)
     loss = next_item_loss(model, x, y)
@@ -36,7 +40,7 @@ def test_model_smoke_train_step_and_score(name):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_zero_edit_reproduces_base_scores_exactly_and_nonzero_changes_them(name):
     torch.manual_seed(1)
-    model = EditableSeqRec(name, ModelConfig(hidden_size=16, inner_size=32, item_side="none"), n_items=60, max_seq_len=12)
+    model = EditableSeqRec(name, _id_only(hidden_size=16, inner_size=32), n_items=60, max_seq_len=12)
     for layer in model.head.layers:  # a trained-looking head, not the zero-initialised one
         torch.nn.init.normal_(layer.weight, std=0.3)
     seq, lengths = _batch()
@@ -52,7 +56,7 @@ def test_zero_edit_reproduces_base_scores_exactly_and_nonzero_changes_them(name)
 
 def test_edit_is_clipped_and_matches_explicit_weights():
     torch.manual_seed(2)
-    model = EditableSeqRec("sasrec", ModelConfig(hidden_size=8, inner_size=16, item_side="none"), n_items=30, max_seq_len=6)
+    model = EditableSeqRec("sasrec", _id_only(hidden_size=8, inner_size=16), n_items=30, max_seq_len=6)
     for layer in model.head.layers:
         torch.nn.init.normal_(layer.weight, std=0.3)
     h = torch.randn(3, 8)
@@ -69,7 +73,7 @@ def test_edit_is_clipped_and_matches_explicit_weights():
 
 
 def test_edits_build_no_autograd_graph():
-    model = EditableSeqRec("gru4rec", ModelConfig(hidden_size=8, item_side="none"), n_items=30, max_seq_len=6)
+    model = EditableSeqRec("gru4rec", _id_only(hidden_size=8), n_items=30, max_seq_len=6)
     seq, lengths = _batch(n_items=30, max_len=6, batch=2)
     lengths = lengths.clamp(max=6)
     edit = HeadEdit([torch.randn(2, 8, 8, requires_grad=True)] * 2, [torch.randn(2, 8, requires_grad=True)] * 2)
@@ -100,7 +104,7 @@ def test_trailing_padding_changes_neither_states_nor_loss(name):
     from recsys.train import PositionLossSum
 
     torch.manual_seed(2)
-    model = EditableSeqRec(name, ModelConfig(hidden_size=16, inner_size=32, dropout=0.0, item_side="none"), 60, 12).eval()
+    model = EditableSeqRec(name, _id_only(hidden_size=16, inner_size=32, dropout=0.0), 60, 12).eval()
     seq, lengths = _batch()
     seq, lengths = seq[[0, 1, 3, 4]], lengths[[0, 1, 3, 4]]  # longest history 7 of 12 columns
     full = {"sasrec": _sasrec_positions, "gru4rec": _gru4rec_positions}[name](model.encoder, seq, model.item_embeddings)
