@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException
 from fastapi.responses import PlainTextResponse, Response
 
 from llm_cloud.backbones import Backbone, BackboneConfig, build_backbone
@@ -32,6 +32,7 @@ from serving.web import (
     ServiceMiddleware,
     api_key_dependency,
     install_error_handlers,
+    key_first_route,
     metrics_response,
     service_lifespan,
 )
@@ -207,10 +208,12 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
     )
     app.state.service = service
     install_error_handlers(app)
-    auth = [Depends(api_key_dependency(lambda: api_key))]
+    check = api_key_dependency(lambda: api_key)
+    auth = [Depends(check)]  # documents the key in OpenAPI; the route class checks it before the body
+    keyed = APIRouter(route_class=key_first_route(check))
     unauthorized = {**AUTH_ERRORS, **ERRORS}
 
-    @app.post(
+    @keyed.post(
         "/v1/edits",
         response_model=EditPayload,
         dependencies=auth,
@@ -220,7 +223,7 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
     async def edits(body: EditRequest) -> EditPayload:
         return await service.edit(body)
 
-    @app.get(
+    @keyed.get(
         "/v1/prototypes",
         response_model=PrototypeSnapshot,
         dependencies=auth,
@@ -234,7 +237,7 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
             return Response(status_code=304, headers={"ETag": etag})
         return Response(st.snapshot_json, media_type="application/json", headers={"ETag": etag})
 
-    @app.post("/admin/reload", dependencies=auth, responses=unauthorized, summary="reload editor and prototypes now")
+    @keyed.post("/admin/reload", dependencies=auth, responses=unauthorized, summary="reload editor and prototypes now")
     async def reload() -> dict[str, str | int]:
         try:
             st = await service.reload()
@@ -248,10 +251,11 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
     async def healthz() -> Health:
         return service.health()
 
-    @app.get("/metrics", dependencies=auth, responses=unauthorized, response_class=PlainTextResponse)
+    @keyed.get("/metrics", dependencies=auth, responses=unauthorized, response_class=PlainTextResponse)
     async def metrics():
         return metrics_response(service.metrics)
 
+    app.include_router(keyed)
     backbone = backbone or LazyBackbone(service.cfg.backbone)
     app.include_router(embeddings_router(backbone, served_model_name(service.cfg.backbone), api_key, describe=False))
 

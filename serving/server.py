@@ -34,7 +34,7 @@ from serving.embeddings_api import PATH as EMBEDDINGS_PATH
 from serving.embeddings_api import APIError
 from serving.metrics import MULTIPROC_ENV
 from serving.serve_config import API_KEY_ENV, ServeConfig
-from serving.web import setup_json_logging
+from serving.web import BODY_TIMED_OUT, setup_json_logging
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class BodyReadTimeout:
                     message = await receive()
             except TimeoutError:
                 state["timed_out"] = True
+                scope[BODY_TIMED_OUT] = True  # the app's request metrics count the 408 the client gets
                 return {"type": "http.disconnect"}  # to the app, the client is gone
             state["body_done"] = message["type"] != "http.request" or not message.get("more_body", False)
             return message

@@ -13,6 +13,7 @@ from typing import Annotated, Protocol
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
@@ -50,6 +51,9 @@ def setup_json_logging(level: int = logging.INFO) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+BODY_TIMED_OUT = "persona.body_timed_out"  # scope key: BodyReadTimeout replaced the app's answer by a 408
 
 
 class ServiceMiddleware:
@@ -105,6 +109,8 @@ class ServiceMiddleware:
         self._record(scope, state["code"], t0)
 
     def _record(self, scope, status: int, t0: float) -> None:
+        if scope.get(BODY_TIMED_OUT):  # the client got BodyReadTimeout's 408, not the app's answer to the cut body
+            status = 408
         route = scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
         seconds = time.perf_counter() - t0
@@ -183,6 +189,23 @@ def api_key_dependency(get_key):
             raise HTTPException(401, "wrong API key", headers={"WWW-Authenticate": "Bearer"})
 
     return check
+
+
+def key_first_route(check) -> type[APIRoute]:
+    """A route class that runs ``check`` (an :func:`api_key_dependency`) before FastAPI reads the body, so an
+    unauthenticated request gets 401 whatever it sends (malformed JSON included)."""
+
+    class KeyFirstRoute(APIRoute):
+        def get_route_handler(self):
+            handler = super().get_route_handler()
+
+            async def route(request: Request):
+                await check(await _bearer(request), await _header(request))
+                return await handler(request)
+
+            return route
+
+    return KeyFirstRoute
 
 
 def metrics_response(metrics: Metrics) -> Response:

@@ -154,6 +154,12 @@ def test_cloud_auth_on_posts_and_health_is_open(services):
     assert c.post(f"{cloud}/admin/reload").status_code == 401
     assert c.post(f"{cloud}/v1/embeddings", json={"input": "hi"}).status_code == 401
     assert c.get(f"{cloud}/healthz").status_code == 200
+    # the key before the body: an unauthenticated client learns nothing about the body it sent
+    for body in ({}, {"items": "50"}):
+        assert c.post(f"{cloud}/v1/edits", json=body).status_code == 401
+    bad_json = {"content": b"\xff{", "headers": {"content-type": "application/json"}}
+    assert c.post(f"{cloud}/v1/edits", **bad_json).status_code == 401
+    assert c.post(f"{cloud}/admin/reload", **bad_json).status_code == 401
     ok = c.post(f"{cloud}/v1/edits", json={"items": ["50", "bogus"]}, headers={"x-api-key": API_KEY})
     assert ok.status_code == 200 and len(ok.json()["layers"]) == 2
     assert_names(c.post(f"{cloud}/v1/edits", json={"items": "50"}, headers={"x-api-key": API_KEY}), 422, "items")

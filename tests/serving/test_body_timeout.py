@@ -55,6 +55,12 @@ def test_half_open_body_gets_408_and_close(servers, service, path):
             assert "within 0.3 s" in body["error"]["message"]  # OpenAI's error shape there
         else:
             assert "within 0.3 s" in body["message"]
+    # the service's request metrics count what the client got (408), not the app's answer to the cut body
+    with httpx.Client(timeout=30, headers={"x-api-key": API_KEY}) as c:
+        text = c.get(f"{srv.url}/metrics").text
+    lines = [ln for ln in text.splitlines() if ln.startswith("persona_requests_total") and f'route="{path}"' in ln]
+    assert any('status="408"' in ln for ln in lines), lines
+    assert not any('status="400"' in ln or 'status="422"' in ln for ln in lines), lines
 
 
 def test_complete_bodies_and_keep_alive_are_unaffected(servers):
