@@ -86,7 +86,7 @@ def run_backbone(name: str, dataset: str, model: str, force: bool) -> dict:
     stem, overrides = BACKBONES[name]
     reports = f"reports/{stem.replace('item-side', 'item_side')}"  # docs/item_side.md's report directories
     common = [f"dataset={dataset}", f"output_dir=runs/{stem}", f"reports_dir={reports}", *overrides]
-    report = ROOT / "reports" / stem.replace("item-side", "item_side") / dataset / "base.json"
+    report = ROOT / reports / dataset / "base.json"
     side = ROOT / "runs" / stem / dataset / "codebook" / "item_side.npz"
     if force or not report.is_file() or model not in json.loads(report.read_text())["runs"]:
         if name == "openai-own":

@@ -14,7 +14,7 @@ from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.prototypes import PrototypeBank
 from llm_cloud.user_context import UserContextHits
 from recsys.atomic_io import atomic_torch_save, atomic_write_text
-from recsys.item_side import rows_for
+from recsys.item_side import rows_for, take_rows
 from recsys.models import EditableSeqRec
 
 
@@ -27,10 +27,7 @@ def code_table_for(codebook_dir: Path, item_tokens: np.ndarray) -> torch.Tensor:
     if not (Path(codebook_dir) / "meta.json").is_file():
         raise ArtifactError(f"no semantic codebook in {codebook_dir}; run `persona codebook` first")
     book = SemanticCodebook.load(codebook_dir)
-    rows = rows_for(item_tokens, book.item_ids)
-    table = np.zeros((len(item_tokens), book.semantic_ids.shape[1]), dtype=np.int64)
-    table[rows >= 0] = book.semantic_ids[rows[rows >= 0]] + 1
-    return torch.from_numpy(table)
+    return torch.from_numpy(take_rows(book.semantic_ids.astype(np.int64) + 1, rows_for(item_tokens, book.item_ids)))
 
 
 def user_context_for(codebook_dir: Path, item_tokens: np.ndarray, n_recent: int) -> UserContextHits:

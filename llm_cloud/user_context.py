@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from codebook import SemanticCodebook
-from recsys.item_side import rows_for
+from recsys.item_side import rows_for, take_rows
 
 
 class UserContextHits:
@@ -32,9 +32,7 @@ class UserContextHits:
         cls, book: SemanticCodebook, embeddings: np.ndarray, item_tokens: np.ndarray, n_recent: int
     ) -> UserContextHits:
         """Rows of ``embeddings`` (aligned with ``book.item_ids``) re-indexed by internal item id."""
-        rows = rows_for(item_tokens, book.item_ids)
-        table = np.zeros((len(item_tokens), embeddings.shape[1]), dtype=np.float32)
-        table[rows >= 0] = embeddings[rows[rows >= 0]]
+        table = take_rows(np.asarray(embeddings, dtype=np.float32), rows_for(item_tokens, book.item_ids))
         return cls(book, torch.from_numpy(table), n_recent)
 
     def encode(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

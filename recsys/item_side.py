@@ -48,6 +48,13 @@ def rows_for(item_tokens: np.ndarray, item_ids) -> np.ndarray:
     return np.array([row.get(str(t), -1) if i > 0 else -1 for i, t in enumerate(item_tokens)], dtype=np.int64)
 
 
+def take_rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]`` (rows from :func:`rows_for`), zeros where ``rows`` is -1."""
+    out = np.zeros((len(rows), *values.shape[1:]), dtype=values.dtype)
+    out[rows >= 0] = values[rows[rows >= 0]]
+    return out
+
+
 def save_item_side(path: Path, item_ids: list[str], vectors: np.ndarray, codes: np.ndarray | None = None) -> Path:
     """Write a side file (atomically): item tokens, their LLM embeddings and semantic codes."""
     if len(item_ids) != len(vectors) or (codes is not None and len(codes) != len(item_ids)):
@@ -88,14 +95,9 @@ def load_item_side(path: Path, item_tokens: np.ndarray, train_counts: np.ndarray
         raise ItemSideError(f"{path} covers {int(known.sum())} of {n - 1} items: built for another dataset?")
     seen = (np.asarray(train_counts) > 0) & known
     seen[0] = False
-    full = np.zeros((n, vectors.shape[1]), dtype=np.float32)
-    full[known] = vectors[rows[known]]
-    white = whiten(full, np.flatnonzero(seen), dims)
+    white = whiten(take_rows(vectors.astype(np.float32), rows), np.flatnonzero(seen), dims)
     white[~known] = 0.0
-    table = None
-    if codes is not None:
-        table = np.zeros((n, codes.shape[1]), dtype=np.int64)
-        table[known] = codes[rows[known]] + 1
+    table = None if codes is None else take_rows(codes.astype(np.int64) + 1, rows)
     return ItemSide(
         torch.from_numpy(white),
         None if table is None else torch.from_numpy(table),

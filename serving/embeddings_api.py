@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from llm_cloud.backbones import Backbone, BackboneError
 from llm_cloud.backbones.config import OpenAIHTTPConfig
 from serving.schemas import StrictInt
-from serving.web import _bearer, _header, api_key_dependency
+from serving.web import api_key_dependency, key_first_route
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 PATH = "/v1/embeddings"
@@ -167,14 +167,12 @@ def _validate(req: EmbeddingsRequest, texts: list[str], dim: int | None) -> None
 def _route_class(check):
     """Routes that check the API key before FastAPI reads the body and answer every error OpenAI-shaped."""
 
-    class OpenAIRoute(APIRoute):
+    class OpenAIRoute(key_first_route(check) if check is not None else APIRoute):
         def get_route_handler(self):
-            handler = super().get_route_handler()
+            handler = super().get_route_handler()  # with a key: checked before the body
 
             async def openai_route(request):
                 try:
-                    if check is not None:  # before the body: an unauthenticated request gets 401, whatever it sends
-                        await check(await _bearer(request), await _header(request))
                     return await handler(request)
                 except APIError as exc:
                     return exc.response()
