@@ -1,8 +1,9 @@
 """The device service: durable events, and full-catalogue ranking with the best adaptation available.
 
 Per ranking request: the user's stored events (+ an explicit recent history) → user state → nearest
-prototype of the cached bank. A cloud edit is reused until the refresh policy asks for a new one
-(``refresh_every`` new events, a change of prototype, or a new bank). A refresh waits at most
+prototype of the cached bank. A cloud edit is reused until the request policy asks for a new one
+(:mod:`serving.request_policy`: every ``refresh_every`` new events or a change of prototype or bank; or
+the events whose user state drifted most; or at random). A request waits at most
 ``budget_ms`` for the cloud; when the cloud is slow, failing or down the request is answered with the
 cached prototype's edit (``prototype-cache``) or the base head (``base``), and the late answer, if it
 comes, fills the cache for the next request (background catch-up). The cloud never causes an error.
@@ -24,6 +25,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
 
@@ -35,6 +37,7 @@ from serving.config import AppConfig
 from serving.event_store import EventStore, UserHistory
 from serving.metrics import Metrics
 from serving.rank_batcher import AdmitRank, Choice, Encoded, RankBatcher, RankJob
+from serving.request_policy import RequestPolicy
 from serving.schemas import ERRORS, EventsRequest, EventsResponse, Health, RankRequest, RankResponse
 from serving.web import (
     ServiceMiddleware,
@@ -54,6 +57,7 @@ class CachedEdit:
     n_events: int  # history length when it was requested
     prototype: int | None  # the device's prototype then
     bank: str | None  # the bank version then
+    state: torch.Tensor | None = None  # the user state then (the request policy's drift reference)
 
 
 class DeviceService:
@@ -82,6 +86,10 @@ class DeviceService:
             else None
         )
         self.edits: OrderedDict[str, CachedEdit] = OrderedDict()
+        self.policy = (
+            None if self.s.request_policy == "refresh" else RequestPolicy(self.s.request_policy, self.s.request_rate)
+        )
+        self.decided: OrderedDict[str, int] = OrderedDict()  # key → history length of its last policy decision
         self.inflight: dict[str, tuple[asyncio.Task, CachedEdit]] = {}  # key → (fetch, what it was asked for)
         self._bg: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -178,10 +186,10 @@ class DeviceService:
                 key = f"u:{req.user_id}"
             else:
                 key = "h:" + hashlib.sha1(repr(window).encode()).hexdigest()
-        job = RankJob(window, req.k, exclude, choose=lambda proto: self._adaptation_now(key, n_events, proto))
+        job = RankJob(window, req.k, exclude, choose=lambda *a: self._adaptation_now(key, n_events, *a))
         result = await self.batcher.rank(job)
         if isinstance(result, Encoded):  # the cloud has to be asked: wait (within budget), then score
-            choice = await self._adaptation_fetch(key, window, req.user_id, n_events, result.prototype)
+            choice = await self._adaptation_fetch(key, window, req.user_id, n_events, result.prototype, result.state)
             result = await self.batcher.rank(RankJob(window, req.k, exclude, state=result.state, choice=choice))
         choice = result.choice
         self.metrics.adaptation.labels(choice.kind).inc()
@@ -206,37 +214,64 @@ class DeviceService:
         kind = "cloud-edit" if c.edit is not None else "base"
         return Choice(kind, c.payload.version, c.payload.prototype_id, c.edit)
 
-    def _adaptation_now(self, key: str | None, n_events: int, proto: int | None) -> Choice | None:
-        """The adaptation if it is known without waiting (no cloud, a fresh cached edit, cloud down); else None."""
+    def _adaptation_now(
+        self, key: str | None, n_events: int, proto: int | None, state: torch.Tensor, distance: float
+    ) -> Choice | None:
+        """The adaptation if it is known without waiting (no cloud, a current cached edit, the policy does not
+        ask, cloud down); else None. ``distance``: the state's distance to its nearest prototype."""
         if self.cloud is None:
             return self._fallback(proto)
         bank = self.runtime.prototypes.version if self.runtime.prototypes else None
         cached = self.edits.get(key)
-        if cached is not None and not self._stale(cached, n_events, proto, bank):
+        if self._current(cached, n_events, proto, bank):
             self.edits.move_to_end(key)
             return self._from_cloud(cached)
+        if self.policy is not None:
+            usable = cached is not None and cached.bank == bank and cached.prototype == proto
+            if not self._policy_asks(key, n_events, state, distance, cached if usable else None):
+                return self._from_cloud(cached) if usable else self._fallback(proto)
         if not self.cloud.available:
             self.metrics.fallback.labels("unavailable").inc()
             return self._fallback(proto)
         return None
 
+    def _policy_asks(
+        self, key: str | None, n_events: int, state: torch.Tensor, distance: float, cached: CachedEdit | None
+    ) -> bool:
+        """One decision per new event of a device: does it ask the cloud? Drift is measured from the state the
+        usable cached edit was asked with, else from the nearest prototype's signature (``distance``)."""
+        if self.decided.get(key) == n_events:  # decided for this history already (the answer may be on its way)
+            return False
+        self.decided[key] = n_events
+        self.decided.move_to_end(key)
+        while len(self.decided) > self.s.edit_cache_size:
+            self.decided.popitem(last=False)
+        signal = distance if cached is None or cached.state is None else float(torch.dist(state, cached.state))
+        asked = self.policy.ask(signal)
+        self.metrics.cloud_ask.labels("asked" if asked else "skipped").inc()
+        return asked
+
     async def _adaptation_fetch(
-        self, key: str, window: list[int], user_id: str | None, n_events: int, proto: int | None
+        self, key: str, window: list[int], user_id: str | None, n_events: int, proto: int | None,
+        state: torch.Tensor,
     ) -> Choice:
         """Ask the cloud for this device's edit (sharing a request in flight); wait at most ``budget_ms``."""
-        now = self._adaptation_now(key, n_events, proto)  # filled meanwhile by another request?
-        if now is not None:
-            return now
         bank = self.runtime.prototypes.version if self.runtime.prototypes else None
+        cached = self.edits.get(key)
+        if self._current(cached, n_events, proto, bank):  # filled meanwhile by another request
+            return self._from_cloud(cached)
+        if not self.cloud.available:
+            self.metrics.fallback.labels("unavailable").inc()
+            return self._fallback(proto)
         pending = self.inflight.get(key)
         # a request already in flight for this device is shared, unless it was for an older history
-        if pending is not None and not self._stale(pending[1], n_events, proto, bank):
+        if pending is not None and self._current(pending[1], n_events, proto, bank):
             task = pending[0]
         else:
             tokens = [str(self.art.tokens[i]) for i in window]
-            task = asyncio.create_task(self._fetch(key, tokens, user_id, n_events, proto, bank))
+            task = asyncio.create_task(self._fetch(key, tokens, user_id, n_events, proto, bank, state))
             task.add_done_callback(_consume)  # a late failure nobody waits for any more is not an error
-            self.inflight[key] = (task, CachedEdit(None, None, n_events, proto, bank))
+            self.inflight[key] = (task, CachedEdit(None, None, n_events, proto, bank, state))
         try:
             fresh = await asyncio.wait_for(asyncio.shield(task), self.s.budget_ms / 1e3)
         except asyncio.TimeoutError:
@@ -250,12 +285,17 @@ class DeviceService:
             return self._fallback(proto)
         return self._from_cloud(fresh)
 
-    def _stale(self, c: CachedEdit, n_events: int, proto: int | None, bank: str | None) -> bool:
-        return n_events - c.n_events >= self.s.refresh_every or n_events < c.n_events or c.prototype != proto or (
-            c.bank != bank
-        )
+    def _current(self, c: CachedEdit | None, n_events: int, proto: int | None, bank: str | None) -> bool:
+        """Whether the cached (or in-flight) edit ``c`` answers this history without a new request."""
+        if c is None or c.prototype != proto or c.bank != bank:
+            return False
+        if self.policy is None:  # refresh: every refresh_every new events
+            return c.n_events <= n_events < c.n_events + self.s.refresh_every
+        return c.n_events == n_events  # drift / random: a new event is a new decision
 
-    async def _fetch(self, key: str, tokens: list[str], user_id: str | None, n_events: int, proto, bank) -> CachedEdit:
+    async def _fetch(
+        self, key: str, tokens: list[str], user_id: str | None, n_events: int, proto, bank, state
+    ) -> CachedEdit:
         try:
             cached_bank = self.runtime.edit_encoding_ready
             encoding = self.s.edit_encoding if self.s.edit_encoding != "code" or cached_bank else "fp32"
@@ -266,7 +306,7 @@ class DeviceService:
                     self._check_edit(edit)
             except (ValueError, RuntimeError) as exc:
                 raise CloudError(f"unusable edit: {exc}") from exc
-            cached = CachedEdit(payload, edit, n_events, proto, bank)
+            cached = CachedEdit(payload, edit, n_events, proto, bank, state)
             newer = self.edits.get(key)
             if newer is None or newer.n_events <= n_events:  # a late answer never replaces a newer one
                 self.edits[key] = cached

@@ -34,6 +34,7 @@ class Metrics:
         )
         self.adaptation = Counter(f"{p}_rank_adaptation", "rankings by adaptation used", ["adaptation"], registry=r)
         self.fallback = Counter(f"{p}_cloud_fallback", "rankings that fell back from the cloud", ["reason"], registry=r)
+        self.cloud_ask = Counter(f"{p}_cloud_ask", "request-policy decisions per new event", ["decision"], registry=r)
         self.cloud_rtt = Histogram(
             f"{p}_cloud_rtt_seconds", "device→cloud round trips", ["endpoint", "outcome"], buckets=LATENCY_BUCKETS,
             registry=r,

@@ -47,14 +47,14 @@ class Choice:
 
 @dataclass
 class RankJob:
-    """One ranking request. Either ``window`` is encoded here and ``choose(prototype)`` picks the adaptation
-    (``None``: it needs an await, the job comes back as :class:`Encoded`), or ``state`` and ``choice`` come from
-    an earlier batch."""
+    """One ranking request. Either ``window`` is encoded here and ``choose(prototype, state, distance)`` picks the
+    adaptation (``None``: it needs an await, the job comes back as :class:`Encoded`), or ``state`` and ``choice``
+    come from an earlier batch."""
 
     window: list[int]
     k: int
     exclude: set[int]
-    choose: Callable[[int | None], Choice | None] | None = None
+    choose: Callable[[int | None, torch.Tensor, float], Choice | None] | None = None
     state: torch.Tensor | None = None
     choice: Choice | None = None
 
@@ -223,7 +223,8 @@ class RankBatcher:
                 proto = None if rt.is_ood(dists[n]) else protos[n]
                 states[i] = encoded[n]
                 choose = jobs[i].choose
-                choices[i] = choose(proto) if choose is not None else Choice("base", None, None, None)
+                base = Choice("base", None, None, None)
+                choices[i] = choose(proto, encoded[n], dists[n]) if choose is not None else base
                 if choices[i] is None:
                     results[i] = Encoded(encoded[n], proto)
         todo = [i for i in range(len(jobs)) if results[i] is None]

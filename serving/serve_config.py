@@ -35,7 +35,12 @@ class ServeConfig(BaseModel):
     budget_ms: float = Field(50.0, gt=0)  # wait at most this long for a cloud edit while ranking
     catchup_timeout_s: float = Field(5.0, gt=0)  # a late edit request keeps going this long in the background
     cloud_retry_s: float = Field(2.0, ge=0)  # after a cloud failure, serve fallbacks this long before retrying
-    refresh_every: int = Field(5, ge=1)  # ask the cloud for a new edit every N new events of a user
+    # when the device asks the cloud for a new edit (serving.request_policy): refresh = every refresh_every new
+    # events or a new prototype/bank; drift = the request_rate share of events whose user state drifted most from
+    # the state its adaptation was made for; random = each new event asks with probability request_rate
+    request_policy: Literal["refresh", "drift", "random"] = "refresh"
+    refresh_every: int = Field(5, ge=1)  # refresh: ask the cloud for a new edit every N new events of a user
+    request_rate: float = Field(0.2, ge=0.0, le=1.0)  # drift / random: target share of new events that ask
     prototypes_refresh_s: float = Field(60.0, gt=0)  # how often the device refetches the bank snapshot
     edit_cache_size: int = Field(10_000, ge=1)  # users whose cloud edit a device worker keeps
     edit_encoding: Encoding = "code"  # how the device asks for edits on the wire

@@ -59,7 +59,7 @@ def mixed_jobs(rt: DeviceRuntime, n: int = 24, seed: int = 0):
         else:
             edit = random_edit(f"job{i}", dim, n_layers, "v").head_edit()  # this request's own edit
         edits.append(edit)
-        jobs.append(RankJob(window, k, exclude, choose=lambda proto, e=edit: Choice("base", None, None, e)))
+        jobs.append(RankJob(window, k, exclude, choose=lambda *_, e=edit: Choice("base", None, None, e)))
     return jobs, edits
 
 
@@ -92,15 +92,17 @@ def test_prototypes_are_assigned_per_row_and_encoded_jobs_finish_later(banked):
         j.choose = None  # no choice given: base head
     asked = []
 
-    def later(proto):
-        asked.append(proto)
+    def later(proto, state, distance):
+        asked.append((proto, state, distance))
         return None  # e.g. the cloud has to be asked
 
     jobs[3].choose = later
     results = RankBatcher(banked).score(jobs)
     state = banked.user_state(jobs[3].window)
     assert isinstance(results[3], Encoded) and torch.allclose(results[3].state, state, atol=TOL)
-    assert asked == [banked.assign(state)[0]] == [results[3].prototype]
+    (proto, seen_state, distance), = asked
+    assert [proto] == [banked.assign(state)[0]] == [results[3].prototype]
+    assert torch.allclose(seen_state, state, atol=TOL) and distance == pytest.approx(banked.assign(state)[1], abs=1e-4)
     edit = banked.prototype_edit(results[3].prototype)
     (again,) = RankBatcher(banked).score(
         [RankJob(jobs[3].window, jobs[3].k, jobs[3].exclude, state=results[3].state,

@@ -1,0 +1,71 @@
+"""The request policy: its rate, which decisions ask, and the device asking the cloud by it over real HTTP."""
+
+from __future__ import annotations
+
+import random
+
+import httpx
+import pytest
+
+from serving.request_policy import RequestPolicy
+from tests.serving.conftest import RandomEditor, rank, serve_config, wait_for
+from tests.serving.test_services import LiveServer, cloud_app, device_app, post_events
+
+
+@pytest.mark.parametrize("kind", ["drift", "random"])
+@pytest.mark.parametrize("rate", [0.05, 0.2, 0.5])
+def test_the_asked_share_is_the_target_rate(kind, rate):
+    rng = random.Random(1)
+    policy = RequestPolicy(kind, rate, window=256, seed=3)
+    for _ in range(4000):
+        policy.ask(rng.expovariate(1.0))
+    assert policy.share == pytest.approx(rate, abs=0.02)
+
+
+def test_drift_asks_for_the_largest_drifts():
+    rng = random.Random(2)
+    policy = RequestPolicy("drift", 0.1, window=256)
+    asked, skipped = [], []
+    for _ in range(3000):
+        signal = rng.random()
+        (asked if policy.ask(signal) else skipped).append(signal)
+    assert min(asked[100:]) > 0.75 and max(skipped) < 0.95  # the threshold sits near the 0.9 quantile
+
+
+def test_rate_zero_never_asks_rate_one_always_and_no_reference_asks():
+    never, always = RequestPolicy("drift", 0.0), RequestPolicy("random", 1.0)
+    assert not any(never.ask(s) for s in (0.0, 5.0, float("inf")))
+    assert all(always.ask(0.0) for _ in range(100))
+    drift = RequestPolicy("drift", 0.05)
+    for _ in range(100):
+        drift.ask(1.0)
+    assert drift.ask(float("inf"))
+
+
+@pytest.mark.parametrize("kind, rate", [("drift", -0.1), ("drift", 1.5), ("often", 0.5)])
+def test_bad_policy_is_refused(kind, rate):
+    with pytest.raises(ValueError, match="request"):
+        RequestPolicy(kind, rate)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_the_device_asks_the_cloud_as_its_policy_says(checkpoint, runtime, tmp_path, rate):
+    dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
+    editor = RandomEditor(dim, n_layers)
+    cfg = serve_config(checkpoint, tmp_path, "serve.request_policy=drift", f"serve.request_rate={rate}",
+                       "serve.budget_ms=2000")  # fmt: skip
+    capp, _ = cloud_app(cfg, lambda: editor)
+    items = [str(t) for t in runtime.item_tokens[1:12]]
+    with LiveServer(capp) as cloud, LiveServer(device_app(cfg, cloud.url)) as dev, httpx.Client(timeout=10) as c:
+        wait_for(lambda: c.get(f"{dev.url}/healthz").json()["prototypes"] == 3)
+        kinds = []
+        for n, item in enumerate(items):
+            post_events(c, dev.url, "carol", [item], start=n)
+            kinds.append(rank(c, dev.url, user_id="carol", k=10).json()["adaptation"])
+        calls = editor.calls
+        again = rank(c, dev.url, user_id="carol", k=10).json()["adaptation"]  # nothing new: no new decision
+        assert editor.calls == calls
+    if rate == 0.0:
+        assert calls == 0 and set(kinds) == {"prototype-cache"} and again == "prototype-cache"
+    else:
+        assert calls == len(items) and set(kinds) == {"cloud-edit"} and again == "cloud-edit"
