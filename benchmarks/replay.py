@@ -47,6 +47,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +134,17 @@ def load_rows(dataset: str, ckpt: Path, share: float, seed: int) -> Rows:
         users_of, [tokens[int(i)] for i in target], history, np.concatenate(static_rank), np.concatenate(served_rank),
         dataset, len(history), consistent / n_rest if n_rest else 1.0,
     )  # fmt: skip
+
+
+def _find(tree, key: str):
+    """The first value of ``key`` anywhere in a nested YAML mapping (None when absent)."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        for value in tree.values():
+            if (found := _find(value, key)) is not None:
+                return found
+    return None
 
 
 def _ranks(logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:
@@ -379,15 +391,18 @@ def curve_name(policy: str, rate: float) -> str:
     return f"{policy}-{rate:g}"
 
 
-def write_reports(per_seed: list[dict], names: list[str], rates: list[float], out: Path, meta: dict) -> None:
+def write_reports(
+    per_seed: list[dict], names: list[str], rates: list[float], out: Path, meta: dict, stem: str = "replay"
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(per_seed, names)
     slim = [{**s, "conditions": {k: {kk: vv for kk, vv in v.items() if kk != "ranks"}
                                  for k, v in s["conditions"].items()}} for s in per_seed]  # fmt: skip
-    (out / "replay.json").write_text(json.dumps({"meta": meta, "seeds": slim, "summary": summary}, indent=2) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "seeds": slim, "summary": summary}, indent=2) + "\n")
     seeds = len(per_seed)
     lines = [
-        f"# Replay through the live services ({meta['dataset']}, {meta['model']}, {seeds} seed(s))", "",
+        f"# Replay through the live services ({meta['dataset']}, {meta['model']}, {meta['base']}, {seeds} seed(s))",
+        "",
         f"{meta['rows']} test rows of {meta['users']} users per seed ({meta['share']:.0%} of the test users), "
         f"{meta['lanes']} concurrent lanes, k=10, nothing excluded (as RecBole's full ranking). Mean ± std over "
         "seeds (the seed-`N` checkpoint, adapter and bank; the same users).", "",
@@ -425,7 +440,7 @@ def write_reports(per_seed: list[dict], names: list[str], rates: list[float], ou
     if rates:
         lines += [
             "", "## Request policy: NDCG@10 against the share of events that ask the cloud", "",
-            "![request-rate curve](replay_rate_curve.png)", "",
+            f"![request-rate curve]({stem}_rate_curve.png)", "",
             "| target rate | drift NDCG@10 | drift asked | random NDCG@10 | random asked |", "|---|---|---|---|---|",
         ]  # fmt: skip
         for rate in rates:
@@ -441,9 +456,9 @@ def write_reports(per_seed: list[dict], names: list[str], rates: list[float], ou
         lines += ["", f"Gain of asking on every event over the cached bank alone: {gain:+.4f} NDCG@10."
                   + (" Share of it kept: " + "; ".join(kept) + "." if kept else "")]  # fmt: skip
     lines += ["", f"- seconds: {meta['seconds']}", f"- command: `{meta['command']}`", ""]
-    (out / "replay.md").write_text("\n".join(lines))
+    (out / f"{stem}.md").write_text("\n".join(lines))
     if rates:
-        plot_curve(per_seed, rates, out / "replay_rate_curve.png")
+        plot_curve(per_seed, rates, out / f"{stem}_rate_curve.png")
 
 
 # ---------------------------------------------------------------- main
@@ -459,7 +474,9 @@ def main() -> int:
     parser.add_argument("--rates", default="0,0.05,0.1,0.2,0.5,1")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--no-curve", action="store_true")
+    parser.add_argument("--runs", default=str(ROOT / "runs"), help="the runs root holding <dataset>/<model>/seed<N>")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
+    parser.add_argument("--name", default="replay", help="report file stem under --out")
     args = parser.parse_args()
     names = [c for c in args.conditions.split(",") if c]
     unknown = sorted(set(names) - set(CONDITIONS))
@@ -473,13 +490,15 @@ def main() -> int:
     t_start = time.perf_counter()
     per_seed = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        ckpt = ROOT / "runs" / args.dataset / args.model / f"seed{seed}"
+        ckpt = Path(args.runs) / args.dataset / args.model / f"seed{seed}"
         if not (ckpt / "adapter-main" / "adapter.yaml").is_file():
             raise SystemExit(f"{ckpt}/adapter-main is missing: run `make run` (or `persona run`) first")
         rows = load_rows(args.dataset, ckpt, args.users, seed=0)
         print(f"[seed {seed}] {len(rows.user)} rows, {rows.n_users} users; histories consistent on "
               f"{rows.consistent:.2%} of the later rows", flush=True)  # fmt: skip
+        side = yaml.safe_load((ckpt / "model.yaml").read_text())
         result = {"seed": seed, "dataset": args.dataset, "model": args.model, "conditions": {},
+                  "base": f"item_side={_find(side, 'item_side')}",
                   "offline": {"static": metrics_of(rows.static_rank), "served": metrics_of(rows.served_rank)}}
         with tempfile.TemporaryDirectory(prefix="persona-replay-") as tmpdir:
             tmp = Path(tmpdir)
@@ -531,11 +550,12 @@ def main() -> int:
         per_seed.append(result)
     meta = {
         "dataset": args.dataset, "model": args.model, "share": args.users, "lanes": args.lanes,
+        "base": per_seed[0]["base"],
         "rows": per_seed[0]["rows"], "users": per_seed[0]["users"], "seconds": round(time.perf_counter() - t_start, 1),
         "command": "python benchmarks/replay.py " + " ".join(sys.argv[1:]),
     }  # fmt: skip
-    write_reports(per_seed, names + curve, rates, Path(args.out), meta)
-    print((Path(args.out) / "replay.md").read_text())
+    write_reports(per_seed, names + curve, rates, Path(args.out), meta, args.name)
+    print((Path(args.out) / f"{args.name}.md").read_text())
     return 0
 
 

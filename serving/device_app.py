@@ -27,18 +27,19 @@ from pathlib import Path
 
 import torch
 from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from recsys.models import HeadEdit
 from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
 from serving.artefacts import Artefacts
 from serving.cloud_client import CloudClient, CloudError
 from serving.config import AppConfig
+from serving.demo import demo_page
 from serving.event_store import EventStore, UserHistory
 from serving.metrics import Metrics
 from serving.rank_batcher import AdmitRank, Choice, Encoded, RankBatcher, RankJob
 from serving.request_policy import RequestPolicy
-from serving.schemas import ERRORS, EventsRequest, EventsResponse, Health, RankRequest, RankResponse
+from serving.schemas import ERRORS, CloudSwitch, EventsRequest, EventsResponse, Health, RankRequest, RankResponse
 from serving.web import (
     ServiceMiddleware,
     field_error,
@@ -91,6 +92,7 @@ class DeviceService:
         )
         self.decided: OrderedDict[str, int] = OrderedDict()  # key → history length of its last policy decision
         self.inflight: dict[str, tuple[asyncio.Task, CachedEdit]] = {}  # key → (fetch, what it was asked for)
+        self.cloud_enabled = True  # PUT /v1/cloud: false → the device serves without calling its cloud
         self._bg: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -136,7 +138,7 @@ class DeviceService:
     async def _prototype_loop(self) -> None:
         while True:
             delay = self.s.prototypes_refresh_s
-            if self.cloud.available:
+            if self.cloud_reachable:
                 try:
                     await self.refresh_prototypes()
                 except CloudError as exc:
@@ -203,6 +205,11 @@ class DeviceService:
             "unknown_items": unknown,
         }
 
+    @property
+    def cloud_reachable(self) -> bool:
+        """The device may call its cloud now: one is configured, enabled, and its breaker is closed."""
+        return self.cloud is not None and self.cloud_enabled and self.cloud.available
+
     def _fallback(self, proto: int | None) -> Choice:
         bank = self.runtime.prototypes
         if proto is not None and bank is not None:
@@ -230,8 +237,8 @@ class DeviceService:
             usable = cached is not None and cached.bank == bank and cached.prototype == proto
             if not self._policy_asks(key, n_events, state, distance, cached if usable else None):
                 return self._from_cloud(cached) if usable else self._fallback(proto)
-        if not self.cloud.available:
-            self.metrics.fallback.labels("unavailable").inc()
+        if not self.cloud_reachable:
+            self.metrics.fallback.labels("unavailable" if self.cloud_enabled else "disabled").inc()
             return self._fallback(proto)
         return None
 
@@ -260,8 +267,8 @@ class DeviceService:
         cached = self.edits.get(key)
         if self._current(cached, n_events, proto, bank):  # filled meanwhile by another request
             return self._from_cloud(cached)
-        if not self.cloud.available:
-            self.metrics.fallback.labels("unavailable").inc()
+        if not self.cloud_reachable:
+            self.metrics.fallback.labels("unavailable" if self.cloud_enabled else "disabled").inc()
             return self._fallback(proto)
         pending = self.inflight.get(key)
         # a request already in flight for this device is shared, unless it was for an older history
@@ -337,6 +344,7 @@ class DeviceService:
             prototypes=bank.size if bank else 0,
             cloud_url=self.cloud.base_url if self.cloud else None,
             cloud_available=self.cloud.available if self.cloud else None,
+            cloud_enabled=self.cloud_enabled if self.cloud else None,
         )
 
 
@@ -377,6 +385,19 @@ def create_device_app(service: DeviceService) -> FastAPI:
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
         return service.health()
+
+    @app.put("/v1/cloud", response_model=Health, responses=ERRORS,
+             summary="stop calling the cloud (serve from the cached bank / base model) or call it again")
+    async def cloud_switch(body: CloudSwitch) -> Health:
+        service.cloud_enabled = body.enabled
+        log.info("cloud %s", "enabled" if body.enabled else "disabled")
+        return service.health()
+
+    page = demo_page(Path(service.cfg.reports_dir), service.art.meta.dataset)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def demo() -> HTMLResponse:
+        return HTMLResponse(page)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics():

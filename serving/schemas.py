@@ -172,3 +172,8 @@ class Health(BaseModel):
     prototypes: int = Field(0, description="prototypes in the (cached) bank")
     cloud_url: str | None = None
     cloud_available: bool | None = None
+    cloud_enabled: bool | None = Field(None, description="device: whether it calls its cloud (PUT /v1/cloud)")
+
+
+class CloudSwitch(_Body):
+    enabled: StrictBool = Field(..., description="false: the device stops calling its cloud (cached bank / base)")

@@ -19,6 +19,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 
 import torch
@@ -189,6 +190,8 @@ def serve(cfg: AppConfig) -> int:
     """Run ``cfg.serve.role`` until interrupted; returns the exit code."""
     s = cfg.serve
     api_key = s.resolved_api_key()
+    if s.role in ("device", "all"):  # for people: where the device's demo page is (logs are JSON)
+        print(f"Persona demo page: http://{s.host}:{s.port}/  (Ctrl-C stops)", file=sys.stderr, flush=True)
     if s.role == "all":
         if not api_key:
             api_key = secrets.token_urlsafe(16)

@@ -166,3 +166,33 @@ def device_and_cloud(checkpoint, runtime, tmp_path: Path, *overrides: str):
             yield device, cloud
     finally:
         cloud.stop()
+
+
+def real_editor_checkpoint(checkpoint, runtime, tmp_path):
+    """A copy of the served checkpoint with a small real adapter + bank next to it (as `persona adapter` writes)."""
+    import shutil
+
+    import numpy as np
+
+    from llm_cloud.adapter import Adapter
+    from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
+    from llm_cloud.adapter_data import training_samples
+    from llm_cloud.artifacts import save_adapter, save_bank
+    from llm_cloud.prototypes import PrototypeBank
+
+    ckpt = tmp_path / "seed0"
+    shutil.copytree(checkpoint[0], ckpt)
+    base = runtime.model
+    torch.manual_seed(0)
+    cfg = AdapterConfig(window=4, code_dim=8, clip=0.05)
+    adapter = Adapter(cfg, base.n_items, base.head.dim, len(base.head.layers))
+    for p in [*adapter.proj_w.parameters(), *adapter.proj_b.parameters()]:
+        torch.nn.init.normal_(p, std=0.05)  # an untrained adapter's edit is zero: make it visible in rankings
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, base.n_items, 15) for _ in range(60)]
+    samples = training_samples(base, seqs, n_window=4, n_future=1)
+    with torch.enable_grad():
+        bank = PrototypeBank.build(PrototypeConfig(k=3, variant="centre"), base, adapter, samples, None, seed=0)
+    save_adapter(ckpt / "adapter-main", adapter, {"seed": 0})
+    save_bank(ckpt / "bank-centre", bank)
+    return ckpt

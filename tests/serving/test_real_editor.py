@@ -3,46 +3,17 @@ the device decodes compact ``code`` edits to exactly the served edit, and the wi
 
 from __future__ import annotations
 
-import shutil
-
 import httpx
-import numpy as np
-import torch
 
-from llm_cloud.adapter import Adapter
-from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
-from llm_cloud.adapter_data import training_samples
-from llm_cloud.artifacts import save_adapter, save_bank
 from llm_cloud.editor import AdapterEditor, load_editor
-from llm_cloud.prototypes import PrototypeBank
 from serving.artefacts import load_artefacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.device_app import DeviceService, create_device_app
-from tests.serving.conftest import API_KEY, LiveServer, rank, serve_config, wait_for
-
-
-def _real_editor_checkpoint(checkpoint, runtime, tmp_path):
-    """A copy of the served checkpoint with a small real adapter + bank next to it (as `persona adapter` writes)."""
-    ckpt = tmp_path / "seed0"
-    shutil.copytree(checkpoint[0], ckpt)
-    base = runtime.model
-    torch.manual_seed(0)
-    cfg = AdapterConfig(window=4, code_dim=8, clip=0.05)
-    adapter = Adapter(cfg, base.n_items, base.head.dim, len(base.head.layers))
-    for p in [*adapter.proj_w.parameters(), *adapter.proj_b.parameters()]:
-        torch.nn.init.normal_(p, std=0.05)  # an untrained adapter's edit is zero: make it visible in rankings
-    rng = np.random.default_rng(0)
-    seqs = [rng.integers(1, base.n_items, 15) for _ in range(60)]
-    samples = training_samples(base, seqs, n_window=4, n_future=1)
-    with torch.enable_grad():
-        bank = PrototypeBank.build(PrototypeConfig(k=3, variant="centre"), base, adapter, samples, None, seed=0)
-    save_adapter(ckpt / "adapter-main", adapter, {"seed": 0})
-    save_bank(ckpt / "bank-centre", bank)
-    return ckpt
+from tests.serving.conftest import API_KEY, LiveServer, rank, real_editor_checkpoint, serve_config, wait_for
 
 
 def test_device_serves_the_real_editors_code_edits_and_the_bytes_are_small(checkpoint, runtime, tmp_path):
-    ckpt = _real_editor_checkpoint(checkpoint, runtime, tmp_path)
+    ckpt = real_editor_checkpoint(checkpoint, runtime, tmp_path)
     cfg = serve_config((ckpt, checkpoint[1]), tmp_path)
     editor = load_editor(ckpt, runtime.model.head.dim, ckpt / "adapter-main")
     assert isinstance(editor, AdapterEditor)

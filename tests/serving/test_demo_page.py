@@ -1,0 +1,133 @@
+"""The device's demo page in a real browser: headless Chromium from the OS packages (``chromium`` and
+``chromium-driver``; never a browser download) driven by Selenium against live device + cloud services
+serving a real small adapter + bank. Skipped when Chromium is missing, unless ``PERSONA_BROWSER_TESTS=required``
+(``.ci/run`` installs Chromium and sets it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import httpx
+import pytest
+
+from serving.artefacts import load_artefacts
+from serving.cloud_app import CloudService, create_cloud_app
+from serving.demo import demo_page, headline_results
+from serving.device_app import DeviceService, create_device_app
+from tests.serving.conftest import API_KEY, LiveServer, real_editor_checkpoint, serve_config, wait_for
+from tests.serving.test_services import metric
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+def chromium(width: int = 1280, height: int = 860):
+    """Headless Chromium through the packaged chromedriver (Selenium's own driver download never runs)."""
+    if not (CHROMIUM and DRIVER):
+        message = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        if os.environ.get("PERSONA_BROWSER_TESTS") == "required":
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--window-size={width},{height}"):  # fmt: skip
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(DRIVER), options=opts)
+
+
+def _text(driver, element_id: str) -> str:
+    return driver.find_element("id", element_id).text
+
+
+def _ranking(driver) -> list[str]:
+    return [li.get_attribute("data-item") for li in driver.find_elements("css selector", "#ranking li")]
+
+
+def edits_served(client: httpx.Client, cloud_url: str) -> float:
+    text = client.get(f"{cloud_url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
+    return metric(text, "persona_requests_total", route="/v1/edits", status="200")
+
+
+def _reports(tmp_path, dataset: str):
+    reports = tmp_path / "reports"
+    (reports / dataset).mkdir(parents=True)
+    summary = {name: {"ndcg@10": {"mean": value, "std": 0.001}} for name, value in
+               (("popularity", 0.021), ("sasrec", 0.056), ("gru4rec", 0.063))}  # fmt: skip
+    (reports / dataset / "base.json").write_text(json.dumps({"summary": summary}))
+    return reports
+
+
+def test_headline_results_come_from_the_reports(tmp_path):
+    reports = _reports(tmp_path, "ml-100k")
+    bars = headline_results(reports, "ml-100k")["bars"]
+    assert [(b["label"], b["value"]) for b in bars] == [
+        ("popularity (static)", 0.021), ("sasrec (static)", 0.056), ("gru4rec (static)", 0.063)]
+    assert headline_results(reports, "ml-latest-small") is None
+    assert '"bars": [{"label": "popularity (static)"' in demo_page(reports, "ml-100k")
+    assert "const RESULTS = null;" in demo_page(reports, "ml-latest-small")
+
+
+def test_demo_page_clicks_adapt_the_ranking_and_cutting_the_cloud_shows_the_fallback(checkpoint, runtime, tmp_path):
+    ckpt = real_editor_checkpoint(checkpoint, runtime, tmp_path)
+    reports = _reports(tmp_path, load_artefacts(serve_config(checkpoint, tmp_path)).meta.dataset)
+    cfg = serve_config((ckpt, checkpoint[1]), tmp_path, f"reports_dir={reports}", "serve.budget_ms=2000")
+    driver = chromium()
+    try:
+        with LiveServer(create_cloud_app(CloudService(cfg, ckpt), API_KEY)) as cloud, httpx.Client(timeout=30) as c:
+            device = DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY)
+            with LiveServer(create_device_app(device)) as dev:
+                wait_for(lambda: device.runtime.edit_encoding_ready, timeout=30)
+                driver.get(f"{dev.url}/?user=web-1")
+                wait_for(lambda: len(_ranking(driver)) == 10, timeout=30)
+                assert len(driver.find_elements("css selector", "#chart svg rect")) == 3  # the headline chart
+                wait_for(lambda: "cloud reachable" in _text(driver, "status"), timeout=30)
+                before = _ranking(driver)
+
+                # 1. click an item: one event stored, the ranking changes, a cloud edit served it
+                driver.find_element("css selector", "#ranking li button").click()
+                wait_for(lambda: len(driver.find_elements("css selector", "#history li")) == 1, timeout=30)
+                wait_for(lambda: _ranking(driver) != before and len(_ranking(driver)) == 10, timeout=30)
+                assert before[0] not in _ranking(driver)  # the clicked item (seen) left the ranking
+                assert _text(driver, "adaptation") == "cloud-edit"
+                assert "1 events" in _text(driver, "n-events")
+                stored = c.post(f"{dev.url}/v1/rank", json={"user_id": "web-1", "k": 10}).json()
+                assert stored["history_length"] == 1
+
+                # 2. cut the cloud: the device serves alone, from its cached bank (or the base model)
+                driver.find_element("id", "cloud-toggle").click()
+                wait_for(lambda: "cloud cut" in _text(driver, "status"), timeout=30)
+                assert c.get(f"{dev.url}/healthz").json()["cloud_enabled"] is False
+                calls = edits_served(c, cloud.url)
+                assert calls > 0
+                driver.find_element("css selector", "#ranking li button").click()
+                wait_for(lambda: len(driver.find_elements("css selector", "#history li")) == 2, timeout=30)
+                wait_for(lambda: _text(driver, "adaptation") in ("prototype-cache", "base"), timeout=30)
+                assert edits_served(c, cloud.url) == calls  # no cloud call while it is cut
+                if os.environ.get("PERSONA_DEMO_SCREENSHOT"):
+                    driver.save_screenshot(os.environ["PERSONA_DEMO_SCREENSHOT"])
+
+                # 3. bring it back: the next event is served by a cloud edit again
+                driver.find_element("id", "cloud-toggle").click()
+                wait_for(lambda: "cloud reachable" in _text(driver, "status"), timeout=30)
+                driver.find_element("css selector", "#ranking li button").click()
+                wait_for(lambda: len(driver.find_elements("css selector", "#history li")) == 3, timeout=30)
+                wait_for(lambda: _text(driver, "adaptation") == "cloud-edit", timeout=30)
+    finally:
+        driver.quit()
+
+
+def test_cloud_switch_rejects_a_bad_body(checkpoint, tmp_path):
+    cfg = serve_config(checkpoint, tmp_path)
+    with LiveServer(create_device_app(DeviceService(cfg, load_artefacts(cfg)))) as dev, httpx.Client() as c:
+        resp = c.put(f"{dev.url}/v1/cloud", json={"enabled": "maybe"})
+        assert resp.status_code == 422 and "enabled" in resp.json()["message"]
+        assert c.put(f"{dev.url}/v1/cloud", json={"enabled": False}).json()["cloud_enabled"] is None  # no cloud
+        page = c.get(f"{dev.url}/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "<script src" not in page.text and "://" not in page.text  # no external assets: works offline
