@@ -1,4 +1,5 @@
-"""Dataset conversion from the real mirror, the embedded default, and bad input."""
+"""Dataset conversion from the real mirror, the embedded default, a user's CSV (titles) and bad input.
+The CSVs here are small synthetic files written in tmp dirs."""
 
 from __future__ import annotations
 
@@ -112,6 +113,10 @@ def test_user_csv_import(tmp_path):
         ("user,item,timestamp\n,a,1\n", "column 'user' line 2: empty value"),
         ("", "empty file"),
         ('user,item,timestamp\nu1,"a,1\n', "not a readable CSV"),
+        ("user,item,timestamp\n", "no rows"),
+        ("user,item,timestamp\nu1,a,1\nu1,b,inf\n", "line 3: not a number: 'inf'"),
+        ("user,item,timestamp,Title,title\nu1,a,1,x,y\n", "column 'title' appears more than once"),
+        ("user,item,timestamp\nu1,a,1\nu2,b,2\n", "no user has two or more interactions"),
     ],
 )
 def test_malformed_csv_is_named(tmp_path, content, message):
@@ -136,3 +141,28 @@ def test_ml_latest_small_tags_after_the_cutoff_stay_out_of_the_item_text(workdir
     before = read_items(out, "ml-latest-small", cutoff).set_index("item_id")["tags"]
     assert only_late and all(everything[i] for i in only_late) and not any(before[i] for i in only_late)
     assert (before.str.len() <= everything.str.len()).all()
+
+
+def _synthetic_csv(path, origin=0, clock=False, users=12, title=True):
+    """Synthetic events: user k has 3 + k % 5 events, at positions origin, origin+1, ... (or at clock times)."""
+    lines = ["user,item,timestamp" + (",Title" if title else "")]
+    for u in range(users):
+        for pos in range(3 + u % 5):
+            item = (u * 7 + pos * 3) % 20
+            ts = 1_700_000_000 + 3_600 * (u * 11 % 17) + 60 * pos if clock else origin + pos
+            lines.append(f"u{u},i{item},{ts}" + (f",Item number {item}" if title else ""))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_csv_title_column_reaches_the_item_file(tmp_path):
+    """Synthetic CSV: a ``Title`` header (any case) gives the item titles, first among the text columns; without
+    one, the title is the item id."""
+    csv = tmp_path / "t.csv"
+    csv.write_text("User,item,timestamp,brand,Title\nu1,a,0,X,Alpha\nu1,b,1,Y,Beta\nu2,a,0,,\nu2,c,1,Z,Gamma\n")
+    items = read_items(import_csv(csv, "mine", DataConfig(workdir=str(tmp_path))), "mine")
+    assert list(items.columns) == ["item_id", "title", "brand"]
+    assert list(items["title"]) == ["Alpha", "Beta", "Gamma"]
+    out = import_csv(_synthetic_csv(tmp_path / "p.csv", title=False), "plain", DataConfig(workdir=str(tmp_path)))
+    items = read_items(out, "plain")
+    assert list(items["title"]) == list(items["item_id"])
