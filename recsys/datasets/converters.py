@@ -1,7 +1,7 @@
 """Converters from each real dataset's raw files to :class:`AtomicDataset`.
 
 One function per registered dataset, listed in ``CONVERTERS``; plus :func:`from_user_csv` for a user's
-own ``user,item,timestamp[,title][,text...]`` CSV.
+own ``user,item,timestamp[,title][,text...]`` CSV and :func:`detect_protocol` for its timestamps.
 """
 
 from __future__ import annotations
@@ -191,3 +191,27 @@ def from_user_csv(path: Path, name: str, text_columns: list[str] | None = None) 
         items.insert(1, TITLE_COLUMN, items["item_id"])
     return AtomicDataset(name, inter, items)
 
+
+def detect_protocol(inter: pd.DataFrame) -> tuple[str, str]:
+    """``("order" | "shift", why)`` for interactions whose ``timestamp`` may be order positions, not times.
+
+    The rule: the timestamps are per-user positions, so ``order`` (per-user leave-last-out), when every
+    timestamp is a whole number, no user has two events at the same timestamp, and every user's first
+    timestamp is the same origin, 0 or 1 (``0..n-1`` or ``1..n``; gaps, e.g. from dropped rows, allowed).
+    A shared clock does not start every user at 0 or 1; on positions, a global split by "time" would
+    cut by sequence length and leave the test set to the longest users. Anything else is ``shift``.
+    """
+    ts = inter["timestamp"].to_numpy(dtype=float)
+    if not np.array_equal(ts, np.round(ts)):
+        return "shift", "timestamps are not whole numbers: a clock"
+    if inter.duplicated(["user_id", "timestamp"]).any():
+        return "shift", "some user has two events at one timestamp: not positions"
+    grouped = inter.groupby("user_id", sort=False)["timestamp"]
+    first = grouped.min()
+    origins = first.unique()
+    if len(origins) != 1 or origins[0] not in (0.0, 1.0):
+        return "shift", "users start at different timestamps: a shared time line"
+    origin = int(origins[0])
+    exact = bool(((grouped.max() - first + 1) == grouped.size()).all())
+    shape = f"exactly {origin}..n{'-1' if origin == 0 else ''}" if exact else f"counted from {origin}, with gaps"
+    return "order", f"every user's timestamps are positions {shape}, not times"
