@@ -1,5 +1,6 @@
 """A user's own CSV through ``persona prepare --csv`` (protocol detected or given, recorded, used by later
-configs without a flag; its text columns as LLM item text). Every CSV here is a small synthetic file in a tmp dir."""
+configs without a flag; its text columns as LLM item text) and per-dataset serve state. Every CSV here is
+a small synthetic file in a tmp dir."""
 
 from __future__ import annotations
 
@@ -45,6 +46,35 @@ def test_prepare_csv_protocol_flag_overrides_detection(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "protocol: shift (global time split; given; detected order: " in proc.stdout
     assert load_app_config(overrides=["dataset=mine", f"data.workdir={workdir}"]).data.protocol == "shift"
+
+
+def test_serve_state_is_per_dataset_by_default(tmp_path):
+    paths = {}
+    for name in ("ml-100k", "amazon-beauty"):
+        cfg = load_app_config(overrides=[f"dataset={name}", f"output_dir={tmp_path}"])
+        assert cfg.serve.db_path is None and cfg.serve.prototype_cache is None
+        paths[name] = cfg.serve.state_paths(cfg.output_dir, cfg.dataset)
+    assert paths["ml-100k"] == (tmp_path / "serve" / "ml-100k" / "events.db",
+                                tmp_path / "serve" / "ml-100k" / "prototypes.json")
+    assert paths["amazon-beauty"][0] != paths["ml-100k"][0] and paths["amazon-beauty"][1] != paths["ml-100k"][1]
+    explicit = [f"serve.db_path={tmp_path / 'e.db'}", f"serve.prototype_cache={tmp_path / 'p.json'}"]
+    cfg = load_app_config(overrides=explicit)
+    assert cfg.serve.state_paths(cfg.output_dir, cfg.dataset) == (tmp_path / "e.db", tmp_path / "p.json")
+
+
+def test_device_service_opens_its_datasets_event_log(checkpoint, tmp_path):
+    """With no serve.db_path / serve.prototype_cache, the device keeps its state under <output_dir>/serve/<dataset>/."""
+    from serving.artefacts import load_artefacts
+    from serving.device_app import DeviceService
+
+    ckpt, workdir = checkpoint
+    cfg = load_app_config(overrides=[f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"output_dir={tmp_path}"])
+    service = DeviceService(cfg, load_artefacts(cfg))
+    try:
+        assert service.store.path == tmp_path / "serve" / "ml-100k" / "events.db" and service.store.path.is_file()
+        assert service.cache_path == tmp_path / "serve" / "ml-100k" / "prototypes.json"
+    finally:
+        service.store.close()
 
 
 def test_csv_text_columns_make_the_llm_item_text(tmp_path):
