@@ -17,6 +17,7 @@ from llm_cloud.backbones.st import SentenceTransformerBackbone
 from llm_cloud.context import ContextConfig
 from llm_cloud.pipeline import ItemEmbeddings, encode_items
 from recsys.config import DataConfig
+from serving.config import load_app_config
 from tests.conftest import free_port
 
 
@@ -145,7 +146,6 @@ def tiny_overrides(workdir: Path, out: Path) -> list[str]:
 def tiny_base(workdir: Path, out: Path) -> Path:
     """A tiny trained base checkpoint (one process); returns its run dir."""
     from recsys.experiment import train_seeds
-    from tests.conftest import load_config
 
-    (run_dir,) = train_seeds(load_config(overrides=tiny_overrides(workdir, out)), progress=False)
+    (run_dir,) = train_seeds(load_app_config(overrides=tiny_overrides(workdir, out)), progress=False)
     return run_dir
