@@ -1,8 +1,10 @@
 """Typed configuration with RecBole-style layering.
 
-Layers, later wins: ``configs/default.yaml`` → ``configs/datasets/<dataset>.yaml`` →
-``configs/models/<model>.yaml`` → a user file (``--config``) → ``key=value`` overrides
-(dotted keys, YAML-parsed values). Unknown keys are errors that name the field.
+The defaults are the pydantic models' (here and in the sections ``serving.config.AppConfig`` adds);
+``persona config`` prints the resolved YAML. Layers, later wins: the defaults →
+``datasets/<dataset>.yaml`` → ``models/<model>.yaml`` (both in :data:`CONFIG_DIR`, package data of
+``recsys``) → a user file (``--config``) → ``key=value`` overrides (dotted keys, YAML-parsed values).
+Unknown keys are errors that name the field.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = Path(os.environ.get("PERSONA_CONFIG_DIR", PROJECT_ROOT / "configs"))
+CONFIG_DIR = Path(os.environ.get("PERSONA_CONFIG_DIR") or Path(__file__).resolve().parent / "configs")
 
 
 class ConfigError(ValueError):
@@ -37,6 +39,9 @@ class DataConfig(_Strict):
     max_seq_len: int = Field(50, ge=2)
     download: bool = False  # fetch from the official URL when the mirror lacks the dataset
     item_side: str | None = None  # side file (model_params.item_side); None → <output_dir>/<dataset>/codebook/
+    # item context text for the LLM (llm_cloud.context), e.g. "{title}.[ Tags: {tags}.]": a [...] segment is
+    # dropped when a field in it is empty; set per dataset in configs/datasets/; None → "column: value." each
+    text_template: str | None = None
 
 
 class ModelConfig(_Strict):
@@ -156,15 +161,22 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+def user_file_path(user_file: str) -> Path:
+    """``--config FILE`` as given, else relative to :data:`CONFIG_DIR` (``--config backbones/smollm2.yaml``)."""
+    path = Path(user_file)
+    if not path.is_file() and not path.is_absolute() and (CONFIG_DIR / path).is_file():
+        return CONFIG_DIR / path
+    return path
+
+
 def layered_dict(user_file: str | None = None, overrides: list[str] | None = None) -> dict:
-    """Merge the config layers into one plain dict (before validation)."""
-    user = read_yaml(Path(user_file)) if user_file else {}
+    """Merge the config layers into one plain dict (before validation; the models supply the defaults)."""
+    user = read_yaml(user_file_path(user_file)) if user_file else {}
     cli = parse_overrides(overrides or [])
-    default = read_yaml(CONFIG_DIR / "default.yaml")
-    top = deep_merge(deep_merge(default, user), cli)  # decides which dataset/model layers apply
-    merged = default
-    for section, name in (("datasets", top.get("dataset")), ("models", top.get("model"))):
-        path = CONFIG_DIR / section / f"{name}.yaml"
+    top = deep_merge(user, cli)  # decides which dataset/model layers apply
+    merged: dict = {}
+    for section, key in (("datasets", "dataset"), ("models", "model")):
+        path = CONFIG_DIR / section / f"{top.get(key, PersonaConfig.model_fields[key].default)}.yaml"
         if path.is_file():
             merged = deep_merge(merged, read_yaml(path))
     return deep_merge(deep_merge(merged, user), cli)
@@ -189,4 +201,5 @@ def load_config(user_file: str | None = None, overrides: list[str] | None = None
 
 
 def dump_config(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """``cfg`` as YAML, in the models' field order (what ``persona config`` prints)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
