@@ -115,7 +115,7 @@ def main() -> int:
         from recsys.datasets.atomic import read_items
 
         items = read_items(prepare(args.dataset, cfg.data), args.dataset)
-        texts = dict(zip(items["item_id"].astype(str), item_texts(items, args.dataset, cfg.context)))
+        texts = dict(zip(items["item_id"].astype(str), item_texts(items, cfg.data.text_template, cfg.context)))
         backbone = build_backbone(cfg.backbone, cached=False)
         tok = split.item_tokens
 

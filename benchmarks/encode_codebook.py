@@ -29,9 +29,8 @@ import uvicorn
 from codebook import SemanticCodebook
 from llm_cloud.backbones import BackboneConfig, build_backbone
 from llm_cloud.backbones.config import OpenAIHTTPConfig
-from llm_cloud.context import ContextConfig, item_texts
+from llm_cloud.context import item_texts
 from llm_cloud.pipeline import encode_items
-from recsys.config import DataConfig
 from recsys.datasets import prepare, read_items
 from serving.config import load_app_config
 from serving.embeddings_api import create_embeddings_app
@@ -144,8 +143,8 @@ def main() -> None:
     ap.add_argument("--out", default="reports/benchmarks")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    data = DataConfig()
-    texts = item_texts(read_items(prepare("ml-100k", data), "ml-100k"), "ml-100k", ContextConfig())
+    cfg = load_app_config(None, ["dataset=ml-100k"])
+    texts = item_texts(read_items(prepare("ml-100k", cfg.data), "ml-100k"), cfg.data.text_template, cfg.context)
     texts = (texts * (args.n_encode // len(texts) + 1))[: max(args.n_encode, args.n_llm)]
     enc_rows = bench_encode(texts, args.n_encode, args.n_llm)
     faiss.omp_set_num_threads(1)

@@ -128,7 +128,10 @@ def matmul_gflops(threads: int) -> float:
 
 
 def _run(code_root: Path, case: str, args, overrides: list[str]) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(code_root), "PERSONA_CONFIG_DIR": str(code_root / "configs")}
+    env = {**os.environ, "PYTHONPATH": str(code_root)}
+    env.pop("PERSONA_CONFIG_DIR", None)
+    if (code_root / "configs").is_dir():  # older revisions kept the config layers at the top level
+        env["PERSONA_CONFIG_DIR"] = str(code_root / "configs")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--worker", "--case", case,
            "--max-seconds", str(args.max_seconds), "--base-dir", str(args.base_dir), *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

@@ -159,14 +159,6 @@ class SemanticCodebook:
         """Nearest items by codebook-decoded distance (FAISS ADC search): (distances, rows)."""
         return self.index.search(self.transform(embeddings), k)
 
-    def reconstruct(self, embeddings: np.ndarray) -> np.ndarray:
-        """Transformed embeddings as the codebook sees them (sum of their codewords)."""
-        return quantizer.decode(self.index, self.hits(embeddings))
-
-    def codewords(self) -> list[np.ndarray]:
-        """Per learned level, the ``[2**bits, d]`` codeword matrix (in the transformed space)."""
-        return quantizer.codebooks(self.index)
-
     # ---- quality -----------------------------------------------------------------------------
     def quality(self, emb: np.ndarray) -> dict:
         """Quality report on item embeddings ``emb`` (the ones the codebook was built from)."""

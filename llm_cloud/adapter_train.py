@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -115,11 +114,3 @@ def train_adapter(
         loop_settings(cfg, valid_metric, dist_timeout_s), seed, desc=f"adapter seed {seed}", progress=progress,
     )
     return AdapterResult(adapter, res, samples)
-
-
-def code_table_from_ids(semantic_ids: np.ndarray, row_of_internal_id: np.ndarray) -> torch.Tensor:
-    """``[n_items, levels]`` codes per internal item id (+1 so 0 is padding); unknown items get 0."""
-    table = np.zeros((len(row_of_internal_id), semantic_ids.shape[1]), dtype=np.int64)
-    known = row_of_internal_id >= 0
-    table[known] = semantic_ids[row_of_internal_id[known]] + 1
-    return torch.from_numpy(table)

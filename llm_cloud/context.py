@@ -1,7 +1,8 @@
 """Multi-modal item and user context.
 
-Item text comes from the dataset's text fields through a per-dataset template; ``[...]`` marks an
-optional segment, dropped when a field inside it is empty (``"{title}.[ Tags: {tags}.]"``).
+Item text comes from the dataset's text fields through its template (``data.text_template``, set per
+dataset in ``recsys/configs/datasets/``); ``[...]`` marks an optional segment, dropped when a field
+inside it is empty (``"{title}.[ Tags: {tags}.]"``).
 For datasets that ship image features (amazon-scientific) the text embedding is fused with them:
 each block is L2-normalised, scaled by ``sqrt(1-w)`` and ``sqrt(w)`` and concatenated. The fused
 vector has unit norm and its cosine is exactly ``(1-w)·cos_text + w·cos_image``: parameter-free,
@@ -22,13 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 _OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
 
-DEFAULT_TEMPLATES = {
-    "ml-100k": "{title}[ ({release_year})].[ Genres: {genres}.]",
-    "ml-latest-small": "{title}.[ Genres: {genres}.][ Tags: {tags}.]",
-    "amazon-beauty": "{title}",
-    "amazon-scientific": "{title}",
-}
-
 
 class ContextError(ValueError):
     """A template names a field the item table lacks, or the inputs do not line up."""
@@ -39,8 +33,6 @@ class ContextConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    templates: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
-    default_template: str | None = None  # for datasets without a template; None → "field: value." per field
     empty_text: str = "item {item_id}"  # used when an item's template renders to nothing
     image_weight: float = Field(0.3, ge=0.0, le=1.0)  # share of the fused cosine from image features; 0 = off
     user_template: str = "Recently: {items}"
@@ -48,12 +40,9 @@ class ContextConfig(BaseModel):
     user_separator: str = " | "
 
 
-def template_for(cfg: ContextConfig, dataset: str, columns: Sequence[str]) -> str:
-    if dataset in cfg.templates:
-        return cfg.templates[dataset]
-    if cfg.default_template:
-        return cfg.default_template
-    return " ".join(f"[{c}: {{{c}}}.]" for c in columns if c != "item_id")
+def template_for(template: str | None, columns: Sequence[str]) -> str:
+    """``template``, or ``"[column: {column}.]"`` for each text column when the dataset sets none."""
+    return template or " ".join(f"[{c}: {{{c}}}.]" for c in columns if c != "item_id")
 
 
 def render(template: str, fields: Mapping[str, str]) -> str:
@@ -70,9 +59,9 @@ def render(template: str, fields: Mapping[str, str]) -> str:
     return " ".join(text.split())
 
 
-def item_texts(items: pd.DataFrame, dataset: str, cfg: ContextConfig) -> list[str]:
-    """One context text per row of the item table (``item_id`` + text columns)."""
-    template = template_for(cfg, dataset, list(items.columns))
+def item_texts(items: pd.DataFrame, template: str | None, cfg: ContextConfig) -> list[str]:
+    """One context text per row of the item table (``item_id`` + text columns); ``template``: ``data.text_template``."""
+    template = template_for(template, list(items.columns))
     out = []
     for row in items.to_dict("records"):
         text = render(template, row)

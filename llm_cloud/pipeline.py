@@ -48,7 +48,7 @@ def encode_items(
     """
     out_dir = prepare(dataset, data)
     items = read_items(out_dir, dataset, cutoff)
-    texts = item_texts(items, dataset, context)
+    texts = item_texts(items, data.text_template, context)
     emb = backbone.encode(texts)
     image = read_arrays(out_dir).get("image_features")
     fused = image is not None and context.image_weight > 0

@@ -2,16 +2,13 @@
 
 RecBole 1.2.1 still uses numpy aliases removed in numpy 2 (``np.float_``, ``np.complex_``,
 ``np.unicode_``, ``np.bool8``); they are restored before RecBole is imported. RecBole's ``Config`` reads
-``sys.argv``; :func:`recbole_argv_isolated` hides ours while one is built. RecBole's own
-checkpoints pickle its ``Config``, so reloading them needs ``torch.load(..., weights_only=False)``:
-use :func:`load_recbole_checkpoint` for those (Persona's own checkpoints are plain state_dicts and
-load with ``weights_only=True``). Nothing here patches RecBole or torch functions.
+``sys.argv``; :func:`recbole_argv_isolated` hides ours while one is built. Nothing here patches
+RecBole or torch functions.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import warnings
 
@@ -42,10 +39,3 @@ def recbole_argv_isolated():
         yield
     finally:
         sys.argv = saved
-
-
-def load_recbole_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by RecBole's own Trainer (it pickles the Config: trusted files only)."""
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=False)

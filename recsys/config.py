@@ -1,9 +1,11 @@
 """Typed configuration with RecBole-style layering.
 
-Layers, later wins: ``configs/default.yaml`` → ``configs/datasets/<dataset>.yaml`` → what was
-recorded when the dataset was prepared (``<data.workdir>/<dataset>/dataset.json``: the protocol of an
-imported CSV) → ``configs/models/<model>.yaml`` → a user file (``--config``) → ``key=value`` overrides
-(dotted keys, YAML-parsed values). Unknown keys are errors that name the field.
+The defaults are the pydantic models' (here and in the sections ``serving.config.AppConfig`` adds);
+``persona config`` prints the resolved YAML. Layers, later wins: the defaults →
+``datasets/<dataset>.yaml`` → what was recorded when the dataset was prepared
+(``<data.workdir>/<dataset>/dataset.json``: the protocol of an imported CSV) → ``models/<model>.yaml``
+(the YAML layers in :data:`CONFIG_DIR`, package data of ``recsys``) → a user file (``--config``) →
+``key=value`` overrides (dotted keys, YAML-parsed values). Unknown keys are errors that name the field.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = Path(os.environ.get("PERSONA_CONFIG_DIR", PROJECT_ROOT / "configs"))
+CONFIG_DIR = Path(os.environ.get("PERSONA_CONFIG_DIR") or Path(__file__).resolve().parent / "configs")
 MANIFEST = "dataset.json"  # beside a prepared dataset's atomic files: how it was imported (recsys.datasets)
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,9 @@ class DataConfig(_Strict):
     max_seq_len: int = Field(50, ge=2)
     download: bool = False  # fetch from the official URL when the mirror lacks the dataset
     item_side: str | None = None  # side file (model_params.item_side); None → <output_dir>/<dataset>/codebook/
+    # item context text for the LLM (llm_cloud.context), e.g. "{title}.[ Tags: {tags}.]": a [...] segment is
+    # dropped when a field in it is empty; set per dataset in configs/datasets/; None → "column: value." each
+    text_template: str | None = None
 
 
 class ModelConfig(_Strict):
@@ -164,7 +169,7 @@ def read_yaml(path: Path) -> dict:
 
 def user_layers(user_file: str | None = None, overrides: list[str] | None = None) -> dict:
     """What the user gave: the ``--config`` file with the ``key=value`` overrides over it."""
-    user = read_yaml(Path(user_file)) if user_file else {}
+    user = read_yaml(user_file_path(user_file)) if user_file else {}
     return deep_merge(user, parse_overrides(overrides or []))
 
 
@@ -185,7 +190,7 @@ def read_manifest(directory: Path) -> dict | None:
 def _recorded_layer(top: dict, given: dict) -> dict:
     """The protocol recorded with the dataset ``top`` names, as a layer; a warning when ``given`` contradicts it."""
     data = top.get("data") if isinstance(top.get("data"), dict) else {}
-    name = top.get("dataset")
+    name = top.get("dataset", PersonaConfig.model_fields["dataset"].default)
     if not isinstance(name, str) or not name:
         return {}
     directory = Path(str(data.get("workdir", DataConfig.model_fields["workdir"].default))) / name
@@ -201,16 +206,23 @@ def _recorded_layer(top: dict, given: dict) -> dict:
     return {"data": {"protocol": recorded}}
 
 
+def user_file_path(user_file: str) -> Path:
+    """``--config FILE`` as given, else relative to :data:`CONFIG_DIR` (``--config backbones/smollm2.yaml``)."""
+    path = Path(user_file)
+    if not path.is_file() and not path.is_absolute() and (CONFIG_DIR / path).is_file():
+        return CONFIG_DIR / path
+    return path
+
+
 def layered_dict(user_file: str | None = None, overrides: list[str] | None = None) -> dict:
-    """Merge the config layers into one plain dict (before validation)."""
-    user = read_yaml(Path(user_file)) if user_file else {}
+    """Merge the config layers into one plain dict (before validation; the models supply the defaults)."""
+    user = read_yaml(user_file_path(user_file)) if user_file else {}
     cli = parse_overrides(overrides or [])
     given = deep_merge(user, cli)
-    default = read_yaml(CONFIG_DIR / "default.yaml")
-    top = deep_merge(deep_merge(default, user), cli)  # decides which dataset/model layers apply
-    merged = default
-    for section, name in (("datasets", top.get("dataset")), ("models", top.get("model"))):
-        path = CONFIG_DIR / section / f"{name}.yaml"
+    top = given  # decides which dataset/model layers apply
+    merged: dict = {}
+    for section, key in (("datasets", "dataset"), ("models", "model")):
+        path = CONFIG_DIR / section / f"{top.get(key, PersonaConfig.model_fields[key].default)}.yaml"
         if path.is_file():
             merged = deep_merge(merged, read_yaml(path))
         if section == "datasets":
@@ -237,4 +249,5 @@ def load_config(user_file: str | None = None, overrides: list[str] | None = None
 
 
 def dump_config(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """``cfg`` as YAML, in the models' field order (what ``persona config`` prints)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -73,7 +73,6 @@ class SplitData:
     train_counts: np.ndarray  # training-period interactions per item, length n_items
     valid: object  # RecBole dataset of validation rows (item_id_list, item_length, item_id, timestamp)
     test: object  # RecBole dataset of test rows
-    recbole_dataset: object  # the RecBole dataset (after build)
     # shift protocol: the last training-period time; nothing later may reach training or the item context
     train_cutoff: float | None = None
 
@@ -134,7 +133,6 @@ def load_split(name: str, atomic_root: Path, data: DataConfig, ev: EvalConfig, s
         train_counts=counts,
         valid=valid_ds,
         test=test_ds,
-        recbole_dataset=dataset,
         train_cutoff=float(train_ds.inter_feat[dataset.time_field].max()) if data.protocol == "shift" else None,
     )
 

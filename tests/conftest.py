@@ -13,8 +13,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from recsys.config import load_config  # noqa: E402  (recsys's own loader: the splits need no other section)
 from recsys.datasets.registry import default_mirror  # noqa: E402
-from serving.config import load_app_config as load_config  # noqa: E402  (the full schema: default.yaml has every section)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,5 +13,5 @@ class CliError(RuntimeError):
 
 def add_common(parser: argparse.ArgumentParser) -> None:
     """``--config FILE`` and ``key=value`` overrides, shared by every command."""
-    parser.add_argument("--config", help="YAML file layered over configs/ (see README)")
+    parser.add_argument("--config", help="YAML file layered over the defaults (`persona config` prints the result)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. dataset=ml-latest-small train.lr=0.002")

@@ -16,7 +16,8 @@ from llm_cloud.backbones import Backbone, BackboneError, CachedBackbone
 from llm_cloud.backbones.st import SentenceTransformerBackbone
 from llm_cloud.context import ContextConfig
 from llm_cloud.pipeline import ItemEmbeddings, encode_items
-from recsys.config import DataConfig
+from recsys.config import load_config
+from serving.config import load_app_config
 from tests.conftest import free_port
 
 
@@ -32,7 +33,8 @@ def ml100k_embeddings(workdir: Path, cache_dir: Path) -> ItemEmbeddings:
     """Real all-MiniLM-L6-v2 embeddings of every ml-100k item (encoded once per session, then cached)."""
     if "ml-100k" not in _ITEMS:
         backbone = CachedBackbone(minilm(), cache_dir)
-        _ITEMS["ml-100k"] = encode_items("ml-100k", DataConfig(workdir=str(workdir)), ContextConfig(), backbone)
+        data = load_config(overrides=[f"data.workdir={workdir}"]).data  # with ml-100k's text template
+        _ITEMS["ml-100k"] = encode_items("ml-100k", data, ContextConfig(), backbone)
     return _ITEMS["ml-100k"]
 
 
@@ -145,7 +147,6 @@ def tiny_overrides(workdir: Path, out: Path) -> list[str]:
 def tiny_base(workdir: Path, out: Path) -> Path:
     """A tiny trained base checkpoint (one process); returns its run dir."""
     from recsys.experiment import train_seeds
-    from tests.conftest import load_config
 
-    (run_dir,) = train_seeds(load_config(overrides=tiny_overrides(workdir, out)), progress=False)
+    (run_dir,) = train_seeds(load_app_config(overrides=tiny_overrides(workdir, out)), progress=False)
     return run_dir

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from llm_cloud.adapter import Adapter, left_padded_windows
 from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.adapter_data import training_samples
-from llm_cloud.prototypes import PrototypeBank
+from llm_cloud.prototypes import PrototypeBank, sample_codes
 from recsys.config import ModelConfig
 from recsys.models import EditableSeqRec, HeadEdit, score_with_edit
 from recsys.runtime import EditPayload
@@ -108,7 +109,18 @@ def test_prototype_assignment_nearest_and_min_residual():
 def test_finetuned_prototypes_fit_their_cluster_better():
     bank_c, adapter, samples, base = _bank(PrototypeConfig(k=2, variant="centre"))
     bank_f, *_ = _bank(PrototypeConfig(k=2, variant="finetune", finetune_epochs=20, finetune_lr=1e-2))
-    assert any(not torch.equal(a, b) for a, b in zip(bank_c.weights, bank_f.weights))
+    assert torch.equal(bank_c.centres, bank_f.centres)  # same clusters: only the prototype heads differ
+    assign, _ = bank_c.assign_nearest(sample_codes(adapter, samples, None).flatten(1))
+
+    def cluster_loss(bank: PrototypeBank, k: int) -> float:
+        idx = torch.nonzero(assign == k).flatten()
+        with torch.no_grad():
+            edit = bank.edit_for(torch.full((len(idx),), k), None, None)
+            return float(F.cross_entropy(base.logits(base.head(samples.state[idx], edit)), samples.targets[idx, 0]))
+
+    # fine-tuning starts from the centre edit: its head must predict its own cluster's next items better
+    for k in range(2):  # measured: 3.667 → 3.589 and 3.672 → 3.605 (20 Adam steps on random sequences)
+        assert cluster_loss(bank_f, k) < 0.99 * cluster_loss(bank_c, k)
 
 
 def test_refinement_moves_the_prototype_and_ood_spawns_a_new_one():

@@ -26,16 +26,18 @@ def _tiny_codebook(split, runs) -> None:
 def test_every_method_then_update_one(ml100k_split, workdir, tmp_path, capsys):
     run_dir = tiny_base(workdir, tmp_path / "runs")
     _tiny_codebook(ml100k_split[1], tmp_path / "runs")  # the user-context methods read it
-    # large clip and lr so that two tiny epochs visibly change rankings
+    # large clip and lr, one epoch over every training window: enough for the edit to beat the tiny base clearly
     args = [*tiny_overrides(workdir, tmp_path / "runs"), f"reports_dir={tmp_path / 'reports'}", "adapter.clip=0.5",
-            "adapter.lr=0.01"]  # fmt: skip
+            "adapter.lr=0.01", "adapter.epochs=1", "adapter.samples_per_epoch=null",
+            "adapter.batch_size=256"]  # fmt: skip
     assert persona(["evaluate", "--quiet", "--methods", "all", *args]) == 0
     report = tmp_path / "reports" / "ml-100k"
     first = json.loads((report / "adaptation-sasrec.json").read_text())
     assert list(first["runs"]) == METHODS
     ndcg = {m: runs[0]["ndcg@10"] for m, runs in first["runs"].items()}
     assert all(0 < v < 1 for v in ndcg.values())
-    assert ndcg["edit"] != ndcg["static"]  # the trained adapter edits the ranking
+    # the trained edits rank better than the base (measured: static 0.0194, edit / proto-res / served ≈ 0.0264)
+    assert min(ndcg["edit"], ndcg["proto-res"], ndcg["served"]) > 1.15 * ndcg["static"]
     assert ndcg["context"] != ndcg["no-context"] and ndcg["solid"] != ndcg["context"]  # the context hits count
     assert (report / "adaptation-sasrec-ndcg-over-time.png").stat().st_size > 1000
     assert {"adapter-main", "adapter-duet", "bank-finetune", "bank-centre"} <= {p.name for p in run_dir.iterdir()}

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from recsys.config import load_config
 from recsys.distributed import TEST_DIE_ENV
 from recsys.train import epoch_order
-from tests.conftest import free_port, load_config, persona_process
+from tests.conftest import free_port, persona_process
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 120  # a hang fails the test instead of the suite

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT, needs_mirror
 
@@ -100,3 +101,21 @@ def test_train_without_side_file_says_what_to_run(tmp_path):
     proc = persona("train", "model=sasrec", "model_params.item_side=fused", f"data.item_side={tmp_path / 'no.npz'}",
                    f"output_dir={tmp_path}", f"data.workdir={tmp_path / 'a'}")
     _one_line_error(proc, "no item side file", "persona codebook")
+
+
+def test_config_prints_the_resolved_yaml(tmp_path, capsys):
+    from serving.cli import main
+    from serving.config import load_app_config
+
+    args = ["dataset=amazon-beauty", "serve.port=9000", "backbone=hf"]
+    assert main(["config", *args]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert header.startswith("# persona config: typed defaults → ") and "datasets/amazon-beauty.yaml" in header
+    printed = yaml.safe_load(out)
+    assert printed == load_app_config(None, args).model_dump(mode="json")
+    assert (printed["data"]["protocol"], printed["serve"]["port"], printed["backbone"]["name"]) == ("order", 9000, "hf")
+    assert {"serve", "backbone", "context", "codebook", "adapter", "prototypes"} <= set(printed)
+    (tmp_path / "all.yaml").write_text(out)  # everything spelt out: loading it back gives the same config
+    assert load_app_config(str(tmp_path / "all.yaml")) == load_app_config(None, args)
+    _one_line_error(persona("config", "serve.nope=1"), "persona config: error: config field 'serve.nope'")
