@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from recsys import distributed
@@ -90,16 +89,4 @@ def report_base(cfg: PersonaConfig, results: dict[str, list[dict]], seconds: flo
     return markdown_table(results) + (f"\n\n{slices}" if slices else "")
 
 
-def run_base(model_cfgs: list[PersonaConfig], progress: bool = True) -> str:
-    """The main job's base stage: prepare, train each model (its own layered config) for every seed,
-    evaluate them and popularity on the test split, report. Configs differ only in ``model``."""
-    t0 = time.perf_counter()
-    cfg = model_cfgs[0]
-    split = load_dataset_split(cfg)
-    for model_cfg in model_cfgs:
-        train_seeds(model_cfg, split, progress)
-    results = evaluate_models(cfg, ["pop"] + [c.model for c in model_cfgs], split)
-    return report_base(cfg, results, time.perf_counter() - t0)
-
-
-__all__ = ["evaluate_models", "load_dataset_split", "report_base", "run_base", "train_seeds"]
+__all__ = ["evaluate_models", "load_dataset_split", "report_base", "train_seeds"]
