@@ -10,6 +10,7 @@ import numpy as np
 
 from llm_cloud.artifacts import ArtifactError
 from llm_cloud.evaluation import METHODS, RowRecord
+from recsys import run_layout
 from recsys.atomic_io import atomic_write_text
 from recsys.report import markdown_table, write_report
 
@@ -69,7 +70,7 @@ def ood_aurocs(records: dict[str, RowRecord]) -> dict[str, float]:
 def merge_with_report(cfg, out: dict) -> dict:
     """``out`` laid over the existing ``reports/<dataset>/adaptation-<model>`` results (same seeds): the
     methods just evaluated replace theirs, the others are kept; methods stay in ``METHODS`` order."""
-    directory = Path(cfg.reports_dir) / cfg.dataset
+    directory = run_layout.base_report_dir(cfg.reports_dir, cfg.dataset)
     stem = f"adaptation-{cfg.model}"
     try:
         old = json.loads((directory / f"{stem}.json").read_text())
@@ -117,7 +118,7 @@ def plot_over_time(out: dict, path: Path, title: str) -> Path | None:
 
 def report_adaptation(cfg, out: dict) -> str:
     """Write ``reports/<dataset>/adaptation-<model>.{json,md,png}``; return the Markdown table."""
-    directory = Path(cfg.reports_dir) / cfg.dataset
+    directory = run_layout.base_report_dir(cfg.reports_dir, cfg.dataset)
     stem = f"adaptation-{cfg.model}"
     meta = {
         "dataset": cfg.dataset,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from recsys import distributed
+from recsys import distributed, run_layout
 from recsys.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from recsys.config import PersonaConfig
 from recsys.datasets import prepare
@@ -83,7 +83,7 @@ def report_base(cfg: PersonaConfig, results: dict[str, list[dict]], seconds: flo
         "evaluation": "RecBole full ranking over all items, test split",
         "seconds": round(seconds, 1),
     }
-    out = Path(cfg.reports_dir) / cfg.dataset
+    out = run_layout.base_report_dir(cfg.reports_dir, cfg.dataset)
     write_report(out, "base", f"Base models on {cfg.dataset} ({cfg.data.protocol} protocol)", results, meta)
     slices = slice_table(results)
     return markdown_table(results) + (f"\n\n{slices}" if slices else "")
