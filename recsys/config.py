@@ -2,14 +2,17 @@
 
 The defaults are the pydantic models' (here and in the sections ``serving.config.AppConfig`` adds);
 ``persona config`` prints the resolved YAML. Layers, later wins: the defaults →
-``datasets/<dataset>.yaml`` → ``models/<model>.yaml`` (both in :data:`CONFIG_DIR`, package data of
-``recsys``) → a user file (``--config``) → ``key=value`` overrides (dotted keys, YAML-parsed values).
-Unknown keys are errors that name the field.
+``datasets/<dataset>.yaml`` → what was recorded when the dataset was prepared
+(``<data.workdir>/<dataset>/dataset.json``: the protocol of an imported CSV) → ``models/<model>.yaml``
+(the YAML layers in :data:`CONFIG_DIR`, package data of ``recsys``) → a user file (``--config``) →
+``key=value`` overrides (dotted keys, YAML-parsed values). Unknown keys are errors that name the field.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -21,6 +24,9 @@ from recsys import run_layout
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(os.environ.get("PERSONA_CONFIG_DIR") or Path(__file__).resolve().parent / "configs")
+MANIFEST = "dataset.json"  # beside a prepared dataset's atomic files: how it was imported (recsys.datasets)
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -163,6 +169,45 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+def user_layers(user_file: str | None = None, overrides: list[str] | None = None) -> dict:
+    """What the user gave: the ``--config`` file with the ``key=value`` overrides over it."""
+    user = read_yaml(user_file_path(user_file)) if user_file else {}
+    return deep_merge(user, parse_overrides(overrides or []))
+
+
+def read_manifest(directory: Path) -> dict | None:
+    """The :data:`MANIFEST` of a prepared dataset directory, or None when it has none."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"dataset manifest {path} is unreadable: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("protocol") not in ("shift", "order"):
+        raise ConfigError(f"dataset manifest {path} records no protocol (shift | order): prepare the dataset again")
+    return manifest
+
+
+def _recorded_layer(top: dict, given: dict) -> dict:
+    """The protocol recorded with the dataset ``top`` names, as a layer; a warning when ``given`` contradicts it."""
+    data = top.get("data") if isinstance(top.get("data"), dict) else {}
+    name = top.get("dataset", PersonaConfig.model_fields["dataset"].default)
+    if not isinstance(name, str) or not name:
+        return {}
+    directory = Path(str(data.get("workdir", DataConfig.model_fields["workdir"].default))) / name
+    manifest = read_manifest(directory)
+    if manifest is None:
+        return {}
+    recorded = manifest["protocol"]
+    asked = given.get("data", {}).get("protocol") if isinstance(given.get("data"), dict) else None
+    if asked is not None and asked != recorded:
+        how = manifest.get("protocol_source", "recorded")
+        log.warning("dataset %s was prepared with protocol %s (%s, %s); data.protocol=%s given overrides it",
+                    name, recorded, how, directory / MANIFEST, asked)
+    return {"data": {"protocol": recorded}}
+
+
 def user_file_path(user_file: str) -> Path:
     """``--config FILE`` as given, else relative to :data:`CONFIG_DIR` (``--config backbones/smollm2.yaml``)."""
     path = Path(user_file)
@@ -175,12 +220,15 @@ def layered_dict(user_file: str | None = None, overrides: list[str] | None = Non
     """Merge the config layers into one plain dict (before validation; the models supply the defaults)."""
     user = read_yaml(user_file_path(user_file)) if user_file else {}
     cli = parse_overrides(overrides or [])
-    top = deep_merge(user, cli)  # decides which dataset/model layers apply
+    given = deep_merge(user, cli)
+    top = given  # decides which dataset/model layers apply
     merged: dict = {}
     for section, key in (("datasets", "dataset"), ("models", "model")):
         path = CONFIG_DIR / section / f"{top.get(key, PersonaConfig.model_fields[key].default)}.yaml"
         if path.is_file():
             merged = deep_merge(merged, read_yaml(path))
+        if section == "datasets":
+            merged = deep_merge(merged, _recorded_layer(deep_merge(deep_merge(merged, user), cli), given))
     return deep_merge(deep_merge(merged, user), cli)
 
 

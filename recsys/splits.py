@@ -135,3 +135,13 @@ def load_split(name: str, atomic_root: Path, data: DataConfig, ev: EvalConfig, s
         test=test_ds,
         train_cutoff=float(train_ds.inter_feat[dataset.time_field].max()) if data.protocol == "shift" else None,
     )
+
+
+def split_sizes(split: SplitData) -> dict[str, tuple[int, int]]:
+    """``{"train" | "valid" | "test": (rows, users)}``: RecBole's rows (one target each) and their users."""
+    uid = split.config["USER_ID_FIELD"]
+    out = {"train": (int(sum(len(s) - 1 for s in split.train_sequences)), len(split.train_sequences))}
+    for part in ("valid", "test"):
+        users = split.eval_rows(part)[uid].numpy()
+        out[part] = (len(users), int(np.unique(users).size))
+    return out

@@ -69,7 +69,7 @@ class DeviceService:
         self.art = art
         self.runtime = DeviceRuntime(art.model, art.tokens)
         self._tokens = [str(t) for t in art.tokens]  # item id → token, as sent
-        self.cache_path = Path(self.s.prototype_cache)
+        db_path, self.cache_path = self.s.state_paths(cfg.output_dir, art.meta.dataset)
         if self.cache_path.is_file():
             try:
                 self.runtime.set_prototypes(PrototypeSnapshot.load(self.cache_path))
@@ -77,7 +77,7 @@ class DeviceService:
                 log.warning("ignoring prototype cache %s: %s", self.cache_path, exc)
         self.metrics = Metrics("device")
         self.store = EventStore(
-            Path(self.s.db_path), self.s.sqlite_synchronous, history_cache_users=self.s.history_cache_users,
+            db_path, self.s.sqlite_synchronous, history_cache_users=self.s.history_cache_users,
             window=art.model.max_seq_len,  # the model reads no more; reads stay bounded for long histories
         )
         self.batcher = RankBatcher(self.runtime, self.s.max_batch, self.s.batch_wait_ms, self._observe_batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,8 +29,9 @@ class ServeConfig(BaseModel):
     checkpoint: str | None = None  # base checkpoint dir; None → <output_dir>/<dataset>/<model>/seed<seed>
     seed: int = 0  # which seed's checkpoint to serve when ``checkpoint`` is None
     adapter_dir: str | None = None  # adapter + prototype bank artefacts for the cloud editor
-    db_path: str = "runs/serve/events.db"  # device event log (SQLite)
-    prototype_cache: str = "runs/serve/prototypes.json"  # the device's cached bank snapshot
+    # per served dataset by default (state_paths): None → <output_dir>/serve/<dataset>/events.db, .../prototypes.json
+    db_path: str | None = None  # device event log (SQLite)
+    prototype_cache: str | None = None  # the device's cached bank snapshot
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"  # FULL: an ack survives power loss too
 
     budget_ms: float = Field(50.0, gt=0)  # wait at most this long for a cloud edit while ranking
@@ -54,6 +56,15 @@ class ServeConfig(BaseModel):
     reload_poll_s: float = Field(2.0, ge=0)  # cloud: check editor artefacts for changes (0 = only /admin/reload)
     access_log: bool = True  # one JSON log line per request
     inject_delay_ms: float = Field(0.0, ge=0)  # testing only: the cloud's /v1/edits waits this long first
+
+    def state_paths(self, output_dir: str | Path, dataset: str) -> tuple[Path, Path]:
+        """``(db_path, prototype_cache)``: the explicit paths, else per dataset under ``<output_dir>/serve/<dataset>/``.
+
+        One event log per dataset: item tokens and user ids of one dataset mean nothing to another's model.
+        """
+        state = Path(output_dir) / "serve" / dataset
+        return (Path(self.db_path) if self.db_path else state / "events.db",
+                Path(self.prototype_cache) if self.prototype_cache else state / "prototypes.json")
 
     def resolved_api_key(self) -> str | None:
         return self.api_key or os.environ.get(API_KEY_ENV) or None

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from recsys.config import DataConfig
-from recsys.datasets.atomic import AtomicDataset, is_complete, read_arrays, read_items, write_atomic
-from recsys.datasets.converters import CONVERTERS, CsvFormatError, from_user_csv, ml_100k_embedded
+from recsys.datasets.atomic import AtomicDataset, counts, is_complete, read_arrays, read_items, write_atomic
+from recsys.datasets.converters import CONVERTERS, CsvFormatError, detect_protocol, from_user_csv, ml_100k_embedded
 from recsys.datasets.registry import DatasetError, default_mirror, get_spec, load_registry, raw_dir
 
 __all__ = [
@@ -14,6 +14,8 @@ __all__ = [
     "CsvFormatError",
     "DatasetError",
     "atomic_dir",
+    "counts",
+    "detect_protocol",
     "import_csv",
     "load_registry",
     "prepare",
@@ -62,10 +64,31 @@ def prepare(name: str, data: DataConfig, force: bool = False) -> Path:
     return write_atomic(dataset, out)
 
 
-def import_csv(path: Path, name: str, data: DataConfig) -> Path:
-    """Convert a user's CSV into ``data.workdir/<name>`` atomic files."""
+def import_csv(path: Path, name: str, data: DataConfig, protocol: str | None = None) -> Path:
+    """Convert a user's CSV into ``data.workdir/<name>`` atomic files plus their manifest.
+
+    The manifest (:data:`recsys.config.MANIFEST`) records the protocol: ``protocol`` when given, else
+    the one :func:`detect_protocol` finds in the timestamps; every later config of ``dataset=<name>``
+    picks it up (:func:`recsys.config.load_config`).
+    """
     if name in load_registry():
         raise DatasetError(f"dataset name '{name}' is taken by a registered dataset")
+    if protocol not in (None, "shift", "order"):
+        raise DatasetError(f"unknown protocol '{protocol}' (shift | order)")
     if not Path(path).is_file():
         raise DatasetError(f"CSV file not found: {path}")
-    return write_atomic(from_user_csv(Path(path), name), atomic_dir(name, data))
+    dataset = from_user_csv(Path(path), name)
+    detected, why = detect_protocol(dataset.inter)
+    manifest = {
+        "name": name,
+        "source": "csv",
+        "csv": str(Path(path).resolve()),
+        "protocol": protocol or detected,
+        "protocol_source": "given" if protocol else "detected",
+        "detected": {"protocol": detected, "why": why},
+        "titles_are_ids": bool(dataset.items["title"].equals(dataset.items["item_id"])),  # no title column
+        "users": int(dataset.inter["user_id"].nunique()),
+        "items": int(dataset.inter["item_id"].nunique()),
+        "interactions": len(dataset.inter),
+    }
+    return write_atomic(dataset, atomic_dir(name, data), manifest)

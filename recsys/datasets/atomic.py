@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from recsys.config import MANIFEST
 
 COMPLETE_MARKER = ".complete"
 FORMAT = "format 2"  # 2: timestamped item text (``.item_events``) instead of text aggregated over all time
@@ -46,8 +49,12 @@ def _clean(text: object) -> str:
     return " ".join(str(text).replace("\t", " ").split()) if isinstance(text, str) else ""
 
 
-def write_atomic(ds: AtomicDataset, out_dir: Path) -> Path:
-    """Write ``ds`` to ``out_dir`` atomically (temp dir, then rename); returns ``out_dir``."""
+def write_atomic(ds: AtomicDataset, out_dir: Path, manifest: dict | None = None) -> Path:
+    """Write ``ds`` to ``out_dir`` atomically (temp dir, then rename); returns ``out_dir``.
+
+    ``manifest`` (how the data was imported: its protocol, see :func:`recsys.config.read_manifest`) is
+    written as :data:`recsys.config.MANIFEST` inside the same directory, so it appears with the files.
+    """
     ds.validate()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ds.name}-", dir=out_dir.parent))
@@ -66,6 +73,8 @@ def write_atomic(ds: AtomicDataset, out_dir: Path) -> Path:
             events = ds.item_events[["item_id", "field", "value", "timestamp"]].copy()
             events["value"] = events["value"].map(_clean)
             events.to_csv(tmp / f"{ds.name}.item_events", sep="\t", index=False)
+        if manifest is not None:
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         (tmp / COMPLETE_MARKER).write_text(FORMAT + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -104,6 +113,12 @@ def read_items(out_dir: Path, name: str, cutoff: float | None = None) -> pd.Data
             joined = group.groupby("item_id", sort=False)["value"].agg(", ".join)
             df[name_] = df["item_id"].map(joined).fillna("")
     return df
+
+
+def counts(out_dir: Path, name: str) -> tuple[int, int, int]:
+    """Users, items with interactions, and interactions of the ``.inter`` file in ``out_dir``."""
+    inter = pd.read_csv(out_dir / f"{name}.inter", sep="\t", dtype=str, usecols=[0, 1])
+    return int(inter.iloc[:, 0].nunique()), int(inter.iloc[:, 1].nunique()), len(inter)
 
 
 def read_arrays(out_dir: Path) -> dict[str, np.ndarray]:

@@ -1,7 +1,7 @@
 """Converters from each real dataset's raw files to :class:`AtomicDataset`.
 
 One function per registered dataset, listed in ``CONVERTERS``; plus :func:`from_user_csv` for a user's
-own ``user,item,timestamp[,text...]`` CSV.
+own ``user,item,timestamp[,title][,text...]`` CSV and :func:`detect_protocol` for its timestamps.
 """
 
 from __future__ import annotations
@@ -140,11 +140,16 @@ class CsvFormatError(ValueError):
     """A user CSV that cannot be converted; the message names the column or line."""
 
 
-def from_user_csv(path: Path, name: str, text_columns: list[str] | None = None) -> AtomicDataset:
-    """Convert ``user,item,timestamp[,text...]`` (header required) to an :class:`AtomicDataset`.
+CSV_COLUMNS = ("user", "item", "timestamp")  # required, matched case-insensitively
+TITLE_COLUMN = "title"  # optional: the item's display title (and the head of its LLM text)
 
-    Text columns (default: every column after the first three) become item text fields; the first
-    non-empty value per item wins.
+
+def from_user_csv(path: Path, name: str, text_columns: list[str] | None = None) -> AtomicDataset:
+    """Convert ``user,item,timestamp[,title][,text...]`` (header required) to an :class:`AtomicDataset`.
+
+    Header names are trimmed; ``user``, ``item``, ``timestamp`` and ``title`` match in any case.
+    Text columns (default: every other column) become item text fields, the first non-empty value per
+    item winning; ``title`` comes first. Without a ``title`` column an item's title is its id.
     """
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -152,23 +157,61 @@ def from_user_csv(path: Path, name: str, text_columns: list[str] | None = None) 
         raise CsvFormatError(f"{path}: not a readable CSV ({exc})") from exc
     except pd.errors.EmptyDataError as exc:
         raise CsvFormatError(f"{path}: empty file") from exc
-    for col in ("user", "item", "timestamp"):
+    special = {*CSV_COLUMNS, TITLE_COLUMN}
+    names = [str(c).strip() for c in df.columns]
+    names = [n.lower() if n.lower() in special else n for n in names]
+    seen = {n for n in names if names.count(n) > 1}
+    if seen:
+        raise CsvFormatError(f"{path}: column '{sorted(seen)[0]}' appears more than once in the header")
+    df.columns = names
+    for col in CSV_COLUMNS:
         if col not in df.columns:
-            raise CsvFormatError(f"{path}: missing column '{col}' (need user,item,timestamp[,text...])")
+            raise CsvFormatError(f"{path}: missing column '{col}' (need user,item,timestamp[,title][,text...])")
     if df.empty:
         raise CsvFormatError(f"{path}: no rows")
     ts = pd.to_numeric(df["timestamp"], errors="coerce")
-    if ts.isna().any():
-        bad = int(ts.isna().to_numpy().argmax())
-        raise CsvFormatError(f"{path}: column 'timestamp' line {bad + 2}: not a number: {df['timestamp'][bad]!r}")
+    bad = ts.isna() | ~np.isfinite(ts.to_numpy(dtype=float, na_value=np.nan))
+    if bad.any():
+        line = int(bad.to_numpy().argmax())
+        raise CsvFormatError(f"{path}: column 'timestamp' line {line + 2}: not a number: {df['timestamp'][line]!r} "
+                             "(timestamps are numbers: epoch seconds, or positions 0,1,2,... within each user)")
     for col in ("user", "item"):
         empty = df[col].str.strip() == ""
         if empty.any():
             raise CsvFormatError(f"{path}: column '{col}' line {int(empty.to_numpy().argmax()) + 2}: empty value")
-    text_columns = text_columns or [c for c in df.columns if c not in ("user", "item", "timestamp")]
+    if df["user"].value_counts().max() < 2:
+        raise CsvFormatError(f"{path}: no user has two or more interactions (a sequence needs at least two)")
+    text_columns = text_columns or [c for c in df.columns if c not in CSV_COLUMNS]
+    if TITLE_COLUMN in text_columns:
+        text_columns = [TITLE_COLUMN] + [c for c in text_columns if c != TITLE_COLUMN]
     inter = pd.DataFrame({"user_id": df["user"], "item_id": df["item"], "timestamp": ts.astype(float)})
-    items = df.groupby("item", sort=True)[text_columns].agg(lambda s: next((v for v in s if v), ""))
+    items = df.groupby("item", sort=True)[text_columns].agg(lambda s: next((v for v in s if v.strip()), ""))
     items = items.reset_index().rename(columns={"item": "item_id"})
-    if "title" not in items.columns:
-        items.insert(1, "title", items["item_id"])
+    if TITLE_COLUMN not in items.columns:
+        items.insert(1, TITLE_COLUMN, items["item_id"])
     return AtomicDataset(name, inter, items)
+
+
+def detect_protocol(inter: pd.DataFrame) -> tuple[str, str]:
+    """``("order" | "shift", why)`` for interactions whose ``timestamp`` may be order positions, not times.
+
+    The rule: the timestamps are per-user positions, so ``order`` (per-user leave-last-out), when every
+    timestamp is a whole number, no user has two events at the same timestamp, and every user's first
+    timestamp is the same origin, 0 or 1 (``0..n-1`` or ``1..n``; gaps, e.g. from dropped rows, allowed).
+    A shared clock does not start every user at 0 or 1; on positions, a global split by "time" would
+    cut by sequence length and leave the test set to the longest users. Anything else is ``shift``.
+    """
+    ts = inter["timestamp"].to_numpy(dtype=float)
+    if not np.array_equal(ts, np.round(ts)):
+        return "shift", "timestamps are not whole numbers: a clock"
+    if inter.duplicated(["user_id", "timestamp"]).any():
+        return "shift", "some user has two events at one timestamp: not positions"
+    grouped = inter.groupby("user_id", sort=False)["timestamp"]
+    first = grouped.min()
+    origins = first.unique()
+    if len(origins) != 1 or origins[0] not in (0.0, 1.0):
+        return "shift", "users start at different timestamps: a shared time line"
+    origin = int(origins[0])
+    exact = bool(((grouped.max() - first + 1) == grouped.size()).all())
+    shape = f"exactly {origin}..n{'-1' if origin == 0 else ''}" if exact else f"counted from {origin}, with gaps"
+    return "order", f"every user's timestamps are positions {shape}, not times"

@@ -1,4 +1,5 @@
-"""Dataset conversion from the real mirror, the embedded default, and bad input."""
+"""Dataset conversion from the real mirror, the embedded default, a user's CSV (protocol detection, the
+recorded manifest, titles) and bad input. The CSVs here are small synthetic files written in tmp dirs."""
 
 from __future__ import annotations
 
@@ -6,8 +7,16 @@ import shutil
 
 import pytest
 
-from recsys.config import DataConfig
-from recsys.datasets import CsvFormatError, DatasetError, import_csv, prepare, read_arrays, read_items
+from recsys.config import DataConfig, layered_dict, read_manifest
+from recsys.datasets import (
+    CsvFormatError,
+    DatasetError,
+    detect_protocol,
+    import_csv,
+    prepare,
+    read_arrays,
+    read_items,
+)
 from recsys.datasets.atomic import is_complete
 from recsys.datasets.registry import load_registry, md5sum
 from tests.conftest import needs_mirror
@@ -52,6 +61,8 @@ def test_ml100k_embedded_default_without_mirror(tmp_path, monkeypatch):
     out = prepare("ml-100k", DataConfig(workdir=str(tmp_path)))
     assert len(_inter(out, "ml-100k")) == 100_000
     assert read_items(out, "ml-100k")["title"].iloc[0] == "Toy Story"
+    assert read_manifest(out) is None  # registered datasets: the protocol stays in configs/datasets/
+    assert layered_dict(overrides=[f"data.workdir={tmp_path}"])["data"]["protocol"] == "shift"
 
 
 def test_unknown_dataset_names_it(tmp_path):
@@ -112,6 +123,10 @@ def test_user_csv_import(tmp_path):
         ("user,item,timestamp\n,a,1\n", "column 'user' line 2: empty value"),
         ("", "empty file"),
         ('user,item,timestamp\nu1,"a,1\n', "not a readable CSV"),
+        ("user,item,timestamp\n", "no rows"),
+        ("user,item,timestamp\nu1,a,1\nu1,b,inf\n", "line 3: not a number: 'inf'"),
+        ("user,item,timestamp,Title,title\nu1,a,1,x,y\n", "column 'title' appears more than once"),
+        ("user,item,timestamp\nu1,a,1\nu2,b,2\n", "no user has two or more interactions"),
     ],
 )
 def test_malformed_csv_is_named(tmp_path, content, message):
@@ -136,3 +151,86 @@ def test_ml_latest_small_tags_after_the_cutoff_stay_out_of_the_item_text(workdir
     before = read_items(out, "ml-latest-small", cutoff).set_index("item_id")["tags"]
     assert only_late and all(everything[i] for i in only_late) and not any(before[i] for i in only_late)
     assert (before.str.len() <= everything.str.len()).all()
+
+
+def _synthetic_csv(path, origin=0, clock=False, users=12, title=True):
+    """Synthetic events: user k has 3 + k % 5 events, at positions origin, origin+1, ... (or at clock times)."""
+    lines = ["user,item,timestamp" + (",Title" if title else "")]
+    for u in range(users):
+        for pos in range(3 + u % 5):
+            item = (u * 7 + pos * 3) % 20
+            ts = 1_700_000_000 + 3_600 * (u * 11 % 17) + 60 * pos if clock else origin + pos
+            lines.append(f"u{u},i{item},{ts}" + (f",Item number {item}" if title else ""))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _events(rows):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).astype({"timestamp": float})
+
+
+@pytest.mark.parametrize(
+    "rows, protocol, why",
+    [
+        ([("a", "x", 0), ("a", "y", 1), ("b", "x", 0), ("b", "z", 1), ("b", "y", 2)], "order", "exactly 0..n-1"),
+        ([("a", "x", 1), ("a", "y", 2), ("b", "x", 1)], "order", "exactly 1..n"),
+        ([("a", "x", 2), ("a", "y", 0), ("b", "x", 0), ("b", "z", 5)], "order", "counted from 0, with gaps"),
+        ([("a", "x", 1.7e9), ("a", "y", 1.7e9 + 60), ("b", "x", 1.7e9 + 5)], "shift", "different timestamps"),
+        ([("a", "x", 0), ("a", "y", 1), ("b", "x", 1), ("b", "y", 2)], "shift", "different timestamps"),  # 0 and 1
+        ([("a", "x", 0), ("a", "y", 0), ("b", "x", 0)], "shift", "two events at one timestamp"),
+        ([("a", "x", 0), ("a", "y", 0.5), ("b", "x", 0)], "shift", "not whole numbers"),
+    ],
+)
+def test_detect_protocol_rule(rows, protocol, why):
+    found, reason = detect_protocol(_events(rows))
+    assert found == protocol and why in reason
+
+
+@pytest.mark.parametrize("origin", [0, 1])
+def test_order_position_csv_is_detected_recorded_and_layered(tmp_path, origin):
+    """Synthetic per-user positions → ``order``, recorded in the manifest, picked up by ``dataset=NAME``."""
+    out = import_csv(_synthetic_csv(tmp_path / "pos.csv", origin), "mine", DataConfig(workdir=str(tmp_path)))
+    manifest = read_manifest(out)
+    assert manifest["protocol"] == "order" and manifest["protocol_source"] == "detected"
+    assert (manifest["users"], manifest["interactions"]) == (12, sum(3 + u % 5 for u in range(12)))
+    assert layered_dict(overrides=["dataset=mine", f"data.workdir={tmp_path}"])["data"]["protocol"] == "order"
+    # another dataset in the same workdir is not affected
+    assert layered_dict(overrides=[f"data.workdir={tmp_path}"])["data"]["protocol"] == "shift"
+
+
+def test_clock_csv_is_shift(tmp_path):
+    """Synthetic epoch-second timestamps (users start at different times) → ``shift``."""
+    out = import_csv(_synthetic_csv(tmp_path / "clock.csv", clock=True), "mine", DataConfig(workdir=str(tmp_path)))
+    assert read_manifest(out)["protocol"] == "shift"
+    assert layered_dict(overrides=["dataset=mine", f"data.workdir={tmp_path}"])["data"]["protocol"] == "shift"
+
+
+def test_given_protocol_overrides_detection_and_a_contradicting_override_warns(tmp_path, caplog):
+    """Synthetic positions imported with protocol=shift: recorded as given; data.protocol=order wins with a warning."""
+    out = import_csv(_synthetic_csv(tmp_path / "pos.csv"), "mine", DataConfig(workdir=str(tmp_path)), protocol="shift")
+    manifest = read_manifest(out)
+    assert (manifest["protocol"], manifest["protocol_source"], manifest["detected"]["protocol"]) == (
+        "shift", "given", "order")
+    base = ["dataset=mine", f"data.workdir={tmp_path}"]
+    assert layered_dict(overrides=base)["data"]["protocol"] == "shift"
+    with caplog.at_level("WARNING", logger="recsys.config"):
+        assert layered_dict(overrides=[*base, "data.protocol=order"])["data"]["protocol"] == "order"
+    assert "prepared with protocol shift" in caplog.text
+    with pytest.raises(DatasetError, match="unknown protocol 'time'"):
+        import_csv(tmp_path / "pos.csv", "other", DataConfig(workdir=str(tmp_path)), protocol="time")
+
+
+def test_csv_title_column_reaches_the_item_file(tmp_path):
+    """Synthetic CSV: a ``Title`` header (any case) gives the item titles, first among the text columns; without
+    one, the title is the item id."""
+    csv = tmp_path / "t.csv"
+    csv.write_text("User,item,timestamp,brand,Title\nu1,a,0,X,Alpha\nu1,b,1,Y,Beta\nu2,a,0,,\nu2,c,1,Z,Gamma\n")
+    items = read_items(import_csv(csv, "mine", DataConfig(workdir=str(tmp_path))), "mine")
+    assert list(items.columns) == ["item_id", "title", "brand"]
+    assert list(items["title"]) == ["Alpha", "Beta", "Gamma"]
+    assert read_manifest(tmp_path / "mine")["titles_are_ids"] is False
+    out = import_csv(_synthetic_csv(tmp_path / "p.csv", title=False), "plain", DataConfig(workdir=str(tmp_path)))
+    items = read_items(out, "plain")
+    assert list(items["title"]) == list(items["item_id"]) and read_manifest(out)["titles_are_ids"] is True

@@ -42,11 +42,22 @@ def test_missing_mirror(tmp_path):
     _one_line_error(proc, "data mirror directory not found", "nope")
 
 
-def test_malformed_csv(tmp_path):
+@pytest.mark.parametrize(
+    "content, extra, message",
+    [
+        ("user,item\nu,i\n", [], "missing column 'timestamp'"),
+        ("", [], "empty file"),
+        ("user,item,timestamp\nu,i,monday\nu,j,tuesday\n", [], "column 'timestamp' line 2: not a number"),
+        ("user,item,timestamp\nu,i,0\nu,j,1\n", ["--protocol", "time"], "unknown --protocol 'time'"),
+    ],
+)
+def test_malformed_csv(tmp_path, content, extra, message):
+    """Synthetic bad CSVs (and a bad --protocol): one-line error, exit 2, nothing written."""
     csv = tmp_path / "x.csv"
-    csv.write_text("user,item\nu,i\n")
-    proc = persona("prepare", "--csv", str(csv), "--name", "mine", f"data.workdir={tmp_path}")
-    _one_line_error(proc, "missing column 'timestamp'")
+    csv.write_text(content)
+    proc = persona("prepare", "--csv", str(csv), "--name", "mine", *extra, f"data.workdir={tmp_path / 'atomic'}")
+    _one_line_error(proc, message)
+    assert not (tmp_path / "atomic" / "mine").exists()
 
 
 def test_bad_config_field_is_named(tmp_path):
