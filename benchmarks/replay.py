@@ -497,7 +497,7 @@ def main() -> int:
         rows = load_rows(args.dataset, ckpt, args.users, seed=0)
         print(f"[seed {seed}] {len(rows.user)} rows, {rows.n_users} users; histories consistent on "
               f"{rows.consistent:.2%} of the later rows", flush=True)  # fmt: skip
-        side = yaml.safe_load((ckpt / "model.yaml").read_text())
+        side = yaml.safe_load((ckpt / run_layout.CHECKPOINT_MARK).read_text())
         result = {"seed": seed, "dataset": args.dataset, "model": args.model, "conditions": {},
                   "base": f"item_side={_find(side, 'item_side')}",
                   "offline": {"static": metrics_of(rows.static_rank), "served": metrics_of(rows.served_rank)}}
