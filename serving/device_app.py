@@ -92,6 +92,7 @@ class DeviceService:
         )
         self.decided: OrderedDict[str, int] = OrderedDict()  # key → history length of its last policy decision
         self.inflight: dict[str, tuple[asyncio.Task, CachedEdit]] = {}  # key → (fetch, what it was asked for)
+        self.overruns = 0  # cloud answers over budget in a row (serve.breaker_overruns trips the breaker)
         self.cloud_enabled = True  # PUT /v1/cloud: false → the device serves without calling its cloud
         self._bg: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -282,7 +283,12 @@ class DeviceService:
         try:
             fresh = await asyncio.wait_for(asyncio.shield(task), self.s.budget_ms / 1e3)
         except asyncio.TimeoutError:
-            self.cloud.mark_down()  # slow cloud: stop waiting on it for a while; the fetch goes on
+            # the fetch goes on (its answer fills the cache); only a cloud that keeps missing the budget is
+            # skipped for a while, so one slow answer under load does not send every other user to the fallback
+            self.overruns += 1
+            if self.overruns >= self.s.breaker_overruns:
+                self.cloud.mark_down()
+                self.overruns = 0
             self.metrics.fallback.labels("timeout").inc()
             log.warning("cloud edit over budget", extra={"key": key, "budget_ms": self.s.budget_ms})
             return self._fallback(proto)
@@ -290,6 +296,7 @@ class DeviceService:
             self.metrics.fallback.labels("error").inc()
             log.warning("cloud edit failed", extra={"key": key, "error": str(exc)})
             return self._fallback(proto)
+        self.overruns = 0
         return self._from_cloud(fresh)
 
     def _current(self, c: CachedEdit | None, n_events: int, proto: int | None, bank: str | None) -> bool:

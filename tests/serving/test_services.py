@@ -294,3 +294,25 @@ def test_a_late_cloud_answer_is_never_served_for_a_newer_history(checkpoint, run
         await svc.stop()
 
     asyncio.run(scenario())
+
+
+def test_one_slow_answer_does_not_trip_the_breaker_a_slow_cloud_does(checkpoint, runtime, tmp_path):
+    """Answers over budget trip the breaker only ``serve.breaker_overruns`` in a row: under load one late
+    answer must not send every other user to the fallback for ``cloud_retry_s``."""
+    dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
+    cfg = serve_config(checkpoint, tmp_path, "serve.budget_ms=100", "serve.breaker_overruns=2",
+                       "serve.cloud_retry_s=30")  # fmt: skip
+    capp, cloud = cloud_app(cfg, lambda: RandomEditor(dim, n_layers))
+    items = [str(t) for t in runtime.item_tokens[1:30]]
+    with LiveServer(capp) as srv, LiveServer(device_app(cfg, srv.url)) as dev, httpx.Client(timeout=10) as c:
+        wait_for(lambda: c.get(f"{dev.url}/healthz").json()["prototypes"] == 3)
+        cloud.delay_s = 1.0  # every answer misses the 100 ms budget
+        kinds = []
+        for n in range(3):  # a new user each time: each one asks the cloud
+            post_events(c, dev.url, f"slow{n}", items[3 * n : 3 * n + 3])
+            kinds.append(rank(c, dev.url, user_id=f"slow{n}", k=10).json()["adaptation"])
+            text = c.get(f"{dev.url}/metrics").text
+            assert metric(text, "persona_cloud_fallback_total", reason="timeout") == min(n + 1, 2)
+            assert metric(text, "persona_cloud_fallback_total", reason="unavailable") == max(n - 1, 0)
+            assert c.get(f"{dev.url}/healthz").json()["cloud_available"] is (n == 0)
+        assert kinds == ["prototype-cache"] * 3
