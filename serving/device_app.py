@@ -223,10 +223,10 @@ class DeviceService:
         return Choice(kind, c.payload.version, c.payload.prototype_id, c.edit)
 
     def _adaptation_now(
-        self, key: str | None, n_events: int, proto: int | None, state: torch.Tensor, distance: float
+        self, key: str | None, n_events: int, proto: int | None, state: torch.Tensor, _distance: float
     ) -> Choice | None:
         """The adaptation if it is known without waiting (no cloud, a current cached edit, the policy does not
-        ask, cloud down); else None. ``distance``: the state's distance to its nearest prototype."""
+        ask, cloud down); else None. ``_distance`` (to the nearest prototype) is not used by the policies."""
         if self.cloud is None:
             return self._fallback(proto)
         bank = self.runtime.prototypes.version if self.runtime.prototypes else None
@@ -234,27 +234,25 @@ class DeviceService:
         if self._current(cached, n_events, proto, bank):
             self.edits.move_to_end(key)
             return self._from_cloud(cached)
-        if self.policy is not None:
-            usable = cached is not None and cached.bank == bank and cached.prototype == proto
-            if not self._policy_asks(key, n_events, state, distance, cached if usable else None):
+        if self.policy is not None:  # the user's own edit of this bank stays usable until the policy asks
+            usable = cached is not None and cached.bank == bank
+            if not self._policy_asks(key, n_events, state, cached if usable else None):
                 return self._from_cloud(cached) if usable else self._fallback(proto)
         if not self.cloud_reachable:
             self.metrics.fallback.labels("unavailable" if self.cloud_enabled else "disabled").inc()
             return self._fallback(proto)
         return None
 
-    def _policy_asks(
-        self, key: str | None, n_events: int, state: torch.Tensor, distance: float, cached: CachedEdit | None
-    ) -> bool:
-        """One decision per new event of a device: does it ask the cloud? Drift is measured from the state the
-        usable cached edit was asked with, else from the nearest prototype's signature (``distance``)."""
+    def _policy_asks(self, key: str | None, n_events: int, state: torch.Tensor, cached: CachedEdit | None) -> bool:
+        """One decision per new event of a device: does it ask the cloud? Drift is measured from the state its
+        usable cached edit was asked with (none: infinite, it asks first)."""
         if self.decided.get(key) == n_events:  # decided for this history already (the answer may be on its way)
             return False
         self.decided[key] = n_events
         self.decided.move_to_end(key)
         while len(self.decided) > self.s.edit_cache_size:
             self.decided.popitem(last=False)
-        signal = distance if cached is None or cached.state is None else float(torch.dist(state, cached.state))
+        signal = float("inf") if cached is None or cached.state is None else float(torch.dist(state, cached.state))
         asked = self.policy.ask(signal)
         self.metrics.cloud_ask.labels("asked" if asked else "skipped").inc()
         return asked

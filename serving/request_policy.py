@@ -4,8 +4,8 @@ Three policies (``serve.request_policy``):
 
 - ``refresh``: every ``serve.refresh_every`` new events of a user, or when its prototype or the bank
   changed (the original rule; the request rate follows from the traffic);
-- ``drift``: when the user state has drifted far from the state the user's adaptation was made for
-  (the state its cached cloud edit was asked with, else its prototype's signature). The threshold is
+- ``drift``: when the user state has drifted far from the state its cached cloud edit was asked with
+  (a device with no edit of the current bank has drifted infinitely: it asks first). The threshold is
   the ``1 - request_rate`` quantile of the recent drifts, so about ``request_rate`` of the decisions ask;
 - ``random``: each decision asks with probability ``request_rate`` (the baseline a policy must beat).
 
@@ -15,12 +15,14 @@ A decision is taken once per new event of a user (a ranking with nothing new reu
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from collections import deque
 
 
 class RequestPolicy:
-    """``ask(signal)`` → whether this decision asks the cloud; ``signal`` is the drift (``inf``: no reference)."""
+    """``ask(signal)`` → whether this decision asks the cloud; ``signal`` is the drift (``inf``: no reference,
+    above every finite drift)."""
 
     def __init__(self, kind: str, rate: float, window: int = 512, seed: int = 0):
         if kind not in ("drift", "random"):
@@ -30,7 +32,8 @@ class RequestPolicy:
         self.kind, self.rate = kind, rate
         self._rng = random.Random(seed)
         self._recent: deque[float] = deque(maxlen=max(1, window))
-        self._sorted: list[float] = []  # the same values, sorted (quantiles in O(log n))
+        self._sorted: list[float] = []  # the finite ones, sorted (quantiles in O(log n))
+        self._n_inf = 0
         self.asked = self.decisions = 0
 
     def ask(self, signal: float) -> bool:
@@ -43,18 +46,29 @@ class RequestPolicy:
         return yes
 
     def _above_quantile(self, signal: float) -> bool:
+        """Infinite drift (no edit to compare with) asks; finite drifts share what is left of the rate over the
+        recent decisions, the largest first."""
         if self.rate <= 0.0:
             return False
-        if self.rate >= 1.0 or signal == float("inf"):  # nothing to compare with: ask
+        if self.rate >= 1.0:
             return True
         if len(self._recent) == self._recent.maxlen:
             old = self._recent.popleft()
-            del self._sorted[bisect.bisect_left(self._sorted, old)]
+            if math.isinf(old):
+                self._n_inf -= 1
+            else:
+                del self._sorted[bisect.bisect_left(self._sorted, old)]
         self._recent.append(signal)
+        if math.isinf(signal):
+            self._n_inf += 1
+            return True
         bisect.insort(self._sorted, signal)
-        # the signal is among the top ``rate`` share of the recent ones (itself included)
-        rank_from_top = len(self._sorted) - bisect.bisect_left(self._sorted, signal)
-        return rank_from_top <= max(1.0, self.rate * len(self._sorted))
+        finite = len(self._sorted)
+        share = (self.rate * len(self._recent) - self._n_inf) / finite  # of the finite decisions
+        if share <= 0.0:
+            return False
+        rank_from_top = finite - bisect.bisect_left(self._sorted, signal)  # itself included
+        return rank_from_top <= max(1.0, share * finite)
 
     @property
     def share(self) -> float:

@@ -10,9 +10,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PAGES = [README, ROOT / "reports" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-# being written elsewhere: linked before they land
-PENDING = {"docs/replay.md", "reports/benchmarks/replay.md", "reports/benchmarks/replay.json",
-           "reports/benchmarks/replay_rate_curve.png"}  # fmt: skip
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 
@@ -50,8 +47,7 @@ def test_relative_links_resolve_inside_the_repository(page: Path):
             assert not target.startswith("../"), f"README: {target} leaves the repository"
         path = (page.parent / target.split("#")[0]).resolve()
         assert path.is_relative_to(ROOT), f"{page.name}: {target} leaves the repository"
-        rel = path.relative_to(ROOT).as_posix()
-        assert path.exists() or rel in PENDING, f"{page.relative_to(ROOT)}: {target} does not exist"
+        assert path.exists(), f"{page.relative_to(ROOT)}: {target} does not exist"
 
 
 def test_no_page_points_outside_the_repository():

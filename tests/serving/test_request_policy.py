@@ -69,3 +69,13 @@ def test_the_device_asks_the_cloud_as_its_policy_says(checkpoint, runtime, tmp_p
         assert calls == 0 and set(kinds) == {"prototype-cache"} and again == "prototype-cache"
     else:
         assert calls == len(items) and set(kinds) == {"cloud-edit"} and again == "cloud-edit"
+
+
+def test_drift_asks_new_devices_first_and_keeps_the_rate():
+    rng = random.Random(4)
+    policy = RequestPolicy("drift", 0.1, window=256)
+    new = [policy.ask(float("inf")) for _ in range(10)]  # ten devices without an edit
+    assert all(new)
+    for _ in range(3000):
+        policy.ask(float("inf") if rng.random() < 0.03 else rng.random())  # 3 % new devices
+    assert policy.share == pytest.approx(0.1, abs=0.02)
