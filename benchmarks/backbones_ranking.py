@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from recsys import run_layout
+
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = {  # name → (run/report directory stem, overrides)
     "id-only": ("item-side/none", ["model_params.item_side=none"]),
@@ -87,7 +89,7 @@ def run_backbone(name: str, dataset: str, model: str, force: bool) -> dict:
     reports = f"reports/{stem.replace('item-side', 'item_side')}"  # docs/item_side.md's report directories
     common = [f"dataset={dataset}", f"output_dir=runs/{stem}", f"reports_dir={reports}", *overrides]
     report = ROOT / reports / dataset / "base.json"
-    side = ROOT / "runs" / stem / dataset / "codebook" / "item_side.npz"
+    side = run_layout.item_side_file(ROOT / "runs" / stem, dataset)
     if force or not report.is_file() or model not in json.loads(report.read_text())["runs"]:
         if name == "openai-own":
             with own_embeddings_server() as url:
@@ -109,10 +111,10 @@ def run_backbone(name: str, dataset: str, model: str, force: bool) -> dict:
 
 def side_difference(dataset: str) -> float | None:
     """Largest absolute difference between the MiniLM and own-endpoint side files' item vectors."""
-    a = ROOT / "runs" / BACKBONES["minilm"][0] / dataset / "codebook" / "item_side.npz"
+    a = run_layout.item_side_file(ROOT / "runs" / BACKBONES["minilm"][0], dataset)
     if not a.is_file():  # the main job's codebook: the default backbone, MiniLM
-        a = ROOT / "runs" / dataset / "codebook" / "item_side.npz"
-    b = ROOT / "runs" / BACKBONES["openai-own"][0] / dataset / "codebook" / "item_side.npz"
+        a = run_layout.item_side_file(ROOT / "runs", dataset)
+    b = run_layout.item_side_file(ROOT / "runs" / BACKBONES["openai-own"][0], dataset)
     if not (a.is_file() and b.is_file()):
         return None
     with np.load(a) as za, np.load(b) as zb:

@@ -33,13 +33,14 @@ from llm_cloud.adapter_data import training_samples  # noqa: E402
 from llm_cloud.artifacts import code_table_for, load_adapter, user_context_for  # noqa: E402
 from llm_cloud.editor import AdapterEditor  # noqa: E402
 from llm_cloud.prototypes import PrototypeBank  # noqa: E402
+from recsys import run_layout  # noqa: E402
 from recsys.atomic_io import atomic_write_text  # noqa: E402
 from recsys.checkpoint import load_checkpoint  # noqa: E402
 
 
 def _adapter(run_dir: Path, name: str, cfg: AdapterConfig, base, code_sizes, context) -> tuple[Adapter, str]:
-    if (run_dir / f"adapter-{name}" / "adapter.yaml").is_file():
-        adapter, _ = load_adapter(run_dir / f"adapter-{name}")
+    if name in run_layout.read_manifest(run_dir).adapters:
+        adapter, _ = load_adapter(run_layout.adapter_dir(run_dir, name))
         if adapter.cfg.use_context == cfg.use_context:
             return adapter, f"trained (adapter-{name})"
     sizes = context.level_sizes if cfg.use_context else None
@@ -74,7 +75,7 @@ def main() -> int:
     from serving.config import load_app_config
 
     cfg = load_app_config(overrides=[f"dataset={args.dataset}", f"model={args.model}", f"output_dir={args.runs}"])
-    run_dir, cb_dir = cfg.run_dir(0), Path(args.runs) / args.dataset / "codebook"
+    run_dir, cb_dir = cfg.run_dir(0), run_layout.codebook_dir(args.runs, args.dataset)
     if not (run_dir / "model.pt").is_file() or not (cb_dir / "meta.json").is_file():
         print(f"need {run_dir} and {cb_dir}: run `persona train` and `persona codebook` (output_dir={args.runs})")
         return 2

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from serve_load import free_port, start_service, stop  # noqa: E402
 
+from recsys import run_layout  # noqa: E402
 from recsys.runtime import ENCODINGS, DeviceRuntime, EditPayload, PrototypeSnapshot  # noqa: E402
 
 API_KEY = "bench-bytes-key"
@@ -40,9 +41,10 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     args = parser.parse_args()
-    ckpt = ROOT / "runs" / args.dataset / args.model / "seed0"
-    if not (ckpt / "adapter-main").is_dir():
-        print(f"no adapter at {ckpt}/adapter-main: run `make run` (or `persona adapter dataset={args.dataset}`)")
+    ckpt = run_layout.seed_dir(ROOT / "runs", args.dataset, args.model, 0)
+    if not run_layout.adapter_dir(ckpt).is_dir():
+        print(f"no adapter at {run_layout.adapter_dir(ckpt)}:"
+              f" run `make run` (or `persona adapter dataset={args.dataset}`)")
         return 2
     from recsys.experiment import load_dataset_split
     from serving.config import load_app_config

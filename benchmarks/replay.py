@@ -58,6 +58,7 @@ from serve_load import free_port, percentile, start_service, stop  # noqa: E402
 
 from llm_cloud.adapter import edited_logits  # noqa: E402
 from llm_cloud.editor import AdapterEditor, load_editor, served_edit  # noqa: E402
+from recsys import run_layout  # noqa: E402
 from recsys.experiment import load_dataset_split  # noqa: E402
 from serving.config import load_app_config  # noqa: E402
 
@@ -117,9 +118,9 @@ def load_rows(dataset: str, ckpt: Path, share: float, seed: int) -> Rows:
             consistent += 1
         last[u] = items + [int(target[r])]
 
-    editor = load_editor(ckpt, 0, ckpt / "adapter-main")
+    editor = load_editor(ckpt, 0, run_layout.adapter_dir(ckpt))
     if not isinstance(editor, AdapterEditor):
-        raise SystemExit(f"{ckpt}/adapter-main has no trained adapter + bank: run `make run` first")
+        raise SystemExit(f"{run_layout.adapter_dir(ckpt)} has no trained adapter + bank: run `make run` first")
     base = editor.base
     static_rank, served_rank = [], []
     with torch.inference_mode():
@@ -491,12 +492,12 @@ def main() -> int:
     per_seed = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         ckpt = Path(args.runs) / args.dataset / args.model / f"seed{seed}"
-        if not (ckpt / "adapter-main" / "adapter.yaml").is_file():
-            raise SystemExit(f"{ckpt}/adapter-main is missing: run `make run` (or `persona run`) first")
+        if run_layout.MAIN_ADAPTER not in run_layout.read_manifest(ckpt).adapters:
+            raise SystemExit(f"{run_layout.adapter_dir(ckpt)} is missing: run `make run` (or `persona run`) first")
         rows = load_rows(args.dataset, ckpt, args.users, seed=0)
         print(f"[seed {seed}] {len(rows.user)} rows, {rows.n_users} users; histories consistent on "
               f"{rows.consistent:.2%} of the later rows", flush=True)  # fmt: skip
-        side = yaml.safe_load((ckpt / "model.yaml").read_text())
+        side = yaml.safe_load((ckpt / run_layout.CHECKPOINT_MARK).read_text())
         result = {"seed": seed, "dataset": args.dataset, "model": args.model, "conditions": {},
                   "base": f"item_side={_find(side, 'item_side')}",
                   "offline": {"static": metrics_of(rows.static_rank), "served": metrics_of(rows.served_rank)}}

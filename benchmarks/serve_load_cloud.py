@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from serve_load import free_port, load, start_service, stop  # noqa: E402
 
+from recsys import run_layout  # noqa: E402
+
 API_KEY = "bench-cloud-key"
 
 
@@ -64,9 +66,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="connections")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     args = parser.parse_args()
-    ckpt = ROOT / "runs" / args.dataset / "sasrec" / "seed0"
-    if not (ckpt / "adapter-main").is_dir():
-        print(f"no adapter at {ckpt}/adapter-main: run `make run` (or `persona adapter dataset={args.dataset}`)")
+    ckpt = run_layout.seed_dir(ROOT / "runs", args.dataset, "sasrec", 0)
+    if not run_layout.adapter_dir(ckpt).is_dir():
+        print(f"no adapter at {run_layout.adapter_dir(ckpt)}:"
+              f" run `make run` (or `persona adapter dataset={args.dataset}`)")
         return 2
     tokens = (ckpt / "items.txt").read_text().splitlines()
     rng = random.Random(0)

@@ -72,7 +72,9 @@ def worker(args) -> None:
 
         base, _, _ = load_checkpoint(Path(args.base_dir))
         table = None
-        cb = Path(args.base_dir).parents[1] / "codebook"
+        from recsys import run_layout
+
+        cb = run_layout.codebook_dir(Path(args.base_dir).parents[2], Path(args.base_dir).parents[1].name)
         if cfg.adapter.use_codebook and (cb / "meta.json").is_file():
             from llm_cloud.artifacts import code_table_for
 

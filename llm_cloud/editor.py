@@ -18,11 +18,10 @@ import torch
 from llm_cloud.adapter import Adapter, left_padded_windows
 from llm_cloud.prototypes import PrototypeBank, clipped_parts
 from llm_cloud.user_context import UserContextHits
+from recsys import run_layout
 from recsys.checkpoint import load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
 from recsys.runtime import EditDecoder, EditPayload, Encoding, PrototypeSnapshot, pack
-
-BANK_DIRS = ("bank-finetune", "bank-centre")
 
 
 class Editor(Protocol):
@@ -165,18 +164,18 @@ def _first(edit: HeadEdit) -> HeadEdit:
 def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None) -> Editor:
     """The best editor available for a base checkpoint (adapter + bank from ``adapter_dir`` when present).
 
-    ``adapter_dir`` is an ``adapter-<variant>`` directory written by ``persona adapter``; its bank is the
-    sibling ``bank-finetune`` (or ``bank-centre``) directory.
+    ``adapter_dir`` is an adapter directory written by ``persona adapter``; its bank is the one its run
+    dir's manifest serves (:meth:`recsys.run_layout.Manifest.served_bank`; derived for old runs).
     """
     from llm_cloud.artifacts import load_adapter, load_bank, load_code_table, load_user_context
 
     adapter_dir = Path(adapter_dir) if adapter_dir else None
-    if adapter_dir is None or not (adapter_dir / "adapter.yaml").is_file():
+    if adapter_dir is None or not (adapter_dir / run_layout.ADAPTER_MARK).is_file():
         return BaseEditor(checkpoint_dir, dim)
-    bank_dir = next(
-        (adapter_dir.parent / b for b in BANK_DIRS if (adapter_dir.parent / b / "bank.yaml").is_file()), None
-    )
-    if bank_dir is None:
+    run = adapter_dir.parent
+    variant = run_layout.read_manifest(run).served_bank()
+    bank_dir = run_layout.bank_dir(run, variant) if variant else None
+    if bank_dir is None or not (bank_dir / run_layout.BANK_MARK).is_file():
         return BaseEditor(checkpoint_dir, dim)
     base, _, _ = load_checkpoint(Path(checkpoint_dir))
     adapter, _ = load_adapter(adapter_dir)

@@ -9,6 +9,9 @@ dynamic refinement and OOD spawning while the test period streams in time order;
 user-context codebook hits, ``solid`` with them and the semantic path as the main edit; ``served``
 what the cloud service answers (:func:`llm_cloud.editor.served_edit`: prototype + residual, the
 window's own edit when out of distribution, the configured bank variant, frozen).
+
+:class:`MethodEvaluator` scores them; the adapters and banks come from an :class:`ArtefactSource`
+(``recipes.artefacts.ArtefactBuilder`` trains, saves or reloads them).
 """
 
 from __future__ import annotations
@@ -17,28 +20,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from llm_cloud.adapter import Adapter, edited_logits
-from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
-from llm_cloud.adapter_data import TrainingSamples, batch_from_rows
-from llm_cloud.adapter_train import adapter_score_fn, train_adapter
-from llm_cloud.artifacts import (
-    ArtifactError,
-    code_table_for,
-    freeze,
-    load_adapter,
-    load_bank,
-    save_adapter,
-    save_bank,
-    user_context_for,
-)
+from llm_cloud.adapter_data import batch_from_rows
+from llm_cloud.adapter_train import adapter_score_fn
+from llm_cloud.artifacts import ArtifactError, code_table_for, freeze, user_context_for
 from llm_cloud.editor import served_edit
 from llm_cloud.prototypes import PrototypeBank, clipped_parts
 from llm_cloud.user_context import UserContextHits
-from recsys import distributed
 from recsys.evaluate import evaluate_rows, model_score_fn
 from recsys.finetune import finetune_edit
 from recsys.models import EditableSeqRec, HeadEdit, score_with_edit
@@ -60,16 +53,6 @@ VARIANTS = {"main": {}, "duet": {"anchor": False}, "no-xlayer": {"cross_layer": 
             "no-codebook": {"use_codebook": False}, "context": {"use_context": True},
             "no-context": {"use_context": False, "semantic_main": False},
             "solid": {"use_context": True, "semantic_main": True}}
-
-
-BUILD_FIELDS = ("k", "variant", "finetune_epochs", "finetune_lr", "build_samples", "ood_quantile")  # a saved bank's
-
-
-def _same_config(name: str, saved: dict, wanted: dict) -> None:
-    diff = [k for k in wanted if saved.get(k) != wanted[k]]
-    if diff:
-        k = diff[0]
-        raise ArtifactError(f"saved {name} was made with {k}={saved.get(k)!r}, this run asks for {wanted[k]!r}")
 
 
 @dataclass
@@ -107,53 +90,25 @@ def recording(score_fn, record: RowRecord, n_neg: int = 100, seed: int = 0):
     return fn
 
 
-class Adaptation:
-    """Everything one (dataset, model, seed) needs: base model, split, adapters, banks."""
+class ArtefactSource(Protocol):
+    """Where the evaluator gets a seed's adapters and banks (trained, cached or loaded: ``recipes``)."""
 
-    def __init__(self, base: EditableSeqRec, split: SplitData, adapter_cfg: AdapterConfig,
-                 proto_cfg: PrototypeConfig, seed: int, codebook_dir: Path | None, out_dir: Path,
-                 eval_batch_size: int = 256, progress: bool = True, device: str = "cpu",
-                 dist_timeout_s: float = 300.0, reuse: bool = False, valid_metric: str = "ndcg@10"):
-        self.device = device
-        self.base, self.split, self.seed = freeze(base).to(device), split, seed
-        self.adapter_cfg, self.proto_cfg = adapter_cfg, proto_cfg
-        self.out_dir, self.eval_batch_size, self.progress = Path(out_dir), eval_batch_size, progress
-        self.dist_timeout_s, self.valid_metric = dist_timeout_s, valid_metric
-        self.reuse = reuse  # evaluate the adapters and banks already saved in out_dir instead of training them
+    def adapter(self, variant: str) -> Adapter: ...
+
+    def bank(self, variant: str) -> PrototypeBank: ...
+
+
+class SeedInputs:
+    """One (dataset, model, seed): the frozen base model, the split, and the codebook inputs adapters read."""
+
+    def __init__(self, base: EditableSeqRec, split: SplitData, seed: int, codebook_dir: Path | None,
+                 use_codebook: bool = True, context_items: int = 5, device: str = "cpu"):
+        self.base, self.split, self.seed, self.device = freeze(base).to(device), split, seed, device
+        self.codebook_dir, self.context_items = codebook_dir, context_items
         self.code_table = None
-        if adapter_cfg.use_codebook and codebook_dir is not None:
+        if use_codebook and codebook_dir is not None:
             self.code_table = code_table_for(codebook_dir, split.item_tokens).to(device)
-        self.codebook_dir = codebook_dir
         self._context: UserContextHits | None = None
-        self.adapters: dict[str, tuple[Adapter, TrainingSamples]] = {}
-        self.banks: dict[str, PrototypeBank] = {}
-        self.timings: dict[str, float] = {}
-        self.selected: dict[str, float] = {}  # hyper-parameters chosen on validation (reported)
-
-    # ------------------------------------------------------------------ training
-    def adapter(self, variant: str) -> tuple[Adapter, TrainingSamples | None]:
-        if variant not in self.adapters and self.reuse:
-            cfg = self.adapter_cfg.model_copy(update=VARIANTS[variant])
-            adapter, _ = load_adapter(self.out_dir / f"adapter-{variant}")
-            _same_config(f"adapter-{variant}", adapter.cfg.model_dump(), cfg.model_dump())
-            self.adapters[variant] = (freeze(adapter).to(self.device), None)
-        if variant not in self.adapters:
-            cfg = self.adapter_cfg.model_copy(update=VARIANTS[variant])
-            table = self.code_table if cfg.use_codebook else None
-            context = self.user_context() if cfg.use_context else None
-            t0 = time.perf_counter()
-            res = train_adapter(self.base, self.split, cfg, self.seed, table, self.eval_batch_size,
-                                self.progress and distributed.is_rank0(), self.dist_timeout_s, self.valid_metric,
-                                context)
-            self.timings[f"adapter:{variant}"] = time.perf_counter() - t0
-            meta = {"seed": self.seed, **res.fit.summary, "valid": res.best_valid}
-            if distributed.world_size() > 1:
-                meta["world_size"] = distributed.world_size()
-            if distributed.is_rank0():  # under torchrun every rank holds the same adapter; one writes it
-                save_adapter(self.out_dir / f"adapter-{variant}", res.adapter, meta, table, context)
-            self.adapters[variant] = (res.adapter, res.samples)
-            log.info("adapter %s: best epoch %d valid %s", variant, res.best_epoch, res.best_valid)
-        return self.adapters[variant]
 
     def table_for(self, adapter: Adapter):
         return self.code_table if adapter.code_sizes else None
@@ -164,7 +119,7 @@ class Adaptation:
             if self.codebook_dir is None:
                 raise ArtifactError("user context needs the semantic codebook; run `persona codebook` first")
             self._context = user_context_for(self.codebook_dir, self.split.item_tokens,
-                                             self.adapter_cfg.context_items).to(self.device)
+                                             self.context_items).to(self.device)
         return self._context
 
     def context_for(self, adapter: Adapter) -> UserContextHits | None:
@@ -175,27 +130,17 @@ class Adaptation:
             ctx = UserContextHits(ctx.book, ctx.item_emb, adapter.cfg.context_items)
         return ctx
 
-    def bank(self, variant: str) -> PrototypeBank:
-        """``finetune`` or ``centre`` prototype bank built on the main adapter's training codes."""
-        if variant not in self.banks and self.reuse:
-            bank = load_bank(self.out_dir / f"bank-{variant}")
-            cfg = self.proto_cfg.model_copy(update={"variant": variant})
-            _same_config(f"bank-{variant}", {k: getattr(bank.cfg, k) for k in BUILD_FIELDS},
-                         {k: getattr(cfg, k) for k in BUILD_FIELDS})
-            bank.cfg = cfg  # how it is refined while the test period streams in is today's config
-            self.banks[variant] = bank
-        if variant not in self.banks:
-            adapter, samples = self.adapter("main")
-            cfg = self.proto_cfg.model_copy(update={"variant": variant})
-            t0 = time.perf_counter()
-            with torch.enable_grad():
-                self.banks[variant] = PrototypeBank.build(cfg, self.base, adapter,
-                                                          samples.subset(cfg.build_samples, self.seed),
-                                                          self.table_for(adapter), self.seed,
-                                                          self.context_for(adapter))
-            self.timings[f"bank:{variant}"] = time.perf_counter() - t0
-            save_bank(self.out_dir / f"bank-{variant}", self.banks[variant])
-        return self.banks[variant]
+
+class MethodEvaluator:
+    """Scores the adaptation methods of one seed on the test split (RecBole full ranking + sampled AUC)."""
+
+    def __init__(self, inputs: SeedInputs, source: ArtefactSource, window: int, served_bank: str,
+                 eval_batch_size: int = 256):
+        self.inputs, self.source = inputs, source
+        self.base, self.split, self.seed, self.device = inputs.base, inputs.split, inputs.seed, inputs.device
+        self.window, self.served_bank, self.eval_batch_size = window, served_bank, eval_batch_size
+        self.timings: dict[str, float] = {}
+        self.selected: dict[str, float] = {}  # hyper-parameters chosen on validation (reported)
 
     # ------------------------------------------------------------------ scoring
     def score_fn(self, method: str, record: RowRecord):
@@ -204,20 +149,20 @@ class Adaptation:
             return model_score_fn(base)
         if method == "finetune":
             return self._finetune_fn(self.finetune_lr())
-        adapter, _ = self.adapter(ADAPTER_OF[method])
+        adapter = self.source.adapter(ADAPTER_OF[method])
         if method == "served":
-            return self._served_fn(adapter, self.bank(self.proto_cfg.variant))
+            return self._served_fn(adapter, self.source.bank(self.served_bank))
         if method in EDIT_METHODS:
-            return adapter_score_fn(base, adapter, adapter.cfg.window, self.table_for(adapter),
-                                    self.context_for(adapter))
+            return adapter_score_fn(base, adapter, adapter.cfg.window, self.inputs.table_for(adapter),
+                                    self.inputs.context_for(adapter))
         frozen = method != "proto-dyn"
-        bank = self.bank("centre" if method == "proto-centre" else "finetune")
+        bank = self.source.bank("centre" if method == "proto-centre" else "finetune")
         bank = bank if frozen else bank.copy()
         residual = method in ("proto-res", "proto-dyn")
         return self._proto_fn(adapter, bank, residual=residual, dynamic=not frozen, record=record)
 
     def _finetune_fn(self, lr: float):
-        base, window = self.base, self.adapter_cfg.window
+        base, window = self.base, self.window
 
         def fn(rows):
             edit = finetune_edit(base, rows["item_id_list"], rows["item_length"], window, lr=lr)
@@ -241,7 +186,7 @@ class Adaptation:
         return self.selected["finetune"]
 
     def _served_fn(self, adapter: Adapter, bank: PrototypeBank):
-        base, table, context = self.base, self.table_for(adapter), self.context_for(adapter)
+        base, table, context = self.base, self.inputs.table_for(adapter), self.inputs.context_for(adapter)
 
         def fn(rows):
             out = served_edit(base, adapter, bank, table, rows["item_id_list"], rows["item_length"], context)
@@ -250,7 +195,7 @@ class Adaptation:
         return fn
 
     def _proto_fn(self, adapter: Adapter, bank: PrototypeBank, residual: bool, dynamic: bool, record: RowRecord):
-        base, table, context = self.base, self.table_for(adapter), self.context_for(adapter)
+        base, table, context = self.base, self.inputs.table_for(adapter), self.inputs.context_for(adapter)
 
         def fn(rows):
             b = batch_from_rows(base, rows, adapter.cfg.window, table, context)

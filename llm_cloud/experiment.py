@@ -1,39 +1,22 @@
-"""``persona evaluate --methods``: adaptation methods × seeds on one dataset, tables, plots, OOD AUROC."""
+"""Adaptation results across seeds (``recipes.adaptation.evaluate_methods``): time windows, OOD AUROC, reports."""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 
 from llm_cloud.artifacts import ArtifactError
-from llm_cloud.evaluation import METHODS, Adaptation, RowRecord
-from recsys import distributed
+from llm_cloud.evaluation import METHODS, RowRecord
+from recsys import run_layout
 from recsys.atomic_io import atomic_write_text
-from recsys.checkpoint import load_checkpoint
-from recsys.experiment import load_dataset_split
 from recsys.report import markdown_table, write_report
 
 log = logging.getLogger(__name__)
 TABLE_KEYS = ["ndcg@10", "hit@10", "mrr@10", "auc", "uauc"]
 N_TIME_WINDOWS = 8
-
-
-def codebook_dir(cfg) -> Path:
-    return Path(cfg.output_dir) / cfg.dataset / "codebook"
-
-
-def adaptation_for_seed(cfg, seed: int, split, progress: bool = True, reuse: bool = False) -> Adaptation:
-    run_dir = cfg.run_dir(seed)
-    base, _, _ = load_checkpoint(run_dir)
-    cb = codebook_dir(cfg)  # semantic codes (adapter.use_codebook) and user-context hits (context variants)
-    return Adaptation(
-        base, split, cfg.adapter, cfg.prototypes, seed, cb, run_dir, cfg.eval.batch_size, progress,
-        distributed.rank_device(cfg), cfg.train.dist_timeout_s, reuse, cfg.eval.valid_metric,
-    )
 
 
 def ndcg_at_10(rank: np.ndarray) -> np.ndarray:
@@ -51,65 +34,43 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def run_adaptation(cfg, methods: list[str], progress: bool = True, reuse: bool = False) -> dict:
-    """Evaluate ``methods`` for every seed; returns per-method runs, time-window NDCG and OOD AUROC.
+def time_windows(rows) -> tuple[np.ndarray, list[float]]:
+    """Each test row's time window and the windows' edges.
 
-    ``reuse``: evaluate the adapters and banks saved by an earlier run (same config) instead of training.
+    Test rows are in time order (shift protocol) or user order (order protocol): equal-count windows.
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
-    split = load_dataset_split(cfg)
-    rows = split.eval_rows("test")
-    # test rows are in time order (shift protocol) or user order (order protocol): equal-count windows
     window_of = np.arange(len(rows)) * N_TIME_WINDOWS // len(rows)
     times = rows["timestamp"].numpy()
     edges = [float(times[window_of == w].min()) for w in range(N_TIME_WINDOWS)] + [float(times.max())]
-    results: dict[str, list[dict]] = {m: [] for m in methods}
-    over_time: dict[str, list[list[float]]] = {m: [] for m in methods}
-    ood: dict[str, list[float]] = {}
-    timings: list[dict] = []
-    for seed in cfg.seeds:
-        t0 = time.perf_counter()
-        ad = adaptation_for_seed(cfg, seed, split, progress, reuse)
-        records: dict[str, RowRecord] = {}
-        for method in methods:
-            metrics, record = ad.evaluate(method)
-            results[method].append(metrics)
-            records[method] = record
-            nd = ndcg_at_10(record.cat("rank"))
-            over_time[method].append([float(nd[window_of == w].mean()) for w in range(N_TIME_WINDOWS)])
-            log.info("seed %d %-12s ndcg@10 %.4f", seed, method, metrics["ndcg@10"])
-        if "static" in records:
-            missed = (records["static"].cat("rank") >= 10).astype(int)
-            for method in ("proto", "proto-res", "proto-dyn"):
-                if method in records:  # the OOD score (distance), then two alternatives for comparison
-                    rec = records[method]
-                    ood.setdefault(method, []).append(auroc(rec.cat("ood_distance"), missed))
-                    ood.setdefault(f"{method} residual-norm", []).append(auroc(rec.cat("ood_residual"), missed))
-                    if method == "proto":
-                        ood.setdefault("base entropy", []).append(auroc(rec.cat("base_entropy"), missed))
-        timings.append(
-            {
-                "seed": seed,
-                "seconds": round(time.perf_counter() - t0, 1),
-                **{k: round(v, 1) for k, v in ad.timings.items()},
-                "selected": dict(ad.selected),
-            }
-        )
-    return {
-        "results": results,
-        "over_time": over_time,
-        "ood_auroc": ood,
-        "timings": timings,
-        "window_edges": edges,
-    }
+    return window_of, edges
+
+
+def ndcg_over_time(record: RowRecord, window_of: np.ndarray) -> list[float]:
+    nd = ndcg_at_10(record.cat("rank"))
+    return [float(nd[window_of == w].mean()) for w in range(N_TIME_WINDOWS)]
+
+
+def ood_aurocs(records: dict[str, RowRecord]) -> dict[str, float]:
+    """One seed's OOD AUROCs (rows the static model misses at 10): the prototype distance, then two
+    alternatives for comparison (the residual norm, the base model's entropy)."""
+    out: dict[str, float] = {}
+    if "static" not in records:
+        return out
+    missed = (records["static"].cat("rank") >= 10).astype(int)
+    for method in ("proto", "proto-res", "proto-dyn"):
+        if method in records:
+            rec = records[method]
+            out[method] = auroc(rec.cat("ood_distance"), missed)
+            out[f"{method} residual-norm"] = auroc(rec.cat("ood_residual"), missed)
+            if method == "proto":
+                out["base entropy"] = auroc(rec.cat("base_entropy"), missed)
+    return out
 
 
 def merge_with_report(cfg, out: dict) -> dict:
     """``out`` laid over the existing ``reports/<dataset>/adaptation-<model>`` results (same seeds): the
     methods just evaluated replace theirs, the others are kept; methods stay in ``METHODS`` order."""
-    directory = Path(cfg.reports_dir) / cfg.dataset
+    directory = run_layout.base_report_dir(cfg.reports_dir, cfg.dataset)
     stem = f"adaptation-{cfg.model}"
     try:
         old = json.loads((directory / f"{stem}.json").read_text())
@@ -157,7 +118,7 @@ def plot_over_time(out: dict, path: Path, title: str) -> Path | None:
 
 def report_adaptation(cfg, out: dict) -> str:
     """Write ``reports/<dataset>/adaptation-<model>.{json,md,png}``; return the Markdown table."""
-    directory = Path(cfg.reports_dir) / cfg.dataset
+    directory = run_layout.base_report_dir(cfg.reports_dir, cfg.dataset)
     stem = f"adaptation-{cfg.model}"
     meta = {
         "dataset": cfg.dataset,

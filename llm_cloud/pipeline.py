@@ -13,6 +13,7 @@ import numpy as np
 from codebook import CodebookConfig, CodebookError, SemanticCodebook
 from llm_cloud.backbones import Backbone, BackboneConfig, build_backbone
 from llm_cloud.context import ContextConfig, ContextError, fuse_image, item_texts, user_context
+from recsys import run_layout
 from recsys.config import DataConfig
 from recsys.datasets import prepare, read_arrays, read_items
 
@@ -90,18 +91,13 @@ def build_item_codebook(
     return enc.item_ids, enc.embeddings, book
 
 
-def codebook_dir(output_dir: str | Path, dataset: str) -> Path:
-    """Where ``persona codebook`` writes a dataset's codebook artefacts."""
-    return Path(output_dir) / dataset / "codebook"
-
-
 def load_item_codebook(output_dir: str | Path, dataset: str) -> tuple[list[str], np.ndarray, SemanticCodebook]:
     """Item ids, item embeddings and codebook as saved by ``persona codebook`` (no model is loaded)."""
-    directory = codebook_dir(output_dir, dataset)
+    directory = run_layout.codebook_dir(output_dir, dataset)
     book = SemanticCodebook.load(directory)
-    path = directory / "item_embeddings.npy"
+    path = directory / run_layout.ITEM_EMBEDDINGS_FILE
     if not path.is_file():
-        raise CodebookError(f"{directory} lacks item_embeddings.npy: run `persona codebook dataset={dataset}`")
+        raise CodebookError(f"{directory} lacks {path.name}: run `persona codebook dataset={dataset}`")
     emb = np.load(path, allow_pickle=False)
     if emb.shape != (len(book.item_ids), book.dim):
         raise CodebookError(f"{path}: shape {emb.shape} does not match the codebook's items/dim")

@@ -20,6 +20,8 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from recsys import run_layout
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(os.environ.get("PERSONA_CONFIG_DIR") or Path(__file__).resolve().parent / "configs")
 MANIFEST = "dataset.json"  # beside a prepared dataset's atomic files: how it was imported (recsys.datasets)
@@ -111,13 +113,13 @@ class PersonaConfig(_Strict):
         return self.device
 
     def run_dir(self, seed: int) -> Path:
-        return Path(self.output_dir) / self.dataset / self.model / f"seed{seed}"
+        return run_layout.seed_dir(self.output_dir, self.dataset, self.model, seed)
 
     def item_side_path(self) -> Path:
         """The side file ``model_params.item_side`` reads (written by ``persona codebook``)."""
         if self.data.item_side:
             return Path(self.data.item_side)
-        return Path(self.output_dir) / self.dataset / "codebook" / "item_side.npz"
+        return run_layout.item_side_file(self.output_dir, self.dataset)
 
 
 def deep_merge(base: dict, update: dict) -> dict:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
-from recsys import distributed
+from recsys import distributed, run_layout
 from recsys.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from recsys.config import PersonaConfig
 from recsys.datasets import prepare
@@ -84,22 +83,10 @@ def report_base(cfg: PersonaConfig, results: dict[str, list[dict]], seconds: flo
         "evaluation": "RecBole full ranking over all items, test split",
         "seconds": round(seconds, 1),
     }
-    out = Path(cfg.reports_dir) / cfg.dataset
+    out = run_layout.base_report_dir(cfg.reports_dir, cfg.dataset)
     write_report(out, "base", f"Base models on {cfg.dataset} ({cfg.data.protocol} protocol)", results, meta)
     slices = slice_table(results)
     return markdown_table(results) + (f"\n\n{slices}" if slices else "")
 
 
-def run_base(model_cfgs: list[PersonaConfig], progress: bool = True) -> str:
-    """The main job's base stage: prepare, train each model (its own layered config) for every seed,
-    evaluate them and popularity on the test split, report. Configs differ only in ``model``."""
-    t0 = time.perf_counter()
-    cfg = model_cfgs[0]
-    split = load_dataset_split(cfg)
-    for model_cfg in model_cfgs:
-        train_seeds(model_cfg, split, progress)
-    results = evaluate_models(cfg, ["pop"] + [c.model for c in model_cfgs], split)
-    return report_base(cfg, results, time.perf_counter() - t0)
-
-
-__all__ = ["evaluate_models", "load_dataset_split", "report_base", "run_base", "train_seeds"]
+__all__ = ["evaluate_models", "load_dataset_split", "report_base", "train_seeds"]

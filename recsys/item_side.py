@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recsys import run_layout
 from recsys.atomic_io import atomic_write_bytes
 
-SIDE_FILE = "item_side.npz"
+SIDE_FILE = run_layout.ITEM_SIDE_FILE
 
 
 class ItemSideError(ValueError):

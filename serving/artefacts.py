@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recsys import run_layout
 from recsys.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint
 from recsys.datasets import read_items
 from recsys.models import EditableSeqRec
@@ -33,7 +34,7 @@ class Artefacts:
 def require_checkpoint(cfg: AppConfig) -> Path:
     """The checkpoint dir to serve; a :class:`CheckpointError` saying what to run when it is missing."""
     directory = checkpoint_dir(cfg)
-    if not (directory / "model.yaml").is_file():
+    if run_layout.read_manifest(directory).checkpoint is None or not (directory / run_layout.CHECKPOINT_MARK).is_file():
         raise CheckpointError(f"no trained model at {directory}: run `make run` first (or set serve.checkpoint=DIR)")
     return directory
 

@@ -22,6 +22,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from llm_cloud.backbones import Backbone, BackboneConfig, build_backbone
 from llm_cloud.editor import Editor, load_editor
+from recsys import run_layout
 from recsys.checkpoint import load_checkpoint
 from recsys.runtime import EditPayload, PrototypeSnapshot
 from serving.config import AppConfig
@@ -62,7 +63,7 @@ class CloudService:
         self.checkpoint_dir = Path(checkpoint_dir)
         # default: the artefacts `persona adapter` writes beside the checkpoint (base editor when absent)
         self.adapter_dir = (
-            Path(cfg.serve.adapter_dir) if cfg.serve.adapter_dir else self.checkpoint_dir / "adapter-main"
+            Path(cfg.serve.adapter_dir) if cfg.serve.adapter_dir else run_layout.adapter_dir(self.checkpoint_dir)
         )
         self._factory = editor_factory
         self.metrics = Metrics("cloud")

@@ -1,26 +1,18 @@
-"""The application config: recsys's :class:`PersonaConfig` plus the sections owned by the cloud packages."""
+"""The application config: the recipes' :class:`~recipes.config.RecipeConfig` plus the ``serve:`` section."""
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from codebook import CodebookConfig
-from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
-from llm_cloud.backbones.config import BackboneConfig
-from llm_cloud.context import ContextConfig
-from recsys.config import PersonaConfig, load_config
+from recipes.config import RecipeConfig
+from recsys.config import load_config
 from serving.serve_config import ServeConfig
 
 
-class AppConfig(PersonaConfig):
-    """Everything ``persona`` reads from YAML. Sections of llm_cloud/codebook/serving are added here."""
+class AppConfig(RecipeConfig):
+    """Everything ``persona`` reads from YAML: the recipes' sections and the services' ``serve:``."""
 
     serve: ServeConfig = Field(default_factory=ServeConfig)
-    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
-    context: ContextConfig = Field(default_factory=ContextConfig)
-    codebook: CodebookConfig = Field(default_factory=CodebookConfig)
-    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
-    prototypes: PrototypeConfig = Field(default_factory=PrototypeConfig)
 
 
 def load_app_config(user_file: str | None = None, overrides: list[str] | None = None) -> AppConfig:

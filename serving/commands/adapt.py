@@ -17,35 +17,27 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def print_serving(written) -> None:
+    """One line per seed the adapter recipe wrote (rank 0 alone gets any)."""
+    for w in written:
+        print(f"seed {w.seed}: {w.adapter_dir}, {w.bank_dir} ({w.size} prototypes), {w.prototypes}")
+
+
 def run(args) -> int:
     from llm_cloud.artifacts import ArtifactError
-    from llm_cloud.experiment import adaptation_for_seed
+    from recipes.adaptation import adapter
     from recsys import distributed
     from recsys.checkpoint import CheckpointError
-    from recsys.experiment import load_dataset_split
 
     cfg = load_app_config(args.config, args.overrides)
     nproc = resolve_nproc(getattr(args, "nproc", None), cfg.train.nproc)
     if nproc > 1 and not distributed.launched_by_torchrun():
         return torchrun_self("adapter", args, nproc)
     try:
-        with distributed.process_group(cfg):
-            split = distributed.rank0_first(load_dataset_split, cfg)
-            for seed in cfg.seeds:
-                try:
-                    ad = adaptation_for_seed(cfg, seed, split, progress=not args.quiet)
-                except (CheckpointError, ArtifactError) as exc:
-                    raise CliError(f"{exc}; run `persona train` (and `persona codebook`) first") from exc
-                ad.adapter("main")  # DDP under torchrun; rank 0 writes it
-                if distributed.is_rank0():  # the bank is a cheap k-means + per-cluster fine-tuning: rank 0 alone
-                    bank = ad.bank(cfg.prototypes.variant)
-                    path = cfg.run_dir(seed) / "prototypes.json"
-                    bank.snapshot().save(path)
-                    run_dir, variant = cfg.run_dir(seed), cfg.prototypes.variant
-                    print(f"seed {seed}: {run_dir}/adapter-main, {run_dir}/bank-{variant} ({bank.size} prototypes), "
-                          f"{path}")
-                with distributed.collective_errors(cfg.train.dist_timeout_s):
-                    distributed.barrier()
+        written = adapter(cfg, progress=not args.quiet)
+    except (CheckpointError, ArtifactError) as exc:
+        raise CliError(f"{exc}; run `persona train` (and `persona codebook`) first") from exc
     except distributed.DistributedError as exc:
         raise CliError(str(exc)) from exc
+    print_serving(written)
     return 0

@@ -1,16 +1,13 @@
-"""``persona train``, ``persona evaluate`` and ``persona run`` (the main job) for the base models."""
+"""``persona train``, ``persona evaluate`` and ``persona run``: arguments → config → a recipe → a summary."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from serving.commands import CliError, add_common
 from serving.commands.launch import resolve_nproc, torchrun_self
 from serving.config import AppConfig, load_app_config
 
 BASE_MODELS = ["sasrec", "gru4rec"]
-# the main job trains the serving adapter on a sample of training windows to stay inside `make run`'s budget
-MAIN_JOB_ADAPTER = ["adapter.samples_per_epoch=10000", "adapter.epochs=3"]
+TRAIN_HINT = "run `persona train` (and `persona codebook`) first"
 
 
 def add_parser(sub) -> None:
@@ -60,15 +57,15 @@ def _model_configs(args, names: list[str]) -> list[AppConfig]:
 
 
 def run_train(args) -> int:
+    from recipes.base import train
     from recsys import distributed
-    from recsys.experiment import train_seeds
 
     cfg = _model_configs(args, [load_app_config(args.config, args.overrides).model])[0]
     nproc = resolve_nproc(args.nproc, cfg.train.nproc)
     if nproc > 1 and not distributed.launched_by_torchrun():
         return torchrun_self("train", args, nproc)
     try:
-        paths = train_seeds(cfg, progress=not args.quiet)
+        paths = train(cfg, progress=not args.quiet)
     except distributed.DistributedError as exc:
         raise CliError(str(exc)) from exc
     if distributed.env_rank() == 0:
@@ -78,10 +75,8 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    import time
-
+    from recipes.base import evaluate
     from recsys.checkpoint import CheckpointError
-    from recsys.experiment import evaluate_models, report_base
 
     if args.methods:
         return run_methods(args)
@@ -90,19 +85,18 @@ def run_evaluate(args) -> int:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     _model_configs(args, [n for n in names if n != "pop"])
     cfg = load_app_config(args.config, args.overrides)
-    t0 = time.perf_counter()
     try:
-        results = evaluate_models(cfg, names)
+        report = evaluate(cfg, names)
     except CheckpointError as exc:
         raise CliError(str(exc)) from exc
-    print(report_base(cfg, results, time.perf_counter() - t0))
+    print(report.table)
     return 0
 
 
 def run_methods(args) -> int:
     from llm_cloud.artifacts import ArtifactError
     from llm_cloud.evaluation import METHODS
-    from llm_cloud.experiment import merge_with_report, report_adaptation, run_adaptation
+    from recipes.adaptation import evaluate_methods
     from recsys.checkpoint import CheckpointError
 
     cfg = load_app_config(args.config, args.overrides)
@@ -111,49 +105,43 @@ def run_methods(args) -> int:
     if unknown:
         raise CliError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
     try:
-        out = run_adaptation(cfg, methods, progress=not args.quiet, reuse=args.update)
-        if args.update:
-            out = merge_with_report(cfg, out)
+        report = evaluate_methods(cfg, methods, progress=not args.quiet, update=args.update)
     except (CheckpointError, ArtifactError) as exc:
-        hint = "run it without --update first" if args.update else "run `persona train` (and `persona codebook`) first"
-        raise CliError(f"{exc}; {hint}") from exc
+        raise CliError(f"{exc}; {'run it without --update first' if args.update else TRAIN_HINT}") from exc
     print(f"\n{cfg.dataset} / {cfg.model} ({cfg.data.protocol} protocol), test split, seeds {cfg.seeds}\n")
-    print(report_adaptation(cfg, out))
+    print(report.table)
     return 0
 
 
 def run_main(args) -> int:
-    import argparse
-
-    from recsys.experiment import run_base
-    from serving.commands import adapt, codebook
+    from llm_cloud.artifacts import ArtifactError
+    from recipes.main import LaunchError, main_job
+    from recsys import distributed
+    from recsys.checkpoint import CheckpointError
+    from serving.commands.adapt import print_serving
+    from serving.commands.codebook import print_codebook, recipe_errors
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     model_cfgs = _model_configs(args, names)
     cfg = load_app_config(args.config, args.overrides)
-    # the semantic codebook first: it writes the LLM item side file the device models read (model_params.item_side)
-    needs_side = any(c.model_params.item_side != "none" for c in model_cfgs) and not cfg.item_side_path().is_file()
-    has_codebook = (Path(cfg.output_dir) / cfg.dataset / "codebook" / "meta.json").is_file()
-    if needs_side or (not args.skip_adapter and not has_codebook):
-        codebook.run(argparse.Namespace(config=args.config, overrides=list(args.overrides)))
-    if cfg.train.nproc > 1:  # each model trains as train.nproc DDP ranks, then evaluation runs here
-        import time
 
-        from recsys.experiment import evaluate_models, load_dataset_split, report_base
+    def relaunch(command: str, extra: list[str]) -> None:
+        code = torchrun_self(command, args, cfg.train.nproc, [*args.overrides, *extra])
+        if code:
+            raise LaunchError(command, code)
 
-        t0 = time.perf_counter()
-        load_dataset_split(cfg)  # prepare the data once, before the ranks start
-        for name in names:
-            code = torchrun_self("train", args, cfg.train.nproc, [*args.overrides, f"model={name}"])
-            if code:
-                return code
-        table = report_base(cfg, evaluate_models(cfg, ["pop", *names]), time.perf_counter() - t0)
-    else:
-        table = run_base(model_cfgs, progress=not args.quiet)
+    try:
+        with recipe_errors():
+            out = main_job(cfg, model_cfgs, args.skip_adapter, progress=not args.quiet, relaunch=relaunch)
+    except LaunchError as exc:
+        return exc.code
+    except (CheckpointError, ArtifactError) as exc:
+        raise CliError(f"{exc}; {TRAIN_HINT}") from exc
+    except distributed.DistributedError as exc:
+        raise CliError(str(exc)) from exc
+    if out.codebook is not None:
+        print_codebook(cfg, out.codebook)
     print(f"\n{cfg.dataset} ({cfg.data.protocol} protocol), test split, RecBole full ranking, seeds {cfg.seeds}\n")
-    print(table + "\n", flush=True)
-    if args.skip_adapter:
-        return 0
-    # the cloud artefacts the demo services use: adapter + prototype bank (first seed)
-    first = [f"model={names[0]}", f"seeds=[{cfg.seeds[0]}]", *MAIN_JOB_ADAPTER]
-    return adapt.run(argparse.Namespace(config=args.config, overrides=[*args.overrides, *first], quiet=args.quiet))
+    print(out.base.table + "\n", flush=True)
+    print_serving(out.serving)
+    return 0

@@ -88,7 +88,7 @@ def test_run_end_to_end_on_a_small_real_dataset(tmp_path):
     report = json.loads((tmp_path / "reports" / "amazon-scientific" / "base.json").read_text())
     assert len(report["runs"]["sasrec"]) == 2 and "ndcg@10" in report["summary"]["gru4rec"]
     ckpt = tmp_path / "runs" / "amazon-scientific" / "sasrec" / "seed1"
-    assert {p.name for p in ckpt.iterdir()} == {"model.pt", "model.yaml", "items.txt"}
+    assert {p.name for p in ckpt.iterdir()} == {"model.pt", "model.yaml", "items.txt", "manifest.json"}
 
 
 @pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run"])

@@ -1,0 +1,7 @@
+"""The pipelines as plain functions of a typed config (:class:`recipes.config.RecipeConfig`).
+
+``prepare`` / ``train`` / ``evaluate`` (:mod:`recipes.base`), ``codebook`` (:mod:`recipes.codebook`),
+``adapter`` / ``evaluate_methods`` (:mod:`recipes.adaptation`), ``main_job`` (:mod:`recipes.main`).
+Each returns a small result and prints nothing (logging and tqdm only); the CLI prints the summaries.
+Imports flow ``serving → recipes → llm_cloud, codebook → recsys``.
+"""
