@@ -93,7 +93,7 @@ class DeviceService:
         self.decided: OrderedDict[str, int] = OrderedDict()  # key → history length of its last policy decision
         self.inflight: dict[str, tuple[asyncio.Task, CachedEdit]] = {}  # key → (fetch, what it was asked for)
         self.overruns = 0  # cloud answers over budget in a row (serve.breaker_overruns trips the breaker)
-        self.cloud_enabled = True  # PUT /v1/cloud: false → the device serves without calling its cloud
+        self.cloud_enabled = True  # PUT /v1/cloud: false → the device serves alone (cached bank / base)
         self._bg: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -228,6 +228,9 @@ class DeviceService:
         """The adaptation if it is known without waiting (no cloud, a current cached edit, the policy does not
         ask, cloud down); else None. ``_distance`` (to the nearest prototype) is not used by the policies."""
         if self.cloud is None:
+            return self._fallback(proto)
+        if not self.cloud_enabled:  # cut (PUT /v1/cloud): the device serves alone, its cached cloud edits unused
+            self.metrics.fallback.labels("disabled").inc()
             return self._fallback(proto)
         bank = self.runtime.prototypes.version if self.runtime.prototypes else None
         cached = self.edits.get(key)
