@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +92,8 @@ class DeviceService:
         )
         self.decided: OrderedDict[str, int] = OrderedDict()  # key → history length of its last policy decision
         self.inflight: dict[str, tuple[asyncio.Task, CachedEdit]] = {}  # key → (fetch, what it was asked for)
-        self.overruns = 0  # cloud answers over budget in a row (serve.breaker_overruns trips the breaker)
+        # which of the last breaker_window cloud answers came over budget (breaker_overruns of them trip the breaker)
+        self.overruns: deque[bool] = deque(maxlen=self.s.breaker_window)
         self.cloud_enabled = True  # PUT /v1/cloud: false → the device serves alone (cached bank / base)
         self._bg: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -284,12 +285,13 @@ class DeviceService:
         try:
             fresh = await asyncio.wait_for(asyncio.shield(task), self.s.budget_ms / 1e3)
         except asyncio.TimeoutError:
-            # the fetch goes on (its answer fills the cache); only a cloud that keeps missing the budget is
-            # skipped for a while, so one slow answer under load does not send every other user to the fallback
-            self.overruns += 1
-            if self.overruns >= self.s.breaker_overruns:
+            # the fetch goes on (its answer fills the cache); only a cloud that misses the budget on many of the
+            # recent answers is skipped for a while: a few slow answers under load must not send every user to
+            # the fallback for cloud_retry_s
+            self.overruns.append(True)
+            if sum(self.overruns) >= self.s.breaker_overruns:
                 self.cloud.mark_down()
-                self.overruns = 0
+                self.overruns.clear()
             self.metrics.fallback.labels("timeout").inc()
             log.warning("cloud edit over budget", extra={"key": key, "budget_ms": self.s.budget_ms})
             return self._fallback(proto)
@@ -297,7 +299,7 @@ class DeviceService:
             self.metrics.fallback.labels("error").inc()
             log.warning("cloud edit failed", extra={"key": key, "error": str(exc)})
             return self._fallback(proto)
-        self.overruns = 0
+        self.overruns.append(False)
         return self._from_cloud(fresh)
 
     def _current(self, c: CachedEdit | None, n_events: int, proto: int | None, bank: str | None) -> bool:

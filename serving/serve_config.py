@@ -37,7 +37,8 @@ class ServeConfig(BaseModel):
     budget_ms: float = Field(50.0, gt=0)  # wait at most this long for a cloud edit while ranking
     catchup_timeout_s: float = Field(5.0, gt=0)  # a late edit request keeps going this long in the background
     cloud_retry_s: float = Field(2.0, ge=0)  # after a cloud failure, serve fallbacks this long before retrying
-    breaker_overruns: int = Field(3, ge=1)  # this many answers over budget in a row count as a failure
+    breaker_window: int = Field(20, ge=1)  # the device's recent cloud answers the breaker looks at
+    breaker_overruns: int = Field(10, ge=1)  # this many of them over budget count as a failure (cloud skipped)
     # when the device asks the cloud for a new edit (serving.request_policy): refresh = every refresh_every new
     # events or a new prototype/bank; drift = the request_rate share of events whose user state drifted most from
     # the state its adaptation was made for; random = each new event asks with probability request_rate

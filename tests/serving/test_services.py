@@ -297,8 +297,9 @@ def test_a_late_cloud_answer_is_never_served_for_a_newer_history(checkpoint, run
 
 
 def test_one_slow_answer_does_not_trip_the_breaker_a_slow_cloud_does(checkpoint, runtime, tmp_path):
-    """Answers over budget trip the breaker only ``serve.breaker_overruns`` in a row: under load one late
-    answer must not send every other user to the fallback for ``cloud_retry_s``."""
+    """Answers over budget trip the breaker only when ``serve.breaker_overruns`` of the last
+    ``serve.breaker_window`` were late: under load one late answer must not send every other user to the
+    fallback for ``cloud_retry_s``."""
     dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
     cfg = serve_config(checkpoint, tmp_path, "serve.budget_ms=100", "serve.breaker_overruns=2",
                        "serve.cloud_retry_s=30")  # fmt: skip
