@@ -61,6 +61,7 @@ from llm_cloud.editor import AdapterEditor, load_editor, served_edit  # noqa: E4
 from recsys import run_layout  # noqa: E402
 from recsys.experiment import load_dataset_split  # noqa: E402
 from serving.config import load_app_config  # noqa: E402
+from serving.metrics import read_samples  # noqa: E402
 
 API_KEY = "bench-replay-key"
 K = 10
@@ -267,17 +268,11 @@ def device_metrics(port: int) -> dict:
     """Edit requests by outcome, fallbacks by reason and policy decisions from the device's ``/metrics``."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
     found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        sample, value = line.rsplit(" ", 1)
-        name = sample.split("{")[0]
-        if name == "persona_cloud_rtt_seconds_count" and 'endpoint="edits"' in sample:
-            outcome = sample.split('outcome="')[1].split('"')[0]
-            found[f"edits:{outcome}"] = found.get(f"edits:{outcome}", 0) + float(value)
+    for name, labels, value in read_samples(text):
+        if name == "persona_cloud_rtt_seconds_count" and labels.get("endpoint") == "edits":
+            found[f"edits:{labels['outcome']}"] = found.get(f"edits:{labels['outcome']}", 0) + value
         elif name in ("persona_cloud_fallback_total", "persona_cloud_ask_total"):
-            label = sample.split('="')[1].split('"')[0]
-            found[f"{name.split('_')[2]}:{label}"] = float(value)
+            found[f"{name.split('_')[2]}:{next(iter(labels.values()))}"] = value
     return found
 
 

@@ -53,7 +53,7 @@ class PrototypeConfig(_Strict):
     finetune_lr: float = Field(1e-3, gt=0)
     residual_clip: float = Field(0.5, gt=0)  # clip of the per-sample residual edit on top of a prototype
     total_clip: float = Field(1.0, gt=0)
-    ood_quantile: float = Field(0.95, gt=0, lt=1)  # OOD threshold = this quantile of training distances
+    ood_quantile: float = Field(0.95, gt=0, lt=1)  # OOD threshold = this quantile of validation rows' OOD scores
     refine_rate: float | None = Field(None, gt=0, le=1)  # dynamic refinement: centre ← centre + rate·(z − centre);
     # None = running mean (rate 1/(n_k + 1), n_k = training cluster size + windows absorbed since)
     online_lr: float | None = Field(None, gt=0)  # dynamic banks: prequential Adam steps on the assigned

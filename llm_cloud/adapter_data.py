@@ -42,6 +42,14 @@ def batch_from_rows(
     return AdapterBatch(window, code_lookup(window, code_table), state, context=context_lookup(window, context))
 
 
+@torch.inference_mode()
+def row_states(base: EditableSeqRec, rows, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(states [R, D], next items [R])`` of RecBole evaluation rows under the frozen base model."""
+    states = [base.user_state(rows[s : s + batch]["item_id_list"], rows[s : s + batch]["item_length"]).clone()
+              for s in range(0, len(rows), batch)]
+    return torch.cat(states), rows["item_id"].clone()
+
+
 @dataclass
 class TrainingSamples:
     """Every training-period position as an adapter sample; states precomputed with the frozen base."""

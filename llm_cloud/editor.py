@@ -59,8 +59,8 @@ class BaseEditor:
 class AdapterEditor:
     """The trained adapter + prototype bank: prototype edit + the device's clipped residual, one forward pass.
 
-    A window farther than the bank's OOD threshold from every prototype gets its own per-sample edit
-    (``prototype_id = None``). The bank is read-only here: the cloud holds no per-request state.
+    An out-of-distribution window (the bank's :mod:`recsys.ood` score above its threshold) gets its own
+    per-sample edit (``prototype_id = None``). The bank is read-only here: the cloud holds no per-request state.
     """
 
     def __init__(
@@ -105,6 +105,7 @@ class Served:
     edit: HeadEdit  # batched
     prototype: torch.Tensor  # [B] prototype id, -1 = the window's own edit (out of distribution)
     distance: torch.Tensor  # [B] to the nearest prototype (code space)
+    ood_score: torch.Tensor  # [B] the bank's OOD score (recsys.ood; -inf: the bank has none)
     codes: torch.Tensor  # [B, L, code_dim] the windows' per-layer codes
     state: torch.Tensor  # [B, D] the base model's user states the edit applies to
 
@@ -121,8 +122,8 @@ def served_edit(
 ) -> Served:
     """The edit the cloud serves for each history (rows of ``seq``, ``length`` items each; 0 = empty).
 
-    The assigned prototype's head edit plus the window's clipped residual; a window farther than the
-    bank's OOD threshold from every prototype gets its own clipped edit instead.
+    The assigned prototype's head edit plus the window's clipped residual; a window whose OOD score is
+    above the bank's threshold gets its own clipped edit instead.
     The one implementation behind the cloud service and the ``served`` evaluation method.
     ``context`` gives the window's user-context hits (for an adapter that reads them).
     """
@@ -137,11 +138,13 @@ def served_edit(
         k = bank.assign_min_residual(sample)
     centre = adapter.edits_from_codes(bank.centres[k].view_as(layer_codes), base)
     edit = bank.edit_for(k, sample, centre)
-    ood = dist > bank.ood_threshold
+    _, score, _ = bank.ood_scores(base, state)
+    ood = bank.is_ood(score)
     own = clipped_parts(sample, adapter.cfg.clip)  # within ±adapter clip ≤ the bank's total clip
     parts = [torch.where(ood.view(-1, *[1] * (p.dim() - 1)), m, p) for p, m in zip(edit.dW + edit.db, own)]
     n = bank.n_layers
-    return Served(HeadEdit(parts[:n], parts[n:], clip=edit.clip), torch.where(ood, -1, k), dist, layer_codes, state)
+    return Served(HeadEdit(parts[:n], parts[n:], clip=edit.clip), torch.where(ood, -1, k), dist, score, layer_codes,
+                  state)
 
 
 def edit_decoder(adapter: Adapter, bank: PrototypeBank) -> EditDecoder | None:

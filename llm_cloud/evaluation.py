@@ -32,6 +32,7 @@ from llm_cloud.artifacts import ArtifactError, code_table_for, freeze, user_cont
 from llm_cloud.editor import served_edit
 from llm_cloud.prototypes import PrototypeBank, clipped_parts
 from llm_cloud.user_context import UserContextHits
+from recsys import ood
 from recsys.evaluate import evaluate_rows, model_score_fn
 from recsys.finetune import finetune_edit
 from recsys.models import EditableSeqRec, HeadEdit, score_with_edit
@@ -61,8 +62,8 @@ class RowRecord:
 
     rank: list[torch.Tensor] = field(default_factory=list)
     auc: list[torch.Tensor] = field(default_factory=list)
-    ood_distance: list[torch.Tensor] = field(default_factory=list)  # to the nearest prototype (the OOD score)
-    ood_residual: list[torch.Tensor] = field(default_factory=list)  # ‖clip(ΔW(z)) − clip(ΔW(c_k))‖: edit left to do
+    ood_score: list[torch.Tensor] = field(default_factory=list)  # the bank's OOD score (recsys.ood), as served
+    proto_distance: list[torch.Tensor] = field(default_factory=list)  # code-space distance to the nearest centre
     base_entropy: list[torch.Tensor] = field(default_factory=list)  # the static model's softmax entropy
 
     def cat(self, name: str) -> np.ndarray:
@@ -208,22 +209,23 @@ class MethodEvaluator:
                 k, dist = bank.assign_nearest(flat)
             sample_edit = adapter.edits_from_codes(codes, base)
             centre_edit = adapter.edits_from_codes(bank.centres[k].view_as(codes), base)
-            left = [m - t for m, t in zip(clipped_parts(sample_edit, adapter.cfg.clip),
-                                          clipped_parts(centre_edit, adapter.cfg.clip))]  # fmt: skip
-            logp = torch.log_softmax(edited_logits(base, b.state, None)[:, 1:], dim=-1)
-            record.ood_distance.append(dist.cpu())
-            record.ood_residual.append(torch.stack([(x.flatten(1) ** 2).sum(1) for x in left]).sum(0).sqrt().cpu())
-            record.base_entropy.append(-(logp.exp() * logp).sum(1).cpu())
+            k_sig, score, base_logits = bank.ood_scores(base, b.state)
+            record.ood_score.append(score.cpu())
+            record.proto_distance.append(dist.cpu())
+            record.base_entropy.append(ood.entropy(base_logits).cpu())
             edit = bank.edit_for(k, sample_edit, centre_edit) if residual else bank.edit_for(k, None, None)
             if dynamic:
-                ood = dist > bank.ood_threshold
+                ood_rows = bank.is_ood(score)
                 mine = clipped_parts(sample_edit, adapter.cfg.clip)
-                parts = [torch.where(ood.view(-1, *[1] * (p.dim() - 1)), m, p)
+                parts = [torch.where(ood_rows.view(-1, *[1] * (p.dim() - 1)), m, p)
                          for p, m in zip(edit.dW + edit.db, mine)]
                 edit = HeadEdit(parts[: bank.n_layers], parts[bank.n_layers:], clip=edit.clip)
                 logits = edited_logits(base, b.state, edit)  # the answer, before anything is learnt from it
-                self._stream_update(bank, k, ood, flat, parts, b.state)
-                known = ~ood  # prequential: the items these devices consumed next refine their prototypes
+                # prequential: the items these devices consumed next count toward their prototypes' miss
+                # rates and refine their prototypes (after the batch was answered)
+                bank.observe(k_sig, ood.missed(base_logits, rows["item_id"]))
+                self._stream_update(bank, k, ood_rows, flat, parts, b.state)
+                known = ~ood_rows
                 bank.learn(base, k[known], b.state[known], rows["item_id"][known])
                 return logits
             return edited_logits(base, b.state, edit)
@@ -244,7 +246,8 @@ class MethodEvaluator:
         fn = recording(self.score_fn(method, record), record, seed=self.seed)
         batch = self.eval_batch_size if method != "finetune" else min(self.eval_batch_size, 128)
         t0 = time.perf_counter()
-        metrics = evaluate_rows(fn, self.split.eval_rows("test"), self.split.config, batch, self.device)
+        metrics = evaluate_rows(fn, self.split.eval_rows("test"), self.split.config, batch, self.device,
+                                train_counts=self.split.train_counts)  # + the new / seen / long-tail slices
         self.timings[f"eval:{method}"] = time.perf_counter() - t0
         aucs = record.cat("auc")
         users = self.split.eval_rows("test")["user_id"].numpy()

@@ -12,7 +12,7 @@ from llm_cloud.artifacts import ArtifactError
 from llm_cloud.evaluation import METHODS, RowRecord
 from recsys import run_layout
 from recsys.atomic_io import atomic_write_text
-from recsys.report import markdown_table, write_report
+from recsys.report import markdown_table, slice_table, write_report
 
 log = logging.getLogger(__name__)
 TABLE_KEYS = ["ndcg@10", "hit@10", "mrr@10", "auc", "uauc"]
@@ -51,19 +51,21 @@ def ndcg_over_time(record: RowRecord, window_of: np.ndarray) -> list[float]:
 
 
 def ood_aurocs(records: dict[str, RowRecord]) -> dict[str, float]:
-    """One seed's OOD AUROCs (rows the static model misses at 10): the prototype distance, then two
-    alternatives for comparison (the residual norm, the base model's entropy)."""
+    """One seed's OOD AUROCs at flagging the rows the static model misses at 10: the bank's score
+    (:mod:`recsys.ood`) as a frozen bank (``proto``) and a dynamic one (``proto-dyn``) computes it, beside
+    the base model's entropy alone and the code-space distance to the nearest prototype."""
     out: dict[str, float] = {}
     if "static" not in records:
         return out
     missed = (records["static"].cat("rank") >= 10).astype(int)
-    for method in ("proto", "proto-res", "proto-dyn"):
+    for method in ("proto", "proto-dyn"):
         if method in records:
-            rec = records[method]
-            out[method] = auroc(rec.cat("ood_distance"), missed)
-            out[f"{method} residual-norm"] = auroc(rec.cat("ood_residual"), missed)
-            if method == "proto":
-                out["base entropy"] = auroc(rec.cat("base_entropy"), missed)
+            out[method] = auroc(records[method].cat("ood_score"), missed)
+    for method in ("proto", "proto-res", "proto-centre", "proto-dyn"):
+        if method in records:
+            out["base entropy"] = auroc(records[method].cat("base_entropy"), missed)
+            out["prototype distance"] = auroc(records[method].cat("proto_distance"), missed)
+            break
     return out
 
 
@@ -149,7 +151,8 @@ def report_adaptation(cfg, out: dict) -> str:
             )
     for m, vals in out["ood_auroc"].items():
         lines.append(f"- OOD AUROC ({m}): {np.mean(vals):.3f} ± {np.std(vals):.3f}")
-    md = "\n".join(lines)
+    slices = slice_table(out["results"])
+    md = "\n".join(lines) + (f"\n\n{slices}" if slices else "")
     notes = "\n".join(lines[2:])
     write_report(directory, stem, f"Adaptation on {cfg.dataset} ({cfg.model})", out["results"], meta, TABLE_KEYS, notes)
     return md

@@ -6,7 +6,9 @@ fine-tuned on its cluster; ``centre``: the adapter's edit of the centre code), a
 device model's user-state space (mean state of its cluster) so a device can pick its prototype with
 no cloud call. A device is served ``E_k + clip(residual)``, the residual being its own edit minus the
 centre's. While the test period streams in, assigned codes pull their centre and head along
-(``refine``), and codes farther than the OOD threshold open a new prototype (``spawn``).
+(``refine``), and out-of-distribution windows open a new prototype (``spawn``). Out of distribution
+means a high :mod:`recsys.ood` score (the base model's entropy + its nearest prototype's miss rate,
+fitted on validation rows by ``calibrate``; a dynamic bank keeps counting misses with ``observe``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from llm_cloud.adapter import Adapter
 from llm_cloud.adapter_config import PrototypeConfig
 from llm_cloud.adapter_data import TrainingSamples
+from recsys import ood
 from recsys.models import EditableSeqRec, HeadEdit
 from recsys.runtime import EditDecoder, EditPayload, PrototypeSnapshot, prototype_plus_residual
 
@@ -53,8 +56,11 @@ class PrototypeBank:
         self.biases: list[torch.Tensor] = []
         self.signatures = torch.empty(0)
         self.counts = torch.empty(0)
-        self.ood_threshold = float("inf")  # in code space (the cloud's test)
-        self.state_threshold = float("inf")  # in user-state space, to the nearest signature (the device's test)
+        self.miss = torch.empty(0)  # per prototype: base-model misses among its calibration / streamed rows
+        self.seen = torch.empty(0)  # … and rows counted
+        self.prior = 0.5  # bank-wide miss rate (smooths small prototypes)
+        self.ood_weights: tuple[float, float, float] | None = None  # recsys.ood score: entropy, prototype, bias
+        self.ood_threshold = float("inf")  # on that score (None weights: nothing is out of distribution)
         self.spawned = 0
         self._online = None  # (bank size, leaf head tensors, Adam) of prequential refinement
 
@@ -69,7 +75,10 @@ class PrototypeBank:
         code_table,
         seed: int = 0,
         context=None,
+        calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> PrototypeBank:
+        """k-means over the samples' codes, prototype heads; ``calibration`` = held-out ``(states, next
+        items)`` (validation rows) to fit the OOD score on (without it the bank flags nothing)."""
         bank = cls(cfg, len(base.head.layers), adapter.cfg.code_dim, adapter.cfg.clip)
         codes = sample_codes(adapter, samples, code_table, context=context)
         flat = codes.reshape(len(codes), -1).contiguous()
@@ -77,19 +86,19 @@ class PrototypeBank:
         km = faiss.Kmeans(flat.size(1), k, niter=25, seed=seed, verbose=False)
         km.train(flat.cpu().numpy().astype(np.float32))
         bank.centres = torch.from_numpy(km.centroids.copy()).to(flat.device)
-        assign, dist = bank.assign_nearest(flat)
+        assign, _ = bank.assign_nearest(flat)
         bank.counts = torch.bincount(assign, minlength=k).float()
         sig = torch.zeros(k, samples.state.size(1), device=flat.device).index_add_(0, assign, samples.state)
         bank.signatures = sig / bank.counts.clamp(min=1).unsqueeze(1)
-        bank.ood_threshold = float(torch.quantile(dist[: min(len(dist), 200_000)], cfg.ood_quantile))
-        state_dist = torch.cdist(samples.state, bank.signatures).min(dim=1).values  # what a device can compute
-        bank.state_threshold = float(torch.quantile(state_dist[: min(len(state_dist), 200_000)], cfg.ood_quantile))
+        bank.miss, bank.seen = torch.zeros(k, device=flat.device), torch.zeros(k, device=flat.device)
         with torch.no_grad():
             centre_edit = adapter.edits_from_codes(bank.centres.view(k, bank.n_layers, -1), base)
         parts = clipped_parts(centre_edit, adapter.cfg.clip)
         bank.weights, bank.biases = parts[: bank.n_layers], parts[bank.n_layers :]
         if cfg.variant == "finetune":
             bank._finetune_heads(base, samples, assign, seed)
+        if calibration is not None:
+            bank.calibrate(base, *calibration)
         return bank
 
     def _finetune_heads(self, base: EditableSeqRec, samples: TrainingSamples, assign: torch.Tensor, seed: int) -> None:
@@ -150,6 +159,49 @@ class PrototypeBank:
             protos = prototype_plus_residual(protos, mine, theirs, r)
         return HeadEdit(protos[: self.n_layers], protos[self.n_layers :], clip=self.cfg.total_clip)
 
+    # ------------------------------------------------------------------ OOD
+    def nearest_signature(self, state: torch.Tensor) -> torch.Tensor:
+        """``[B]`` the prototype whose signature is nearest each user state (what a device computes)."""
+        return torch.cdist(state, self.signatures).argmin(dim=1)
+
+    def proto_logodds(self) -> torch.Tensor:
+        """``[K]`` logit of each prototype's miss rate, smoothed toward the bank-wide rate (2 rows' worth)."""
+        return ood.logit((self.miss + 2.0 * self.prior) / (self.seen + 2.0))
+
+    @torch.no_grad()
+    def calibrate(self, base: EditableSeqRec, state: torch.Tensor, target: torch.Tensor) -> None:
+        """Fit the OOD score on held-out rows (validation): each prototype's miss counts, the weights of
+        entropy and prototype log-odds, and the threshold at ``ood_quantile`` of the rows' scores."""
+        logits = base.logits(base.head(state, None))
+        ent, miss, k = ood.entropy(logits), ood.missed(logits, target).float(), self.nearest_signature(state)
+        self.miss = torch.zeros(self.size, device=state.device).index_add_(0, k, miss)
+        self.seen = torch.zeros(self.size, device=state.device).index_add_(0, k, torch.ones_like(miss))
+        self.prior = float(miss.mean())
+        self.ood_weights = ood.fit_weights(ent.cpu(), self.proto_logodds()[k].cpu(), miss.cpu())
+        score = self._score(ent, k)
+        self.ood_threshold = float(torch.quantile(score[: min(len(score), 200_000)], self.cfg.ood_quantile))
+
+    def _score(self, ent: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        we, wp, b = self.ood_weights
+        return we * ent + wp * self.proto_logodds()[k] + b
+
+    @torch.no_grad()
+    def ood_scores(self, base: EditableSeqRec, state: torch.Tensor, logits: torch.Tensor | None = None):
+        """``(k, score, base logits)``: nearest signature and OOD score of each state (``-inf``: uncalibrated)."""
+        logits = base.logits(base.head(state, None)) if logits is None else logits
+        k = self.nearest_signature(state)
+        if self.ood_weights is None:
+            return k, torch.full((len(state),), float("-inf"), device=state.device), logits
+        return k, self._score(ood.entropy(logits), k), logits
+
+    def is_ood(self, score: torch.Tensor) -> torch.Tensor:
+        return score > self.ood_threshold
+
+    def observe(self, k: torch.Tensor, miss: torch.Tensor) -> None:
+        """Dynamic banks: count the streamed rows' outcomes (did the base model miss what came next?)."""
+        self.miss.index_add_(0, k, miss.float())
+        self.seen.index_add_(0, k, torch.ones_like(miss, dtype=self.seen.dtype))
+
     # ------------------------------------------------------- dynamic updates
     def refine(self, k: int, code: torch.Tensor, sample_parts: list[torch.Tensor], state: torch.Tensor) -> None:
         """Move prototype ``k`` toward an assigned device: centre, head and signature.
@@ -201,6 +253,8 @@ class PrototypeBank:
         self.centres = torch.cat([self.centres, code.view(1, -1)])
         self.signatures = torch.cat([self.signatures, state.view(1, -1)])
         self.counts = torch.cat([self.counts, torch.ones(1, device=self.counts.device)])
+        self.miss = torch.cat([self.miss, torch.zeros(1, device=self.miss.device)])  # starts at the prior
+        self.seen = torch.cat([self.seen, torch.zeros(1, device=self.seen.device)])
         for i, part in enumerate(sample_parts):
             if i < self.n_layers:
                 self.weights[i] = torch.cat([self.weights[i], part.unsqueeze(0)])
@@ -216,23 +270,37 @@ class PrototypeBank:
         other.counts = self.counts.clone()
         other.weights = [w.clone() for w in self.weights]
         other.biases = [b.clone() for b in self.biases]
-        other.ood_threshold, other.state_threshold = self.ood_threshold, self.state_threshold
+        other.miss, other.seen, other.prior = self.miss.clone(), self.seen.clone(), self.prior
+        other.ood_weights, other.ood_threshold = self.ood_weights, self.ood_threshold
         other.spawned = self.spawned
         return other
+
+    def ood_snapshot(self) -> ood.OodScore | None:
+        if self.ood_weights is None or not math.isfinite(self.ood_threshold):
+            return None
+        we, wp, b = self.ood_weights
+        return ood.OodScore(w_entropy=we, w_proto=wp, bias=b, proto_logodds=self.proto_logodds().tolist(),
+                            threshold=self.ood_threshold)
 
     # ---------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {"centres": self.centres, "signatures": self.signatures, "counts": self.counts}
+        out["miss"], out["seen"], out["prior"] = self.miss, self.seen, torch.tensor(self.prior)
+        if self.ood_weights is not None:
+            out["ood_weights"] = torch.tensor(self.ood_weights, dtype=torch.float64)
         out["ood_threshold"] = torch.tensor(self.ood_threshold)
-        out["state_threshold"] = torch.tensor(self.state_threshold)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             out[f"weight_{i}"], out[f"bias_{i}"] = w, b
         return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.centres, self.signatures, self.counts = state["centres"], state["signatures"], state["counts"]
-        self.ood_threshold = float(state["ood_threshold"])
-        self.state_threshold = float(state.get("state_threshold", torch.tensor(float("inf"))))  # older banks: none
+        k = len(self.centres)
+        self.miss, self.seen = state.get("miss", torch.zeros(k)), state.get("seen", torch.zeros(k))
+        self.prior = float(state.get("prior", torch.tensor(0.5)))
+        w = state.get("ood_weights")  # banks from before the calibrated score: no OOD test
+        self.ood_weights = tuple(float(v) for v in w) if w is not None else None
+        self.ood_threshold = float(state["ood_threshold"]) if w is not None else float("inf")
         self.weights = [state[f"weight_{i}"] for i in range(self.n_layers)]
         self.biases = [state[f"bias_{i}"] for i in range(self.n_layers)]
 
@@ -244,7 +312,7 @@ class PrototypeBank:
         return f"bank-{h.hexdigest()[:12]}"
 
     def snapshot(self, decoder: EditDecoder | None = None, version: str | None = None) -> PrototypeSnapshot:
-        """The device cache: signatures, per-prototype head edits (fp32), the OOD threshold in state space,
+        """The device cache: signatures, per-prototype head edits (fp32), the OOD score (:mod:`recsys.ood`),
         and the adapter's ``decoder`` for code-encoded edits."""
         version = version or self.version
         edits = [
@@ -261,6 +329,6 @@ class PrototypeBank:
             dim=int(self.signatures.size(1)),
             signatures=self.signatures.tolist(),
             edits=edits,
-            ood_threshold=self.state_threshold if math.isfinite(self.state_threshold) else None,
+            ood=self.ood_snapshot(),
             decoder=decoder,
         )

@@ -9,7 +9,7 @@ import time
 import torch
 
 from llm_cloud.adapter import Adapter
-from llm_cloud.adapter_data import TrainingSamples
+from llm_cloud.adapter_data import TrainingSamples, row_states
 from llm_cloud.adapter_train import train_adapter
 from llm_cloud.artifacts import ArtifactError, freeze, load_adapter, load_bank, save_adapter, save_bank
 from llm_cloud.evaluation import VARIANTS, SeedInputs
@@ -76,6 +76,12 @@ class ArtefactBuilder:
         log.info("adapter %s: best epoch %d valid %s", variant, res.best_epoch, res.best_valid)
         return self.adapters[variant]
 
+    def _calibration(self):
+        """Validation rows' base states and next items: the OOD score is fitted on them (never on test)."""
+        base = self.inputs.base
+        state, target = row_states(base, self.inputs.split.eval_rows("valid"))
+        return state.to(base.item_embeddings.device), target.to(base.item_embeddings.device)
+
     def bank(self, variant: str) -> PrototypeBank:
         """``finetune`` or ``centre`` prototype bank built on the main adapter's training codes."""
         if variant in self.banks:
@@ -95,7 +101,7 @@ class ArtefactBuilder:
             self.banks[variant] = PrototypeBank.build(cfg, inputs.base, adapter,
                                                       samples.subset(cfg.build_samples, inputs.seed),
                                                       inputs.table_for(adapter), inputs.seed,
-                                                      inputs.context_for(adapter))
+                                                      inputs.context_for(adapter), self._calibration())
         self.timings[f"bank:{variant}"] = time.perf_counter() - t0
         save_bank(directory, self.banks[variant])
         run_layout.record(self.run, "bank", variant, cfg.model_dump())

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recsys.atomic_io import atomic_write_text
 from recsys.checkpoint import load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
+from recsys.ood import OodScore, entropy
 
 Encoding = Literal["json", "fp32", "fp16", "code"]
 ENCODINGS: tuple[str, ...] = get_args(Encoding)
@@ -182,8 +183,9 @@ class PrototypeSnapshot(BaseModel):
 
     ``signatures[k]`` lives in the device model's user-state space, so a device assigns itself to the
     nearest prototype with no cloud call; ``edits[k]`` is prototype k's head edit (relative to the
-    base head); a device farther than ``ood_threshold`` (a quantile of the training states' distances to
-    their nearest signature) from every signature is out of distribution and keeps the base head;
+    base head); ``ood`` is the bank's out-of-distribution score (:mod:`recsys.ood`: the base model's
+    entropy + the nearest prototype's miss rate): a device scoring above its threshold is out of
+    distribution and keeps the base head;
     ``decoder`` lets it decode ``code`` edits.
     """
 
@@ -192,7 +194,7 @@ class PrototypeSnapshot(BaseModel):
     dim: int
     signatures: list[list[float]] = Field(default_factory=list)
     edits: list[EditPayload] = Field(default_factory=list)
-    ood_threshold: float | None = None
+    ood: OodScore | None = None
     decoder: EditDecoder | None = None
 
     @property
@@ -233,6 +235,8 @@ class DeviceRuntime:
     def set_prototypes(self, snapshot: PrototypeSnapshot) -> None:
         if snapshot.size and snapshot.dim != self.model.head.dim:
             raise ValueError(f"prototype dim {snapshot.dim} != model dim {self.model.head.dim}")
+        if snapshot.ood is not None and len(snapshot.ood.proto_logodds) != snapshot.size:
+            raise ValueError(f"OOD score for {len(snapshot.ood.proto_logodds)} prototypes, bank has {snapshot.size}")
         edits = [e.head_edit() for e in snapshot.edits]  # decode before swapping: never half-updated
         if snapshot.decoder is not None:
             snapshot.decoder.tensors  # noqa: B018 - decoded (and checked) here, once, not on the first edit
@@ -275,9 +279,15 @@ class DeviceRuntime:
         k = int(torch.argmin(dist))
         return k, float(dist[k])
 
-    def is_ood(self, distance: float) -> bool:
-        threshold = self.prototypes.ood_threshold if self.prototypes else None
-        return threshold is not None and distance > threshold
+    @torch.inference_mode()
+    def ood_flags(self, states: torch.Tensor, protos: list[int | None]) -> list[bool]:
+        """Per row of ``states`` ``[B, D]`` (nearest prototypes ``protos``): is the device out of distribution
+        by the cached bank's score? Always False without a bank or a score."""
+        score = self.prototypes.ood if self.prototypes is not None else None
+        if score is None or not protos or protos[0] is None:
+            return [False] * len(states)
+        ent = entropy(self.model.logits(self.model.head(states, None)))
+        return (score.score(ent, torch.tensor(protos)) > score.threshold).tolist()
 
     def prototype_edit(self, k: int | None) -> HeadEdit | None:
         return None if k is None else self._proto_edits[k]

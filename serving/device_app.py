@@ -224,10 +224,10 @@ class DeviceService:
         return Choice(kind, c.payload.version, c.payload.prototype_id, c.edit)
 
     def _adaptation_now(
-        self, key: str | None, n_events: int, proto: int | None, state: torch.Tensor, _distance: float
+        self, key: str | None, n_events: int, proto: int | None, state: torch.Tensor
     ) -> Choice | None:
         """The adaptation if it is known without waiting (no cloud, a current cached edit, the policy does not
-        ask, cloud down); else None. ``_distance`` (to the nearest prototype) is not used by the policies."""
+        ask, cloud down); else None."""
         if self.cloud is None:
             return self._fallback(proto)
         if not self.cloud_enabled:  # cut (PUT /v1/cloud): the device serves alone, its cached cloud edits unused

@@ -13,11 +13,17 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by the worker supervisor (serve.workers > 1)
 disable_created_metrics()  # no *_created series: counts, sums and buckets only
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def read_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """``(name, labels, value)`` of every sample in a ``/metrics`` page (Prometheus text format)."""
+    return [(x.name, x.labels, x.value) for fam in text_string_to_metric_families(text) for x in fam.samples]
 
 
 class Metrics:

@@ -47,14 +47,14 @@ class Choice:
 
 @dataclass
 class RankJob:
-    """One ranking request. Either ``window`` is encoded here and ``choose(prototype, state, distance)`` picks the
+    """One ranking request. Either ``window`` is encoded here and ``choose(prototype, state)`` picks the
     adaptation (``None``: it needs an await, the job comes back as :class:`Encoded`), or ``state`` and ``choice``
     come from an earlier batch."""
 
     window: list[int]
     k: int
     exclude: set[int]
-    choose: Callable[[int | None, torch.Tensor, float], Choice | None] | None = None
+    choose: Callable[[int | None, torch.Tensor], Choice | None] | None = None
     state: torch.Tensor | None = None
     choice: Choice | None = None
 
@@ -218,13 +218,14 @@ class RankBatcher:
         fresh = [i for i, job in enumerate(jobs) if job.state is None]
         if fresh:
             encoded = rt.user_states([jobs[i].window for i in fresh])
-            protos, dists = rt.assign_batch(encoded)
+            protos, _ = rt.assign_batch(encoded)
+            far = rt.ood_flags(encoded, protos)
             for n, i in enumerate(fresh):
-                proto = None if rt.is_ood(dists[n]) else protos[n]
+                proto = None if far[n] else protos[n]
                 states[i] = encoded[n]
                 choose = jobs[i].choose
                 base = Choice("base", None, None, None)
-                choices[i] = choose(proto, encoded[n], dists[n]) if choose is not None else base
+                choices[i] = choose(proto, encoded[n]) if choose is not None else base
                 if choices[i] is None:
                     results[i] = Encoded(encoded[n], proto)
         todo = [i for i in range(len(jobs)) if results[i] is None]

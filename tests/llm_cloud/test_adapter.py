@@ -11,6 +11,7 @@ from llm_cloud.adapter import Adapter, left_padded_windows
 from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.adapter_data import training_samples
 from llm_cloud.prototypes import PrototypeBank, sample_codes
+from recsys import ood
 from recsys.config import ModelConfig
 from recsys.models import EditableSeqRec, HeadEdit, score_with_edit
 from recsys.runtime import EditPayload
@@ -90,7 +91,8 @@ def _bank(cfg: PrototypeConfig) -> tuple[PrototypeBank, Adapter, object, Editabl
     seqs = [torch.randint(1, N_ITEMS, (12,), generator=g).numpy() for _ in range(30)]
     samples = training_samples(base, seqs, n_window=4, n_future=1)
     with torch.enable_grad():
-        bank = PrototypeBank.build(cfg, base, adapter, samples, None, seed=0)
+        calibration = (samples.state, samples.targets[:, 0])  # the OOD score's fit (held out in real runs)
+        bank = PrototypeBank.build(cfg, base, adapter, samples, None, seed=0, calibration=calibration)
     return bank, adapter, samples, base
 
 
@@ -130,12 +132,15 @@ def test_refinement_moves_the_prototype_and_ood_spawns_a_new_one():
     parts = [w[0] for w in bank.weights] + [b[0] for b in bank.biases]
     bank.refine(0, far, parts, torch.zeros(D))
     assert torch.allclose(bank.centres[0], before + 50.0)
-    k, dist = bank.assign_nearest((before + 1000.0).view(1, -1))
-    assert float(dist) > bank.ood_threshold
     new = bank.spawn(before + 1000.0, parts, torch.zeros(D))
     assert new == 2 and bank.size == 3
     assert bank.assign_nearest((before + 1000.0).view(1, -1))[0].item() == 2
     assert bank.spawn(before - 1000.0, parts, torch.zeros(D)) is None  # max_k reached: per-sample fallback
+    # the new prototype starts at the bank-wide miss rate; observed misses move its log-odds
+    odds = bank.proto_logodds()
+    assert len(odds) == 3 and float(odds[2]) == pytest.approx(float(ood.logit(torch.tensor(bank.prior))), abs=1e-5)
+    bank.observe(torch.tensor([2, 2, 2]), torch.tensor([True, True, True]))
+    assert float(bank.proto_logodds()[2]) > float(odds[2])
 
 
 def test_running_mean_refinement_counts_the_training_cluster():

@@ -10,6 +10,7 @@ from llm_cloud.adapter import edited_logits, left_padded_windows
 from llm_cloud.adapter_config import PrototypeConfig
 from llm_cloud.editor import AdapterEditor, served_edit
 from llm_cloud.prototypes import clipped_parts
+from recsys import ood
 from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
 from tests.llm_cloud.test_adapter import N_ITEMS, _bank
 
@@ -29,10 +30,10 @@ def _row_logits(base, seq, length, edit):
 def test_served_batch_equals_what_the_service_sends_each_device():
     bank, adapter, _, base = _bank(PrototypeConfig(k=3, variant="centre"))
     seq, length = _histories()
-    d = served_edit(base, adapter, bank, None, seq, length).distance.sort().values
+    d = served_edit(base, adapter, bank, None, seq, length).ood_score.sort().values
     bank.ood_threshold = float(d[2] + d[3]) / 2  # some rows in distribution, some not (no row at the edge)
     out = served_edit(base, adapter, bank, None, seq, length)
-    edit, proto, ood = out.edit, out.prototype, out.distance > bank.ood_threshold
+    edit, proto, ood = out.edit, out.prototype, out.ood_score > bank.ood_threshold
     assert ood.any() and (~ood).any() and proto[ood].eq(-1).all() and proto[~ood].ge(0).all()
     batch = _row_logits(base, seq, length, edit)
     editor = AdapterEditor(base, adapter, bank, None, "v")
@@ -57,7 +58,7 @@ def test_out_of_distribution_rows_get_their_own_edit_the_rest_prototype_plus_res
     expected = bank.edit_for(proto, sample, centre)
     assert all(torch.equal(a, b) for a, b in zip(edit.dW + edit.db, expected.dW + expected.db))
 
-    bank.ood_threshold = -1.0  # every row out of distribution: the window's own clipped edit
+    bank.ood_threshold = float("-inf")  # every row out of distribution: the window's own clipped edit
     out = served_edit(base, adapter, bank, None, seq, length)
     edit, proto = out.edit, out.prototype
     assert proto.eq(-1).all()
@@ -74,7 +75,7 @@ def _device(base, editor):
 def test_every_wire_encoding_decodes_on_the_device_to_the_served_edit():
     bank, adapter, _, base = _bank(PrototypeConfig(k=3, variant="finetune", finetune_epochs=2))
     seq, length = _histories()
-    d = served_edit(base, adapter, bank, None, seq, length).distance.sort().values
+    d = served_edit(base, adapter, bank, None, seq, length).ood_score.sort().values
     bank.ood_threshold = float(d[2] + d[3]) / 2  # both branches: prototype + residual, and own edit
     editor = AdapterEditor(base, adapter, bank, None, "v")
     device = _device(base, editor)
@@ -104,12 +105,24 @@ def test_code_edit_of_another_bank_version_is_refused_by_the_device():
         device.decode_edit(payload)
 
 
-def test_the_ood_threshold_reaches_the_device_and_flags_far_states():
+def test_the_ood_score_reaches_the_device_which_flags_what_the_cloud_flags():
     bank, adapter, samples, base = _bank(PrototypeConfig(k=3, variant="centre", ood_quantile=0.9))
     editor = AdapterEditor(base, adapter, bank, None, "v")
     device = _device(base, editor)
-    threshold = device.prototypes.ood_threshold
-    assert threshold is not None and threshold == pytest.approx(bank.state_threshold)
-    flags = [device.is_ood(device.assign(s)[1]) for s in samples.state]
-    assert 0.03 < np.mean(flags) < 0.2  # ≈ 10 % of the training states lie beyond the 0.9 quantile
-    assert device.is_ood(device.assign(samples.state[0] + 1e3)[1])
+    score = device.prototypes.ood
+    assert score is not None and score.threshold == pytest.approx(bank.ood_threshold)
+    assert len(score.proto_logodds) == bank.size and score.w_entropy != 0
+    protos, _ = device.assign_batch(samples.state)
+    flags = device.ood_flags(samples.state, protos)
+    assert 0.03 < np.mean(flags) < 0.2  # ≈ 10 % of the calibration rows lie beyond the 0.9 quantile
+    _, cloud_score, _ = bank.ood_scores(base, samples.state)
+    assert flags == bank.is_ood(cloud_score).tolist()  # the device's test is the cloud's, row for row
+    # the score follows the base model's entropy: a sharper (or flatter) softmax moves it by w_entropy
+    with torch.no_grad():
+        ent = ood.entropy(base.logits(base.head(samples.state, None)))
+    k = bank.nearest_signature(samples.state)
+    assert torch.allclose(cloud_score, score.score(ent, k), atol=1e-4)
+    with pytest.raises(ValueError, match="OOD score for 3 prototypes, bank has 2"):
+        snap = editor.snapshot().model_copy(deep=True)
+        snap.signatures, snap.edits = snap.signatures[:2], snap.edits[:2]
+        device.set_prototypes(snap)

@@ -36,6 +36,11 @@ def test_every_method_then_update_one(ml100k_split, workdir, tmp_path, capsys):
     assert list(first["runs"]) == METHODS
     ndcg = {m: runs[0]["ndcg@10"] for m, runs in first["runs"].items()}
     assert all(0 < v < 1 for v in ndcg.values())
+    # every method also reports the new / seen / long-tail slices of the same rows, with their counts
+    rows = {s: first["runs"]["static"][0][f"{s}/rows"] for s in ("new", "seen", "tail")}
+    assert rows["new"] + rows["seen"] == 19_811 and 0 < rows["tail"] < rows["seen"]
+    assert all(runs[0]["seen/rows"] == rows["seen"] and "tail/hit@10" in runs[0] for runs in first["runs"].values())
+    assert "## New and long-tail items" in (report / "adaptation-sasrec.md").read_text()
     # the trained edits rank better than the base (measured: static 0.0194, edit / proto-res / served ≈ 0.0264)
     assert min(ndcg["edit"], ndcg["proto-res"], ndcg["served"]) > 1.15 * ndcg["static"]
     assert ndcg["context"] != ndcg["no-context"] and ndcg["solid"] != ndcg["context"]  # the context hits count
@@ -44,8 +49,7 @@ def test_every_method_then_update_one(ml100k_split, workdir, tmp_path, capsys):
     assert (run_dir / "adapter-solid" / "context_items.pt").is_file()  # saved with the context it reads
     assert not (run_dir / "adapter-main" / "context_items.pt").exists()
     extra = json.loads((report / "adaptation-sasrec-extra.json").read_text())
-    protos = ("proto", "proto-res", "proto-dyn")
-    assert set(extra["ood_auroc"]) == {*protos, *(f"{m} residual-norm" for m in protos), "base entropy"}
+    assert set(extra["ood_auroc"]) == {"proto", "proto-dyn", "base entropy", "prototype distance"}
     assert all(0 <= v[0] <= 1 for v in extra["ood_auroc"].values())
     assert extra["timings"][0]["selected"]["finetune"] in (1e-3, 3e-3, 1e-2)  # chosen on validation
 

@@ -192,7 +192,8 @@ def real_editor_checkpoint(checkpoint, runtime, tmp_path):
     seqs = [rng.integers(1, base.n_items, 15) for _ in range(60)]
     samples = training_samples(base, seqs, n_window=4, n_future=1)
     with torch.enable_grad():
-        bank = PrototypeBank.build(PrototypeConfig(k=3, variant="centre"), base, adapter, samples, None, seed=0)
+        bank = PrototypeBank.build(PrototypeConfig(k=3, variant="centre"), base, adapter, samples, None, seed=0,
+                                   calibration=(samples.state, samples.targets[:, 0]))
     save_adapter(ckpt / "adapter-main", adapter, {"seed": 0})
     save_bank(ckpt / "bank-centre", bank)
     return ckpt

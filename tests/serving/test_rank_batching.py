@@ -11,6 +11,7 @@ import httpx
 import pytest
 import torch
 
+from recsys import ood
 from recsys.runtime import DeviceRuntime
 from serving.artefacts import load_artefacts
 from serving.device_app import DeviceService, create_device_app
@@ -86,23 +87,53 @@ def test_a_batch_ranks_like_batch_one(banked):
     assert [(r.size, r.reason) for r in batcher.stats.recent] == [(len(jobs), "idle")]
 
 
+def test_rows_the_banks_ood_score_flags_get_no_prototype(runtime, banked):
+    """The snapshot's OOD score (recsys.ood) decides per row: flagged devices are offered no prototype."""
+    snap = banked.prototypes.model_copy(deep=True)
+    rt = DeviceRuntime(runtime.model, runtime.item_tokens)  # its own copy: the fixture is shared
+    rt.set_prototypes(snap)
+    jobs, _ = mixed_jobs(rt, n=16, seed=2)
+    states = rt.user_states([j.window for j in jobs])
+    protos, _ = rt.assign_batch(states)
+    with torch.inference_mode():
+        ent = ood.entropy(rt.model.logits(rt.model.head(states, None)))
+    snap.ood = ood.OodScore(w_entropy=1.0, w_proto=0.0, bias=0.0, proto_logodds=[0.0] * snap.size,
+                            threshold=float(ent.median()))  # about half the rows above it
+    rt.set_prototypes(snap)
+    offered = {}
+
+    def ask(i):
+        def choose(proto, state):
+            offered[i] = proto
+            return None  # "ask the cloud": the job ends encoded
+
+        return choose
+
+    for i, j in enumerate(jobs):
+        j.choose = ask(i)
+    RankBatcher(rt).score(jobs)
+    flagged = (ent > float(ent.median())).tolist()
+    assert any(flagged) and not all(flagged) and flagged == rt.ood_flags(states, protos)
+    assert [offered[i] for i in range(len(jobs))] == [None if f else p for f, p in zip(flagged, protos)]
+
+
 def test_prototypes_are_assigned_per_row_and_encoded_jobs_finish_later(banked):
     jobs, _ = mixed_jobs(banked, n=12, seed=1)
     for j in jobs:
         j.choose = None  # no choice given: base head
     asked = []
 
-    def later(proto, state, distance):
-        asked.append((proto, state, distance))
+    def later(proto, state):
+        asked.append((proto, state))
         return None  # e.g. the cloud has to be asked
 
     jobs[3].choose = later
     results = RankBatcher(banked).score(jobs)
     state = banked.user_state(jobs[3].window)
     assert isinstance(results[3], Encoded) and torch.allclose(results[3].state, state, atol=TOL)
-    (proto, seen_state, distance), = asked
+    (proto, seen_state), = asked
     assert [proto] == [banked.assign(state)[0]] == [results[3].prototype]
-    assert torch.allclose(seen_state, state, atol=TOL) and distance == pytest.approx(banked.assign(state)[1], abs=1e-4)
+    assert torch.allclose(seen_state, state, atol=TOL)
     edit = banked.prototype_edit(results[3].prototype)
     (again,) = RankBatcher(banked).score(
         [RankJob(jobs[3].window, jobs[3].k, jobs[3].exclude, state=results[3].state,

@@ -42,4 +42,4 @@ def test_device_serves_the_real_editors_code_edits_and_the_bytes_are_small(check
             sizes[encoding] = len(r.content)
         assert sizes["code"] < 1024 < sizes["fp16"] < sizes["fp32"] < sizes["json"], sizes
         snap = c.get(f"{cl.url}/v1/prototypes", headers={"Authorization": f"Bearer {API_KEY}"}).json()
-        assert snap["ood_threshold"] is not None and snap["decoder"]["n_prototypes"] == 3
+        assert snap["ood"] is not None and snap["decoder"]["n_prototypes"] == 3

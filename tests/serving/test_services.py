@@ -12,6 +12,7 @@ from recsys.runtime import PrototypeSnapshot
 from serving.artefacts import load_artefacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.device_app import DeviceService, create_device_app
+from serving.metrics import read_samples
 from tests.serving.conftest import API_KEY, LiveServer, RandomEditor, random_edit, rank, serve_config, wait_for
 
 
@@ -26,12 +27,9 @@ def cloud_app(cfg, editor_factory):
 
 def metric(text: str, name: str, **labels) -> float:
     """Value of the sample ``name`` with (at least) these labels in Prometheus text; 0 when absent."""
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        sample, value = line.rsplit(" ", 1)
-        if sample.split("{")[0] == name and all(f'{k}="{v}"' in sample for k, v in labels.items()):
-            return float(value)
+    for sample, have, value in read_samples(text):
+        if sample == name and all(have.get(k) == str(v) for k, v in labels.items()):
+            return value
     return 0.0
 
 
