@@ -42,7 +42,8 @@ def summary_rows(reports: Path) -> list[str]:
                 else:
                     cells.append("—")
             ood = extra.get("ood_auroc", {})
-            auc = " / ".join(f"{np.mean(ood[m]):.3f}" if m in ood else "—" for m in ("proto-res", "proto-dyn"))
+            frozen = "proto" if "prototype distance" in ood else "proto-res"  # the bank's score; older reports
+            auc = " / ".join(f"{np.mean(ood[m]):.3f}" if m in ood else "—" for m in (frozen, "proto-dyn"))
             rows.append(f"| {d} | {label} | {static.mean():.4f} ± {static.std():.4f} | " + " | ".join(cells)
                         + f" | {auc} |")  # fmt: skip
     return rows
@@ -57,7 +58,9 @@ def main() -> None:
         "# Adaptation: every dataset and model",
         "",
         "NDCG@10 change vs the static base, mean ± std over seeds of the per-seed relative change; OOD AUROC",
-        "of the distance to the nearest prototype, frozen (`proto-res`) / dynamic (`proto-dyn`) bank. One row",
+        "of the bank's OOD score, frozen / dynamic (`proto-dyn`) bank: the `recsys.ood` score (entropy +",
+        "prototype miss rate) in reports that list a `prototype distance` beside it, else (older runs) the",
+        "distance to the nearest prototype (frozen = `proto-res`). One row",
         "per `reports/<dataset>/adaptation-<model>.json`; the full tables are in those reports' `.md`.",
         "",
         *rows,
