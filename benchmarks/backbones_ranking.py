@@ -7,10 +7,17 @@ RecBole's full ranking scores the test split, 3 seeds. ``openai-own`` encodes th
 OpenAI-compatible ``/v1/embeddings`` (MiniLM behind a real uvicorn server on 127.0.0.1): it must equal
 ``minilm``, and the script prints the largest difference between the two side files.
 
-A row whose report exists is read, not rerun (``--force`` reruns). ``id-only`` and ``minilm`` share
-their run and report directories with docs/item_side.md's ``none`` and ``fused`` rows.
+Then each backbone's Persona methods (``--methods``, default ``edit,served``; ``served`` is what the
+cloud service runs): ``persona evaluate --methods static,…`` with the adapter trained to its plateau
+(``adapter.epochs=30``) on that backbone's device model and codebook; ``id-only``'s adapter reads no
+semantic codes either (``adapter.use_codebook=false``: no LLM anywhere).
+
+A row whose report exists is read, not rerun (``--force`` reruns). ``id-only`` shares its run and report
+directories with docs/item_side.md's ``none`` rows, ``minilm`` is the default (``persona run``'s runs and
+reports).
 
     python benchmarks/backbones_ranking.py [--dataset ml-100k] [--model sasrec] [--backbones id-only,minilm,...]
+        [--methods edit,served] [--adapter-backbones id-only,minilm] [--no-adapter]
 
 Writes ``reports/benchmarks/backbones_ranking.{md,json}``.
 """
@@ -32,13 +39,16 @@ import numpy as np
 from recsys import run_layout
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKBONES = {  # name → (run/report directory stem, overrides)
-    "id-only": ("item-side/none", ["model_params.item_side=none"]),
-    "minilm": ("item-side/fused", ["model_params.item_side=fused", "backbone.name=sentence-transformers"]),
-    "smollm2": ("backbones/smollm2", ["model_params.item_side=fused", "backbone.name=hf"]),
-    "openai-own": ("backbones/openai-own", ["model_params.item_side=fused", "backbone.name=openai-http",
-                                            "backbone.cache=false"]),
+BACKBONES = {  # name → (runs directory, reports directory, overrides)
+    "id-only": ("runs/item-side/none", "reports/item_side/none", ["model_params.item_side=none"]),
+    "minilm": ("runs", "reports", ["model_params.item_side=fused", "backbone.name=sentence-transformers"]),
+    "smollm2": ("runs/backbones/smollm2", "reports/backbones/smollm2",
+                ["model_params.item_side=fused", "backbone.name=hf"]),
+    "openai-own": ("runs/backbones/openai-own", "reports/backbones/openai-own",
+                   ["model_params.item_side=fused", "backbone.name=openai-http", "backbone.cache=false"]),
 }
+ADAPTER = ["adapter.epochs=30"]  # to the adapter's own validation plateau (patience), as docs/adaptation_results.md
+NO_LLM_ADAPTER = ["adapter.use_codebook=false"]  # id-only: the adapter reads no semantic codes either
 LABELS = {
     "id-only": "ID only (no LLM)",
     "minilm": "all-MiniLM-L6-v2 (sentence-transformers)",
@@ -84,13 +94,19 @@ def own_embeddings_server():
         proc.wait(30)
 
 
-def run_backbone(name: str, dataset: str, model: str, force: bool) -> dict:
-    stem, overrides = BACKBONES[name]
-    reports = f"reports/{stem.replace('item-side', 'item_side')}"  # docs/item_side.md's report directories
-    common = [f"dataset={dataset}", f"output_dir=runs/{stem}", f"reports_dir={reports}", *overrides]
+def _common(name: str, dataset: str) -> list[str]:
+    runs, reports, overrides = BACKBONES[name]
+    return [f"dataset={dataset}", f"output_dir={runs}", f"reports_dir={reports}", *overrides]
+
+
+def run_backbone(name: str, dataset: str, model: str, force: bool, need_checkpoints: bool) -> dict:
+    runs_dir, reports, _ = BACKBONES[name]
+    common = _common(name, dataset)
     report = ROOT / reports / dataset / "base.json"
-    side = run_layout.item_side_file(ROOT / "runs" / stem, dataset)
-    if force or not report.is_file() or model not in json.loads(report.read_text())["runs"]:
+    side = run_layout.item_side_file(ROOT / runs_dir, dataset)
+    trained = (run_layout.seed_dir(ROOT / runs_dir, dataset, model, 0) / "model.pt").is_file()
+    missing = need_checkpoints and not trained  # the adapter rows train on this backbone's device models
+    if force or missing or not report.is_file() or model not in json.loads(report.read_text())["runs"]:
         if name == "openai-own":
             with own_embeddings_server() as url:
                 persona("codebook", *common, f"backbone.openai_http.base_url={url}")
@@ -109,12 +125,42 @@ def run_backbone(name: str, dataset: str, model: str, force: bool) -> dict:
     return out
 
 
+def run_methods(name: str, dataset: str, model: str, methods: list[str], force: bool) -> dict:
+    """``static`` + ``methods`` on this backbone's device model (adapters trained here unless reported)."""
+    reports = ROOT / BACKBONES[name][1] / dataset / f"adaptation-{model}.json"
+    have = json.loads(reports.read_text())["runs"] if reports.is_file() else {}
+    if force or not all(m in have for m in ["static", *methods]):
+        extra = ADAPTER + (NO_LLM_ADAPTER if name == "id-only" else [])
+        persona("evaluate", "--methods", ",".join(["static", *methods]), f"model={model}",
+                *_common(name, dataset), *extra)
+        have = json.loads(reports.read_text())["runs"]
+    out = {"backbone": name, "label": LABELS[name], "report": str(reports.relative_to(ROOT))}
+    for m in ["static", *methods]:
+        out[m] = {k: [r[k] for r in have[m]] for k in ["ndcg@10", "hit@10", "tail/hit@10"]}
+    return out
+
+
+def methods_table(rows: list[dict], methods: list[str]) -> str:
+    """NDCG@10 per backbone and method; gains vs the same backbone's static model and vs ID-only static."""
+    base = next((np.mean(r["static"]["ndcg@10"]) for r in rows if r["backbone"] == "id-only"), None)
+    head = "| backbone | seeds | static NDCG@10 | " + " | ".join(f"{m} NDCG@10 (vs static)" for m in methods)
+    lines = [head + " | best vs ID-only static |", "|---|---|---|" + "---|" * len(methods) + "---|"]
+    for r in rows:
+        st = np.array(r["static"]["ndcg@10"])
+        cells = []
+        for m in methods:
+            v = np.array(r[m]["ndcg@10"])
+            cells.append(f"{v.mean():.4f} ± {v.std():.4f} ({100 * np.mean(v / st - 1):+.1f} %)")
+        best = max(np.mean(r[m]["ndcg@10"]) for m in ["static", *methods])
+        gain = "–" if base is None else f"{100 * (best / base - 1):+.1f} %"
+        lines.append(f"| {r['label']} | {len(st)} | {st.mean():.4f} ± {st.std():.4f} | {' | '.join(cells)} | {gain} |")
+    return "\n".join(lines)
+
+
 def side_difference(dataset: str) -> float | None:
     """Largest absolute difference between the MiniLM and own-endpoint side files' item vectors."""
-    a = run_layout.item_side_file(ROOT / "runs" / BACKBONES["minilm"][0], dataset)
-    if not a.is_file():  # the main job's codebook: the default backbone, MiniLM
-        a = run_layout.item_side_file(ROOT / "runs", dataset)
-    b = run_layout.item_side_file(ROOT / "runs" / BACKBONES["openai-own"][0], dataset)
+    a = run_layout.item_side_file(ROOT / BACKBONES["minilm"][0], dataset)
+    b = run_layout.item_side_file(ROOT / BACKBONES["openai-own"][0], dataset)
     if not (a.is_file() and b.is_file()):
         return None
     with np.load(a) as za, np.load(b) as zb:
@@ -141,22 +187,39 @@ def main() -> None:
     ap.add_argument("--dataset", default="ml-100k")
     ap.add_argument("--model", default="sasrec")
     ap.add_argument("--backbones", default=",".join(BACKBONES))
+    ap.add_argument("--methods", default="edit,served", help="Persona methods per backbone (persona evaluate)")
+    ap.add_argument("--adapter-backbones", default=None,
+                    help="backbones that get the Persona-method rows (default: all of --backbones)")
+    ap.add_argument("--no-adapter", action="store_true", help="static device models only")
     ap.add_argument("--force", action="store_true", help="rerun rows whose report exists")
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    rows = [run_backbone(b, args.dataset, args.model, args.force) for b in args.backbones.split(",")]
+    names = args.backbones.split(",")
+    with_adapter = [] if args.no_adapter else (args.adapter_backbones or args.backbones).split(",")
+    rows = [run_backbone(b, args.dataset, args.model, args.force, b in with_adapter) for b in names]
+    methods = [m for m in args.methods.split(",") if m]
+    adapted = [run_methods(b, args.dataset, args.model, methods, args.force) for b in with_adapter]
     diff = side_difference(args.dataset)
+    earlier = ROOT / "reports" / "benchmarks" / "backbones_ranking.json"
+    if diff is None and earlier.is_file():  # side files not on this machine: keep the measured value
+        diff = json.loads(earlier.read_text()).get("side_max_abs_diff")
     md = (f"# LLM backbones compared on ranking: {args.dataset} {args.model}, static device model\n\n"
           "`model_params.item_side=fused` (ID view + trained projection of the frozen whitened LLM view); "
           "RecBole full ranking, test split, shift protocol, mean ± std over seeds.\n\n" + table(rows) + "\n")
     if diff is not None:
         md += f"\nopenai-own vs minilm side files: largest |difference| {diff:.2e}.\n"
+    if adapted:
+        md += ("\n## Persona methods per backbone\n\nThe same device models with the cloud's edit "
+               "(adapter to its validation plateau, `adapter.epochs=30`; `served` is what the service runs); "
+               "mean ± std over seeds, the gain vs static averaged per seed.\n\n"
+               + methods_table(adapted, methods) + "\n")
     md += "\nRegenerate: `python benchmarks/backbones_ranking.py`\n"
     print(md)
     out = ROOT / "reports" / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
     (out / "backbones_ranking.md").write_text(md)
-    (out / "backbones_ranking.json").write_text(json.dumps({"rows": rows, "side_max_abs_diff": diff}, indent=2))
+    (out / "backbones_ranking.json").write_text(
+        json.dumps({"rows": rows, "methods": adapted, "side_max_abs_diff": diff}, indent=2))
 
 
 if __name__ == "__main__":
