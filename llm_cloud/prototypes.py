@@ -182,8 +182,7 @@ class PrototypeBank:
         self.ood_threshold = float(torch.quantile(score[: min(len(score), 200_000)], self.cfg.ood_quantile))
 
     def _score(self, ent: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        we, wp, b = self.ood_weights
-        return we * ent + wp * self.proto_logodds()[k] + b
+        return ood.combine(ent, self.proto_logodds()[k], *self.ood_weights)
 
     @torch.no_grad()
     def ood_scores(self, base: EditableSeqRec, state: torch.Tensor, logits: torch.Tensor | None = None):

@@ -35,6 +35,11 @@ def logit(p: torch.Tensor) -> torch.Tensor:
     return torch.log(p) - torch.log1p(-p)
 
 
+def combine(ent: torch.Tensor, odds: torch.Tensor, w_entropy: float, w_proto: float, bias: float) -> torch.Tensor:
+    """The score from each row's base entropy and its prototype's miss log-odds (the one formula)."""
+    return w_entropy * ent + w_proto * odds + bias
+
+
 class OodScore(BaseModel):
     """What a device needs to compute the score: the weights, each prototype's miss log-odds, the threshold."""
 
@@ -48,7 +53,7 @@ class OodScore(BaseModel):
     def score(self, ent: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """``[B]`` scores from the base entropies ``ent`` and nearest prototypes ``k``."""
         odds = torch.tensor(self.proto_logodds, dtype=torch.float32)[k.long().cpu()].to(ent.device)
-        return self.w_entropy * ent + self.w_proto * odds + self.bias
+        return combine(ent, odds, self.w_entropy, self.w_proto, self.bias)
 
 
 def fit_weights(ent: torch.Tensor, odds: torch.Tensor, miss: torch.Tensor, steps: int = 200) -> tuple[float, ...]:

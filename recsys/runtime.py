@@ -16,7 +16,7 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recsys.atomic_io import atomic_write_text
 from recsys.checkpoint import load_checkpoint
@@ -196,6 +196,14 @@ class PrototypeSnapshot(BaseModel):
     edits: list[EditPayload] = Field(default_factory=list)
     ood: OodScore | None = None
     decoder: EditDecoder | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_caches(cls, data):
+        """Snapshots cached before the OOD score carried a state-distance ``ood_threshold``: ignored."""
+        if isinstance(data, dict) and "ood_threshold" in data:
+            data = {k: v for k, v in data.items() if k != "ood_threshold"}
+        return data
 
     @property
     def size(self) -> int:

@@ -122,6 +122,8 @@ def test_the_ood_score_reaches_the_device_which_flags_what_the_cloud_flags():
         ent = ood.entropy(base.logits(base.head(samples.state, None)))
     k = bank.nearest_signature(samples.state)
     assert torch.allclose(cloud_score, score.score(ent, k), atol=1e-4)
+    old = editor.snapshot().model_dump(exclude={"ood"}) | {"ood_threshold": 1.5}  # a cache from before the score
+    assert PrototypeSnapshot.model_validate(old).ood is None
     with pytest.raises(ValueError, match="OOD score for 3 prototypes, bank has 2"):
         snap = editor.snapshot().model_copy(deep=True)
         snap.signatures, snap.edits = snap.signatures[:2], snap.edits[:2]
