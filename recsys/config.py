@@ -68,6 +68,8 @@ class ModelConfig(_Strict):
     item_side: Literal["none", "init", "fused", "codes"] = "fused"  # best on validation (docs/item_side.md)
     side_dims: int = Field(64, ge=1)  # whitened principal components of the LLM embeddings kept
     id_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # fused/codes: share of items whose ID view a training batch drops
+    unseen_negatives: bool = True  # fused/codes: items with no training interaction are negatives in the training
+    # softmax (False: left out of it, as items that did not exist yet; a full softmax only ever pushes them down)
 
 
 class TrainConfig(_Strict):

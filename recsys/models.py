@@ -251,9 +251,9 @@ class SideViews(nn.Module):
     view of a random ``id_dropout`` share of items, so the side view learns to rank on its own.
     """
 
-    def __init__(self, kind: str, side: ItemSide, dim: int, id_dropout: float):
+    def __init__(self, kind: str, side: ItemSide, dim: int, id_dropout: float, unseen_negatives: bool = True):
         super().__init__()
-        self.kind, self.id_dropout = kind, id_dropout
+        self.kind, self.id_dropout, self.unseen_negatives = kind, id_dropout, unseen_negatives
         self.register_buffer("seen", side.seen.clone().bool())
         if kind == "fused":
             self.register_buffer("vectors", side.vectors.clone().float())
@@ -269,6 +269,10 @@ class SideViews(nn.Module):
                 emb.weight.data[0] = 0
         else:
             raise ValueError(f"unknown side view '{kind}'")
+
+    def training_mask(self) -> torch.Tensor | None:
+        """Items the training softmax leaves out (``unseen_negatives=False``: those with no training interaction)."""
+        return None if self.unseen_negatives else ~self.seen
 
     def forward(self, id_weight: torch.Tensor) -> torch.Tensor:
         """The item table ``[n_items, D]``: kept ID view + side view."""
@@ -315,7 +319,7 @@ class EditableSeqRec(nn.Module):
         elif m.item_side in ("fused", "codes"):
             if side is None:
                 raise ValueError(f"model_params.item_side={m.item_side} needs the items' side knowledge")
-            self.side = SideViews(m.item_side, side, m.hidden_size, m.id_dropout)
+            self.side = SideViews(m.item_side, side, m.hidden_size, m.id_dropout, m.unseen_negatives)
 
     @torch.no_grad()
     def _init_from(self, vectors: torch.Tensor) -> None:

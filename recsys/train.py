@@ -59,7 +59,13 @@ class PositionLossSum(nn.Module):
         items = self.model.item_embeddings  # one table per batch (side views drop ID views per batch)
         states = self.model.position_states(inputs, items)
         query = self.model.head(states[mask])
-        return F.cross_entropy(self.model.logits(query, items), targets[mask], reduction="sum")
+        logits = self.model.logits(query, items)
+        left_out = self.model.side.training_mask() if self.model.side is not None else None
+        if left_out is not None:  # never a target (an item with interactions but no side row stays in)
+            left_out = left_out.clone()
+            left_out[targets[mask]] = False
+            logits = logits.masked_fill(left_out, float("-inf"))
+        return F.cross_entropy(logits, targets[mask], reduction="sum")
 
 
 def next_item_loss(model: EditableSeqRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

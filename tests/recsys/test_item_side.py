@@ -52,9 +52,9 @@ def test_load_item_side_aligns_rows_and_marks_unseen_items(tmp_path):
         load_item_side(path, np.array(["[PAD]", *[f"x{k}" for k in range(N_ITEMS - 1)]]), counts, 8)
 
 
-def _model(name, kind, side, seed=0):
+def _model(name, kind, side, seed=0, **params):
     torch.manual_seed(seed)
-    m = ModelConfig(hidden_size=DIM, inner_size=32, item_side=kind, side_dims=8)
+    m = ModelConfig(hidden_size=DIM, inner_size=32, item_side=kind, side_dims=8, **params)
     return EditableSeqRec(name, m, N_ITEMS, 10, side)
 
 
@@ -96,6 +96,21 @@ def test_a_new_items_score_depends_on_its_text_and_not_on_its_untrained_id(tmp_p
     changed = _model("sasrec", kind, load_item_side(path2, tokens, counts, 8))
     changed.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("side.")}, strict=False)
     assert not torch.allclose(score_with_edit(changed, seq, length)[:, new], base)
+
+
+@pytest.mark.parametrize("unseen_negatives", [True, False])
+def test_unseen_items_leave_the_training_softmax_when_asked(tmp_path, unseen_negatives):
+    """``unseen_negatives=False``: items with no training interaction are not negatives of the training loss,
+    so their side vectors get no gradient (with True they do: a full softmax pushes them down)."""
+    path, tokens, counts, _, _ = _side_file(tmp_path)
+    model = _model("sasrec", "fused", load_item_side(path, tokens, counts, 8), unseen_negatives=unseen_negatives)
+    model.side.vectors.requires_grad_(True)
+    x, y = make_windows([torch.randint(1, N_ITEMS - 3, (n,)).numpy() for n in (6, 12, 4)], 10)  # seen items only
+    loss = next_item_loss(model, x, y)
+    loss.backward()
+    unseen_grad = float(model.side.vectors.grad[-3:].abs().sum())
+    assert (unseen_grad > 0) == unseen_negatives
+    assert float(model.side.vectors.grad[1:-3].abs().sum()) > 0 and torch.isfinite(loss)
 
 
 def test_id_only_new_item_score_ignores_text(tmp_path):
