@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +19,10 @@ from serving.embeddings_api import create_embeddings_app
 from tests.llm_cloud.helpers import minilm
 from tests.serving.conftest import API_KEY, LiveServer, RandomEditor, serve_config
 
-ST = shutil.which("st")
+# the virtualenv's own `st` (make test does not put .venv/bin on PATH), else one on PATH; absolute, since the
+# runs below change directory
+_FOUND = [p for p in (Path(sys.executable).parent / "st", shutil.which("st")) if p and Path(p).is_file()]
+ST = str(Path(_FOUND[0]).absolute()) if _FOUND else None
 
 
 @pytest.mark.skipif(ST is None, reason="schemathesis not installed (pip install -e .[dev])")
