@@ -39,16 +39,16 @@ import numpy as np
 from recsys import run_layout
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKBONES = {  # name → (runs directory, reports directory, overrides)
-    "id-only": ("runs/item-side/none", "reports/item_side/none", ["model_params.item_side=none"]),
-    "minilm": ("runs", "reports", ["model_params.item_side=fused", "backbone.name=sentence-transformers"]),
+BACKBONES = {  # name → (runs directory, reports directory, overrides, the adapter's own overrides)
+    "id-only": ("runs/item-side/none", "reports/item_side/none", ["model_params.item_side=none"],
+                ["adapter.use_codebook=false"]),  # no LLM anywhere: the adapter reads no semantic codes either
+    "minilm": ("runs", "reports", ["model_params.item_side=fused", "backbone.name=sentence-transformers"], []),
     "smollm2": ("runs/backbones/smollm2", "reports/backbones/smollm2",
-                ["model_params.item_side=fused", "backbone.name=hf"]),
+                ["model_params.item_side=fused", "backbone.name=hf"], []),
     "openai-own": ("runs/backbones/openai-own", "reports/backbones/openai-own",
-                   ["model_params.item_side=fused", "backbone.name=openai-http", "backbone.cache=false"]),
+                   ["model_params.item_side=fused", "backbone.name=openai-http", "backbone.cache=false"], []),
 }
 ADAPTER = ["adapter.epochs=30"]  # to the adapter's own validation plateau (patience), as docs/adaptation_results.md
-NO_LLM_ADAPTER = ["adapter.use_codebook=false"]  # id-only: the adapter reads no semantic codes either
 LABELS = {
     "id-only": "ID only (no LLM)",
     "minilm": "all-MiniLM-L6-v2 (sentence-transformers)",
@@ -95,12 +95,12 @@ def own_embeddings_server():
 
 
 def _common(name: str, dataset: str) -> list[str]:
-    runs, reports, overrides = BACKBONES[name]
+    runs, reports, overrides, _ = BACKBONES[name]
     return [f"dataset={dataset}", f"output_dir={runs}", f"reports_dir={reports}", *overrides]
 
 
 def run_backbone(name: str, dataset: str, model: str, force: bool, need_checkpoints: bool) -> dict:
-    runs_dir, reports, _ = BACKBONES[name]
+    runs_dir, reports, _, _ = BACKBONES[name]
     common = _common(name, dataset)
     report = ROOT / reports / dataset / "base.json"
     side = run_layout.item_side_file(ROOT / runs_dir, dataset)
@@ -130,7 +130,7 @@ def run_methods(name: str, dataset: str, model: str, methods: list[str], force: 
     reports = ROOT / BACKBONES[name][1] / dataset / f"adaptation-{model}.json"
     have = json.loads(reports.read_text())["runs"] if reports.is_file() else {}
     if force or not all(m in have for m in ["static", *methods]):
-        extra = ADAPTER + (NO_LLM_ADAPTER if name == "id-only" else [])
+        extra = ADAPTER + BACKBONES[name][3]
         persona("evaluate", "--methods", ",".join(["static", *methods]), f"model={model}",
                 *_common(name, dataset), *extra)
         have = json.loads(reports.read_text())["runs"]

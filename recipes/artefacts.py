@@ -44,6 +44,7 @@ class ArtefactBuilder:
         self.run = cfg.run_dir(inputs.seed)
         self.adapters: dict[str, tuple[Adapter, TrainingSamples | None]] = {}
         self.banks: dict[str, PrototypeBank] = {}
+        self._valid_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # the OOD fit's rows, computed once
         self.timings: dict[str, float] = {}
 
     def adapter(self, variant: str) -> Adapter:
@@ -76,11 +77,14 @@ class ArtefactBuilder:
         log.info("adapter %s: best epoch %d valid %s", variant, res.best_epoch, res.best_valid)
         return self.adapters[variant]
 
-    def _calibration(self):
-        """Validation rows' base states and next items: the OOD score is fitted on them (never on test)."""
-        base = self.inputs.base
-        state, target = row_states(base, self.inputs.split.eval_rows("valid"))
-        return state.to(base.item_embeddings.device), target.to(base.item_embeddings.device)
+    def _calibration(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validation rows' base states and next items: the OOD score is fitted on them (never on test);
+        computed once per seed, shared by every bank variant."""
+        if self._valid_rows is None:
+            base = self.inputs.base
+            state, target = row_states(base, self.inputs.split.eval_rows("valid"))
+            self._valid_rows = state.to(base.item_embeddings.device), target.to(base.item_embeddings.device)
+        return self._valid_rows
 
     def bank(self, variant: str) -> PrototypeBank:
         """``finetune`` or ``centre`` prototype bank built on the main adapter's training codes."""
