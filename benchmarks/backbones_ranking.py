@@ -12,14 +12,14 @@ cloud service runs): ``persona evaluate --methods static,…`` with the adapter 
 (``adapter.epochs=30``) on that backbone's device model and codebook; ``id-only``'s adapter reads no
 semantic codes either (``adapter.use_codebook=false``: no LLM anywhere).
 
-A row whose report exists is read, not rerun (``--force`` reruns). ``id-only`` shares its run and report
-directories with docs/item_side.md's ``none`` rows, ``minilm`` is the default (``persona run``'s runs and
-reports).
+A row whose report exists for the same item view (the report's ``item_side``) is read, not rerun
+(``--force`` reruns). ``id-only`` shares its run and report directories with docs/item_side.md's ``none``
+rows, ``minilm`` is the default (``persona run``'s runs and reports).
 
     python benchmarks/backbones_ranking.py [--dataset ml-100k] [--model sasrec] [--backbones id-only,minilm,...]
         [--methods edit,served] [--adapter-backbones id-only,minilm] [--no-adapter]
 
-Writes ``reports/benchmarks/backbones_ranking.{md,json}``.
+Writes ``reports/benchmarks/backbones_ranking-<dataset>-<model>.{md,json}``: one table per dataset and model.
 """
 
 from __future__ import annotations
@@ -99,6 +99,27 @@ def _common(name: str, dataset: str) -> list[str]:
     return [f"dataset={dataset}", f"output_dir={runs}", f"reports_dir={reports}", *overrides]
 
 
+def _item_side(name: str) -> str:
+    return next(o.split("=", 1)[1] for o in BACKBONES[name][2] if o.startswith("model_params.item_side="))
+
+
+def _reported(path: Path, name: str, wanted: list[str]) -> dict | None:
+    """The report's runs if it holds ``wanted`` for this backbone's item view (and, for an adaptation
+    report, its adapter overrides such as ``adapter.use_codebook=false``), else None (to be rerun)."""
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    meta = report["meta"]
+    same = meta.get("item_side") == _item_side(name) and all(
+        str(meta["adapter"].get(key.split(".", 1)[1])).lower() == value.lower()
+        for key, value in (o.split("=", 1) for o in BACKBONES[name][3]) if "adapter" in meta)
+    return report["runs"] if same and all(w in report["runs"] for w in wanted) else None
+
+
+def _adaptation_report(name: str, dataset: str, model: str) -> Path:
+    return ROOT / BACKBONES[name][1] / dataset / f"adaptation-{model}.json"
+
+
 def run_backbone(name: str, dataset: str, model: str, force: bool, need_checkpoints: bool) -> dict:
     runs_dir, reports, _, _ = BACKBONES[name]
     common = _common(name, dataset)
@@ -106,7 +127,7 @@ def run_backbone(name: str, dataset: str, model: str, force: bool, need_checkpoi
     side = run_layout.item_side_file(ROOT / runs_dir, dataset)
     trained = (run_layout.seed_dir(ROOT / runs_dir, dataset, model, 0) / "model.pt").is_file()
     missing = need_checkpoints and not trained  # the adapter rows train on this backbone's device models
-    if force or missing or not report.is_file() or model not in json.loads(report.read_text())["runs"]:
+    if force or missing or _reported(report, name, [model]) is None:
         if name == "openai-own":
             with own_embeddings_server() as url:
                 persona("codebook", *common, f"backbone.openai_http.base_url={url}")
@@ -117,7 +138,7 @@ def run_backbone(name: str, dataset: str, model: str, force: bool, need_checkpoi
     runs = json.loads(report.read_text())["runs"][model]
     out = {"backbone": name, "label": LABELS[name], "seeds": len(runs), "report": str(report.relative_to(ROOT))}
     for key in ["ndcg@10", "hit@10", "mrr@10", "new/hit@10", "seen/hit@10", "tail/hit@10"]:
-        vals = np.array([r[key] for r in runs])
+        vals = np.array([r.get(key, np.nan) for r in runs])  # reports from before the slices have none
         out[key] = (float(vals.mean()), float(vals.std()))
     if side.is_file():
         with np.load(side) as z:
@@ -127,9 +148,9 @@ def run_backbone(name: str, dataset: str, model: str, force: bool, need_checkpoi
 
 def run_methods(name: str, dataset: str, model: str, methods: list[str], force: bool) -> dict:
     """``static`` + ``methods`` on this backbone's device model (adapters trained here unless reported)."""
-    reports = ROOT / BACKBONES[name][1] / dataset / f"adaptation-{model}.json"
-    have = json.loads(reports.read_text())["runs"] if reports.is_file() else {}
-    if force or not all(m in have for m in ["static", *methods]):
+    reports = _adaptation_report(name, dataset, model)
+    have = _reported(reports, name, ["static", *methods])
+    if force or have is None:
         extra = ADAPTER + BACKBONES[name][3]
         persona("evaluate", "--methods", ",".join(["static", *methods]), f"model={model}",
                 *_common(name, dataset), *extra)
@@ -196,11 +217,16 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     names = args.backbones.split(",")
     with_adapter = [] if args.no_adapter else (args.adapter_backbones or args.backbones).split(",")
-    rows = [run_backbone(b, args.dataset, args.model, args.force, b in with_adapter) for b in names]
     methods = [m for m in args.methods.split(",") if m]
+    rows = [run_backbone(b, args.dataset, args.model, args.force,
+                         b in with_adapter and (args.force or _reported(
+                             _adaptation_report(b, args.dataset, args.model), b, ["static", *methods]) is None))
+            for b in names]
     adapted = [run_methods(b, args.dataset, args.model, methods, args.force) for b in with_adapter]
     diff = side_difference(args.dataset)
-    earlier = ROOT / "reports" / "benchmarks" / "backbones_ranking.json"
+    out = ROOT / "reports" / "benchmarks"
+    stem = f"backbones_ranking-{args.dataset}-{args.model}"
+    earlier = out / f"{stem}.json"
     if diff is None and earlier.is_file():  # side files not on this machine: keep the measured value
         diff = json.loads(earlier.read_text()).get("side_max_abs_diff")
     md = (f"# LLM backbones compared on ranking: {args.dataset} {args.model}, static device model\n\n"
@@ -213,12 +239,13 @@ def main() -> None:
                "(adapter to its validation plateau, `adapter.epochs=30`; `served` is what the service runs); "
                "mean ± std over seeds, the gain vs static averaged per seed.\n\n"
                + methods_table(adapted, methods) + "\n")
-    md += "\nRegenerate: `python benchmarks/backbones_ranking.py`\n"
+    md += (f"\nRegenerate: `python benchmarks/backbones_ranking.py --dataset {args.dataset} --model {args.model} "
+           f"--backbones {args.backbones}" + (f" --adapter-backbones {','.join(with_adapter)}`\n" if with_adapter
+                                               else " --no-adapter`\n"))
     print(md)
-    out = ROOT / "reports" / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "backbones_ranking.md").write_text(md)
-    (out / "backbones_ranking.json").write_text(
+    (out / f"{stem}.md").write_text(md)
+    (out / f"{stem}.json").write_text(
         json.dumps({"rows": rows, "methods": adapted, "side_max_abs_diff": diff}, indent=2))
 
 

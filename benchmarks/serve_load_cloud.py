@@ -1,16 +1,19 @@
-"""Loopback load benchmark of the replicated cloud service's ``POST /v1/edits``: 1 vs N uvicorn workers.
+"""Loopback load benchmark of the cloud service's ``POST /v1/edits``: 1 vs N uvicorn workers, batch-1 vs batched.
 
 The cloud role holds no per-request state (every worker loads the same read-only adapter + prototype
 bank), so replicas behind any load balancer answer identically; here the replicas are uvicorn worker
-processes sharing one port. For each worker count: start ``persona serve --role cloud --workers N`` on
-127.0.0.1 (one torch thread per worker), warm every worker up, then send a bounded number of edit
-requests (200 real ml-100k-style histories of 20 item ids) from the asyncio keep-alive client of
-``serve_load.py`` with ``--concurrency`` connections. Prints requests/s, p50/p99, errors and the
-throughput ratio against 1 worker; writes ``reports/benchmarks/serve_load_cloud.{json,md}``.
+processes sharing one port. Each worker answers concurrent requests in shared forward passes
+(``serve.max_batch``; 1 = one forward pass per request, as before :mod:`serving.edit_batcher`). For each
+worker count × ``serve.max_batch``: start ``persona serve --role cloud --workers N`` on 127.0.0.1 (one
+torch thread per worker), warm every worker up, then send a bounded number of edit requests (200 real
+ml-100k-style histories of 20 item ids) from the asyncio keep-alive client of ``serve_load.py`` with
+``--concurrency`` connections. Prints requests/s, p50/p99, errors, the mean requests per forward pass
+(the cloud's ``persona_edit_batch_size``) and the throughput ratio against the first row; writes
+``reports/benchmarks/serve_load_cloud.{json,md}``.
 
 Needs the main job's artefacts (``make run``: ``runs/<dataset>/sasrec/seed0`` with ``adapter-main``).
 
-    python benchmarks/serve_load_cloud.py [--workers 1,2] [--requests 3000] [--concurrency 4]
+    python benchmarks/serve_load_cloud.py [--workers 1,2] [--max-batch 1,64] [--requests 3000] [--concurrency 8]
 """
 
 from __future__ import annotations
@@ -35,16 +38,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from serve_load import free_port, load, start_service, stop  # noqa: E402
 
 from recsys import run_layout  # noqa: E402
+from serving.metrics import read_samples  # noqa: E402
 
 API_KEY = "bench-cloud-key"
 
 
-def start_cloud(ckpt: Path, workers: int, tmp: Path) -> tuple[subprocess.Popen, int]:
+def start_cloud(ckpt: Path, workers: int, max_batch: int, tmp: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     cmd = [
         sys.executable, "-m", "serving.cli", "serve", "--role", "cloud", "--cloud-port", str(port),
         "--workers", str(workers), f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}",
-        f"data.workdir={ROOT / 'data' / 'atomic'}", "serve.access_log=false",
+        f"data.workdir={ROOT / 'data' / 'atomic'}", "serve.access_log=false", f"serve.max_batch={max_batch}",
     ]  # fmt: skip
     return start_service(cmd, port, tmp / "cloud.log", "cloud"), port
 
@@ -57,13 +61,22 @@ def versions_seen(port: int, body: bytes, n: int) -> set[str]:
                 for _ in range(n)}  # fmt: skip
 
 
+def mean_batch(port: int) -> float | None:
+    """Edit requests per forward pass so far, from the cloud's ``/metrics``."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
+    got = {name: v for name, _, v in read_samples(text) if name.startswith("persona_edit_batch_size_")}
+    count = got.get("persona_edit_batch_size_count", 0)
+    return round(got["persona_edit_batch_size_sum"] / count, 2) if count else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--max-seconds", type=float, default=30.0)
-    parser.add_argument("--concurrency", type=int, default=4, help="connections")
+    parser.add_argument("--max-batch", default="1,64", help="serve.max_batch values (1 = a forward pass each)")
+    parser.add_argument("--concurrency", type=int, default=8, help="connections")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     args = parser.parse_args()
     ckpt = run_layout.seed_dir(ROOT / "runs", args.dataset, "sasrec", 0)
@@ -85,24 +98,27 @@ def main() -> int:
         "dataset": args.dataset,
     }
     rows = []
-    for workers in [int(w) for w in args.workers.split(",")]:
+    grid = [(int(w), int(b)) for w in args.workers.split(",") for b in args.max_batch.split(",")]
+    for workers, max_batch in grid:
         with tempfile.TemporaryDirectory() as tmp:
-            proc, port = start_cloud(ckpt, workers, Path(tmp))
+            proc, port = start_cloud(ckpt, workers, max_batch, Path(tmp))
             try:
                 uvloop.run(load(port, bodies, 100 * workers, 2 * workers, 30, "/v1/edits", header))  # warm-up
                 phase = uvloop.run(load(port, bodies, args.requests, args.concurrency, args.max_seconds,
                                         "/v1/edits", header))  # fmt: skip
+                batch = mean_batch(port)
                 versions = versions_seen(port, bodies[0], 20)
             finally:
                 stop(proc)
-        rows.append({"workers": workers, **phase, "versions": sorted(versions)})
+        rows.append({"workers": workers, "max_batch": max_batch, **phase, "mean_batch": batch,
+                     "versions": sorted(versions)})
     base = rows[0]["req_per_s"]
     for r in rows:
         r["ratio_vs_first"] = round(r["req_per_s"] / base, 2) if base else None
         print(
-            f"cloud workers={r['workers']} conc={r['concurrency']} n={r['requests']} err={r['errors']} "
-            f"p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms {r['req_per_s']:.0f} req/s "
-            f"x{r['ratio_vs_first']} vs {rows[0]['workers']} worker(s); versions {r['versions']}",
+            f"cloud workers={r['workers']} max_batch={r['max_batch']} conc={r['concurrency']} n={r['requests']} "
+            f"err={r['errors']} p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms {r['req_per_s']:.0f} req/s "
+            f"mean batch {r['mean_batch']} x{r['ratio_vs_first']} vs the first row; versions {r['versions']}",
             flush=True,
         )
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -110,19 +126,23 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve_load_cloud.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
-        f"# Replicated cloud service load benchmark (`POST /v1/edits`, {args.dataset}, loopback)",
+        f"# Cloud service load benchmark (`POST /v1/edits`, {args.dataset}, loopback): workers × edit batching",
         "",
         f"{meta['machine']}; load average at start {meta['loadavg_start']}, end {meta['loadavg_end']}; uvicorn "
         "workers on one port, one torch thread each; each request = adapter forward + prototype assignment + "
-        "residual edit for a 20-item history; client = asyncio HTTP/1.1 keep-alive on the same machine.",
+        "residual edit for a 20-item history; `max_batch` = `serve.max_batch` (1: a forward pass per request; "
+        "else concurrent requests share one); mean batch = requests per forward pass (the cloud's "
+        "`persona_edit_batch_size`); client = asyncio HTTP/1.1 keep-alive on the same machine.",
         "",
-        "| workers | connections | requests | errors | p50 ms | p99 ms | req/s | × vs 1 worker | versions served |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| workers | max_batch | connections | requests | errors | p50 ms | p99 ms | req/s | mean batch "
+        "| × vs first row | versions served |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['workers']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['p50_ms']:.2f} "
-            f"| {r['p99_ms']:.2f} | {r['req_per_s']:.0f} | {r['ratio_vs_first']} | {', '.join(r['versions'])} |"
+            f"| {r['workers']} | {r['max_batch']} | {r['concurrency']} | {r['requests']} | {r['errors']} "
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['req_per_s']:.0f} | {r['mean_batch']} "
+            f"| {r['ratio_vs_first']} | {', '.join(r['versions'])} |"
         )
     lines += ["", f"Command: `{meta['command']}`.", ""]
     (out / "serve_load_cloud.md").write_text("\n".join(lines))

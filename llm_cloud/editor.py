@@ -1,9 +1,10 @@
 """What the cloud service asks of the adaptation stack: an :class:`Editor`.
 
-``edit(item_ids)`` turns a device's recent items (internal ids) into an :class:`EditPayload`;
-``snapshot()`` gives the prototype bank for the device cache. :func:`load_editor` returns the trained
-adapter + prototype bank (:class:`AdapterEditor`) when ``adapter_dir`` holds them, else
-:class:`BaseEditor` (no edit, empty bank), so the services also run from the base model alone.
+``edit_many(asks)`` turns several devices' recent items (internal ids) into one :class:`EditPayload` each, in
+one forward pass (``edit(item_ids)``: a batch of one); ``snapshot()`` gives the prototype bank for the device
+cache. :func:`load_editor` returns the trained adapter + prototype bank (:class:`AdapterEditor`) when
+``adapter_dir`` holds them, else :class:`BaseEditor` (no edit, empty bank), so the services also run from the
+base model alone.
 """
 
 from __future__ import annotations
@@ -24,13 +25,27 @@ from recsys.models import EditableSeqRec, HeadEdit
 from recsys.runtime import EditDecoder, EditPayload, Encoding, PrototypeSnapshot, pack
 
 
+@dataclass(frozen=True)
+class EditAsk:
+    """One device's request: its recent items (internal ids), the wire encoding, the bank version it caches."""
+
+    item_ids: list[int]
+    encoding: Encoding = "json"
+    bank_version: str | None = None
+
+
 class Editor(Protocol):
     version: str
 
-    def edit(self, item_ids: list[int], encoding: Encoding = "json", bank_version: str | None = None) -> EditPayload:
-        ...
+    def edit_many(self, asks: list[EditAsk]) -> list[EditPayload]: ...
 
     def snapshot(self) -> PrototypeSnapshot: ...
+
+
+def edit_one(editor: Editor, item_ids: list[int], encoding: Encoding = "json",
+             bank_version: str | None = None) -> EditPayload:
+    """One device's edit (a batch of one)."""
+    return editor.edit_many([EditAsk(list(item_ids), encoding, bank_version)])[0]
 
 
 def _digest(*paths: Path) -> str:
@@ -49,8 +64,10 @@ class BaseEditor:
         self.version = f"base-{_digest(weights) if weights.is_file() else 'none'}"
         self.dim = dim
 
-    def edit(self, item_ids: list[int], encoding: Encoding = "json", bank_version: str | None = None) -> EditPayload:
-        return EditPayload(version=self.version, prototype_id=None, layers=[])
+    def edit_many(self, asks: list[EditAsk]) -> list[EditPayload]:
+        return [EditPayload(version=self.version, prototype_id=None, layers=[]) for _ in asks]
+
+    edit = edit_one
 
     def snapshot(self) -> PrototypeSnapshot:
         return PrototypeSnapshot(version=self.version, dim=self.dim)
@@ -80,21 +97,30 @@ class AdapterEditor:
         self._snapshot = bank.snapshot(edit_decoder(adapter, bank), version)
 
     @torch.inference_mode()
-    def edit(self, item_ids: list[int], encoding: Encoding = "json", bank_version: str | None = None) -> EditPayload:
-        """The served edit of one history. ``code`` (the window's per-layer code, decoded on the device) only
-        when the device caches this bank (``bank_version``) and the adapter's maps are linear; else fp32."""
+    def edit_many(self, asks: list[EditAsk]) -> list[EditPayload]:
+        """The served edits of several histories, one batched :func:`served_edit` (each row as if alone).
+        ``code`` (the window's per-layer code, decoded on the device) only when the device caches this bank
+        (``bank_version``) and the adapter's maps are linear; else fp32."""
         base = self.base
-        ids = [i for i in item_ids if 0 < i < base.n_items][-base.max_seq_len :]
-        seq = torch.zeros(1, base.max_seq_len, dtype=torch.long)
-        if ids:
-            seq[0, : len(ids)] = torch.tensor(ids)
-        out = served_edit(base, self.adapter, self.bank, self.code_table, seq, torch.tensor([len(ids)]), self.context)
-        proto = None if int(out.prototype[0]) < 0 else int(out.prototype[0])
+        seq = torch.zeros(len(asks), base.max_seq_len, dtype=torch.long)
+        lengths = []
+        for row, ask in enumerate(asks):
+            ids = [i for i in ask.item_ids if 0 < i < base.n_items][-base.max_seq_len :]
+            seq[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            lengths.append(len(ids))
+        out = served_edit(base, self.adapter, self.bank, self.code_table, seq, torch.tensor(lengths), self.context)
+        return [self._payload(out, row, ask) for row, ask in enumerate(asks)]
+
+    edit = edit_one
+
+    def _payload(self, out: Served, row: int, ask: EditAsk) -> EditPayload:
+        proto = None if int(out.prototype[row]) < 0 else int(out.prototype[row])
+        encoding = ask.encoding
         if encoding == "code":
-            if self._snapshot.decoder is not None and bank_version == self.version:
-                return EditPayload.from_code(out.codes[0], self.version, proto, out.edit.clip, base.head.dim)
+            if self._snapshot.decoder is not None and ask.bank_version == self.version:
+                return EditPayload.from_code(out.codes[row], self.version, proto, out.edit.clip, self.base.head.dim)
             encoding = "fp32"
-        return EditPayload.from_head_edit(_first(out.edit), self.version, proto, encoding)
+        return EditPayload.from_head_edit(_row(out.edit, row), self.version, proto, encoding)
 
     def snapshot(self) -> PrototypeSnapshot:
         return self._snapshot
@@ -160,8 +186,8 @@ def edit_decoder(adapter: Adapter, bank: PrototypeBank) -> EditDecoder | None:
     )  # fmt: skip
 
 
-def _first(edit: HeadEdit) -> HeadEdit:
-    return HeadEdit([w[0] for w in edit.dW], [b[0] for b in edit.db], clip=edit.clip)
+def _row(edit: HeadEdit, row: int) -> HeadEdit:
+    return HeadEdit([w[row] for w in edit.dW], [b[row] for b in edit.db], clip=edit.clip)
 
 
 def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None) -> Editor:

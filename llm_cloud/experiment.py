@@ -81,6 +81,9 @@ def merge_with_report(cfg, out: dict) -> dict:
         raise ArtifactError(f"no earlier report to update in {directory} ({exc})") from exc
     if old["meta"]["seeds"] != list(cfg.seeds):
         raise ArtifactError(f"the report in {directory} has seeds {old['meta']['seeds']}, this run {list(cfg.seeds)}")
+    if old["meta"].get("item_side") != cfg.model_params.item_side:
+        raise ArtifactError(f"the report in {directory} is for item_side={old['meta'].get('item_side')}, "
+                            f"this run {cfg.model_params.item_side}")
     merged = {
         "results": {**old["runs"], **out["results"]},
         "over_time": {**extra["over_time"], **out["over_time"]},
@@ -127,6 +130,7 @@ def report_adaptation(cfg, out: dict) -> str:
         "model": cfg.model,
         "protocol": cfg.data.protocol,
         "seeds": list(cfg.seeds),
+        "item_side": cfg.model_params.item_side,  # the device models' item view (docs/item_side.md)
         "adapter": cfg.adapter.model_dump(),
         "prototypes": cfg.prototypes.model_dump(),
         "device": cfg.torch_device(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -74,6 +75,18 @@ def evaluate_models(cfg: PersonaConfig, models: list[str], split: SplitData | No
     return results
 
 
+def _with_earlier_rows(path: Path, meta: dict, results: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """``results`` laid over an earlier report of the same setting (dataset, protocol, seeds, item view), in
+    its row order: ``persona evaluate --models gru4rec`` replaces GRU4Rec's rows and keeps SASRec's."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return results
+    if any(old["meta"].get(k) != meta[k] for k in ("dataset", "protocol", "seeds", "item_side")):
+        return results
+    return {**{m: results.get(m, r) for m, r in old["runs"].items()}, **results}
+
+
 def report_base(cfg: PersonaConfig, results: dict[str, list[dict]], seconds: float) -> str:
     """Write ``reports/<dataset>/base.{json,md}`` and return the Markdown table."""
     meta = {
@@ -81,9 +94,11 @@ def report_base(cfg: PersonaConfig, results: dict[str, list[dict]], seconds: flo
         "protocol": cfg.data.protocol,
         "seeds": list(cfg.seeds),
         "evaluation": "RecBole full ranking over all items, test split",
+        "item_side": cfg.model_params.item_side,  # which item view the device models read (docs/item_side.md)
         "seconds": round(seconds, 1),
     }
     out = run_layout.base_report_dir(cfg.reports_dir, cfg.dataset)
+    results = _with_earlier_rows(out / "base.json", meta, results)
     write_report(out, "base", f"Base models on {cfg.dataset} ({cfg.data.protocol} protocol)", results, meta)
     slices = slice_table(results)
     return markdown_table(results) + (f"\n\n{slices}" if slices else "")

@@ -3,7 +3,8 @@
 The editor (adapter + prototype bank, :func:`llm_cloud.editor.load_editor`) is held in one immutable
 :class:`CloudState`. A reload (``POST /admin/reload``, or a changed file in the checkpoint or adapter
 dir, polled every ``serve.reload_poll_s``) builds the new state in a thread and swaps the reference,
-so requests in flight finish on the state they started with and none is dropped.
+so requests in flight finish on the state they started with and none is dropped. Concurrent edit requests
+are answered together, one forward pass per batch (:mod:`serving.edit_batcher`, up to ``serve.max_batch``).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException
 from fastapi.responses import PlainTextResponse, Response
 
 from llm_cloud.backbones import Backbone, BackboneConfig, build_backbone
-from llm_cloud.editor import Editor, load_editor
+from llm_cloud.editor import EditAsk, Editor, load_editor
 from recsys import run_layout
 from recsys.checkpoint import load_checkpoint
 from recsys.runtime import EditPayload, PrototypeSnapshot
 from serving.config import AppConfig
+from serving.edit_batcher import EditBatcher
 from serving.embeddings_api import DEFAULT_MODEL, OpenAIErrorBodies, embeddings_router
 from serving.metrics import Metrics
 from serving.schemas import AUTH_ERRORS, ERRORS, EditRequest, Health
@@ -67,6 +69,7 @@ class CloudService:
         )
         self._factory = editor_factory
         self.metrics = Metrics("cloud")
+        self.batcher = EditBatcher(self.s.max_batch, self.metrics.edit_batch.observe)
         self.delay_s = self.s.inject_delay_ms / 1e3  # testing only: simulate a slow cloud
         self._reload_lock: asyncio.Lock | None = None
         self._fingerprint = self._files_fingerprint()
@@ -139,7 +142,7 @@ class CloudService:
             await asyncio.sleep(self.delay_s)
         state = self.state
         ids = [state.token_to_id[t] for t in req.items if t in state.token_to_id]
-        return await asyncio.to_thread(state.editor.edit, ids, req.encoding, req.bank_version)
+        return await self.batcher.edit(state.editor, EditAsk(ids, req.encoding, req.bank_version))
 
     def health(self) -> Health:
         st = self.state

@@ -54,6 +54,10 @@ class Metrics:
             f"{p}_rank_batch_size", "rank requests scored per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
+        self.edit_batch = Histogram(
+            f"{p}_edit_batch_size", "edit requests answered per forward pass (cloud)", buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.reloads = Counter(f"{p}_reloads", "editor/prototype reloads", ["outcome"], registry=r)
         self.service = service
 

@@ -49,7 +49,7 @@ class ServeConfig(BaseModel):
     edit_cache_size: int = Field(10_000, ge=1)  # users whose cloud edit a device worker keeps
     edit_encoding: Encoding = "code"  # how the device asks for edits on the wire
     # (code: the window's per-layer code, decoded with the cached bank's decoder; dense fp32 until one is cached)
-    max_batch: int = Field(64, ge=1, le=4096)  # rank requests scored in one forward pass (1 = no batching)
+    max_batch: int = Field(64, ge=1, le=4096)  # rank (device) / edit (cloud) requests per forward pass (1 = none)
     batch_wait_ms: float = Field(1.0, ge=0, le=100)  # a batch waits at most this long for requests on their way
     history_cache_users: int = Field(10_000, ge=0)  # users whose event history a device worker keeps in memory
 

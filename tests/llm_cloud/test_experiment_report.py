@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
-from llm_cloud.experiment import N_TIME_WINDOWS, auroc, report_adaptation
+from llm_cloud.artifacts import ArtifactError
+from llm_cloud.experiment import N_TIME_WINDOWS, auroc, merge_with_report, report_adaptation
 from recsys.report import label
 from serving.config import load_app_config
 
@@ -38,3 +40,16 @@ def test_report_writes_tables_plot_and_gains(tmp_path):
     payload = json.loads((directory / "adaptation-sasrec.json").read_text())
     assert payload["summary"]["edit"]["auc"]["mean"] == 0.8
     assert (directory / "adaptation-sasrec-ndcg-over-time.png").stat().st_size > 1000
+
+
+def test_update_keeps_other_methods_and_refuses_another_item_view(tmp_path):
+    cfg = load_app_config(overrides=[f"reports_dir={tmp_path}", "seeds=[0]"])
+    row = {"ndcg@10": 0.05, "hit@10": 0.1, "mrr@10": 0.03, "auc": 0.8, "uauc": 0.79}
+    out = lambda methods: {"results": {m: [row] for m in methods}, "over_time": {}, "ood_auroc": {},  # noqa: E731
+                           "timings": [{"seed": 0}], "window_edges": []}
+    report_adaptation(cfg, out(["static", "edit"]))
+    assert json.loads((tmp_path / "ml-100k" / "adaptation-sasrec.json").read_text())["meta"]["item_side"] == "fused"
+    assert set(merge_with_report(cfg, out(["served"]))["results"]) == {"static", "edit", "served"}
+    other = load_app_config(overrides=[f"reports_dir={tmp_path}", "seeds=[0]", "model_params.item_side=none"])
+    with pytest.raises(ArtifactError, match="item_side=fused"):
+        merge_with_report(other, out(["served"]))

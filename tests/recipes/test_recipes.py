@@ -22,7 +22,14 @@ def test_train_evaluate_adapter_and_the_editor_reads_the_manifest(ml100k_split, 
     assert run == cfg.run_dir(0) and run_layout.read_manifest(run).checkpoint.config_digest
     report = evaluate(cfg, ["pop", "sasrec"])
     assert set(report.results) == {"popularity", "sasrec"} and "| sasrec |" in report.table
-    assert json.loads((tmp_path / "reports" / "ml-100k" / "base.json").read_text())["meta"]["seeds"] == [0]
+    base_json = tmp_path / "reports" / "ml-100k" / "base.json"
+    assert json.loads(base_json.read_text())["meta"]["seeds"] == [0]
+    evaluate(cfg, ["pop"])  # one model evaluated again: the other models' rows of the same setting stay
+    kept = json.loads(base_json.read_text())
+    assert set(kept["runs"]) == {"popularity", "sasrec"} and kept["meta"]["item_side"] == cfg.model_params.item_side
+    other = "fused" if cfg.model_params.item_side == "none" else "none"
+    evaluate(with_overrides(cfg, [f"model_params.item_side={other}"]), ["pop"])  # another item view: not mixed in
+    assert set(json.loads(base_json.read_text())["runs"]) == {"popularity"}
 
     (written,) = adapter(cfg, progress=False)
     assert written.adapter_dir == run_layout.adapter_dir(run) and written.size == 2

@@ -14,6 +14,7 @@ import pytest
 import torch
 import uvicorn
 
+from llm_cloud.editor import edit_one
 from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
 from serving.config import AppConfig, load_app_config
 from serving.server import bind, uvicorn_config
@@ -120,11 +121,14 @@ class RandomEditor:
         self.dim, self.n_layers, self.version = dim, n_layers, version
         gen = _seeded(f"{version}:signatures")
         self.signatures = torch.randn(n_prototypes, dim, generator=gen)
-        self.calls = 0
+        self.calls, self.batches = 0, []  # edit_many calls, and the size of each
 
-    def edit(self, item_ids: list[int], encoding: str = "json", bank_version: str | None = None) -> EditPayload:
+    def edit_many(self, asks) -> list[EditPayload]:
         self.calls += 1
-        return random_edit(f"{self.version}:{item_ids}", self.dim, self.n_layers, self.version)
+        self.batches.append(len(asks))
+        return [random_edit(f"{self.version}:{a.item_ids}", self.dim, self.n_layers, self.version) for a in asks]
+
+    edit = edit_one
 
     def snapshot(self) -> PrototypeSnapshot:
         edits = [
