@@ -15,7 +15,8 @@ static base model, so the replay with the cloud always answering can be compared
 
 Conditions: ``exact`` (a cloud edit for every new event, budget 10 s: what ``served`` measures),
 ``exact-fp32`` (the same with dense fp32 edits on the wire instead of codes), ``default`` (the shipped
-serve config), ``cloud-down`` (dead cloud, the cached bank only), ``slow`` (the cloud answers after
+serve config), ``default-unbatched`` (the same against a cloud that answers each edit request in its own
+forward pass, ``serve.max_batch=1``: the cloud before :mod:`serving.edit_batcher`), ``cloud-down`` (dead cloud, the cached bank only), ``slow`` (the cloud answers after
 100 ms, past the 50 ms budget) and ``throttled`` (the default config over a link with +20 ms each way
 and 1 Mbit/s). Then the request-rate curve: policy ``drift`` against ``random`` (``serve.request_policy``)
 at each ``--rates`` value, budget 10 s so that only the policy decides what is served (rate 0 is the
@@ -70,11 +71,17 @@ CONDITIONS = {
     "exact": {"device": ["serve.refresh_every=1", *LONG_BUDGET]},
     "exact-fp32": {"device": ["serve.refresh_every=1", "serve.edit_encoding=fp32", *LONG_BUDGET]},
     "default": {"device": []},
+    "default-unbatched": {"device": [], "cloud": "unbatched"},
     "cloud-down": {"device": [], "cloud": None},
     "slow": {"device": [], "cloud": "slow"},
     "throttled": {"device": [], "link": (0.020, 1_000_000)},
 }
 SLOW_MS = 100
+CLOUDS = {  # cloud processes by kind: the overrides each is started with
+    "live": [],
+    "slow": [f"serve.inject_delay_ms={SLOW_MS}"],
+    "unbatched": ["serve.max_batch=1"],  # a forward pass per edit request (no serving.edit_batcher batches)
+}
 
 
 # ---------------------------------------------------------------- data and the offline reference
@@ -499,8 +506,9 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="persona-replay-") as tmpdir:
             tmp = Path(tmpdir)
             clouds = {}
-            for kind, extra in (("live", []), ("slow", [f"serve.inject_delay_ms={SLOW_MS}"])):
-                if kind == "slow" and "slow" not in names:
+            wanted = {"live"} | {CONDITIONS[n].get("cloud", "live") for n in names if n in CONDITIONS}
+            for kind, extra in CLOUDS.items():
+                if kind not in wanted:
                     continue
                 port = free_port()
                 cmd = [
