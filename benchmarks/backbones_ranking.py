@@ -109,10 +109,10 @@ def _reported(path: Path, name: str, wanted: list[str]) -> dict | None:
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
-    meta = report["meta"]
-    same = meta.get("item_side") == _item_side(name) and all(
-        str(meta["adapter"].get(key.split(".", 1)[1])).lower() == value.lower()
-        for key, value in (o.split("=", 1) for o in BACKBONES[name][3]) if "adapter" in meta)
+    meta, adapter = report["meta"], report["meta"].get("adapter")  # adapter: adaptation reports only
+    overrides = (o.split("=", 1) for o in BACKBONES[name][3])  # adapter.<key>=<value>
+    same = meta.get("item_side") == _item_side(name) and (adapter is None or all(
+        str(adapter.get(key.split(".", 1)[1])).lower() == value.lower() for key, value in overrides))
     return report["runs"] if same and all(w in report["runs"] for w in wanted) else None
 
 

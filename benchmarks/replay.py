@@ -16,9 +16,10 @@ static base model, so the replay with the cloud always answering can be compared
 Conditions: ``exact`` (a cloud edit for every new event, budget 10 s: what ``served`` measures),
 ``exact-fp32`` (the same with dense fp32 edits on the wire instead of codes), ``default`` (the shipped
 serve config), ``default-unbatched`` (the same against a cloud that answers each edit request in its own
-forward pass, ``serve.max_batch=1``: the cloud before :mod:`serving.edit_batcher`), ``cloud-down`` (dead cloud, the cached bank only), ``slow`` (the cloud answers after
-100 ms, past the 50 ms budget) and ``throttled`` (the default config over a link with +20 ms each way
-and 1 Mbit/s). Then the request-rate curve: policy ``drift`` against ``random`` (``serve.request_policy``)
+forward pass, ``serve.max_batch=1``: the cloud before :mod:`serving.edit_batcher`), ``cloud-down`` (dead
+cloud, the cached bank only), ``slow`` (the cloud answers after 100 ms, past the 50 ms budget) and
+``throttled`` (the default config over a link with +20 ms each way and 1 Mbit/s). Then the request-rate
+curve: policy ``drift`` against ``random`` (``serve.request_policy``)
 at each ``--rates`` value, budget 10 s so that only the policy decides what is served (rate 0 is the
 cached bank alone; rate 1 is ``exact``). Each condition reports the adaptation-source shares, cloud
 edit requests per event, downlink bytes per edit response (measured on the relay: everything the
