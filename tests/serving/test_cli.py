@@ -82,6 +82,7 @@ def test_run_end_to_end_on_a_small_real_dataset(tmp_path):
         f"output_dir={tmp_path / 'runs'}",
         f"reports_dir={tmp_path / 'reports'}",
         f"data.workdir={tmp_path / 'atomic'}",
+        timeout=1200,  # a hang guard, not a speed check: encoding + 2 models x 2 seeds take minutes on a busy CPU
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| popularity | 2 |" in proc.stdout and "| sasrec | 2 |" in proc.stdout and "| gru4rec | 2 |" in proc.stdout
