@@ -72,6 +72,7 @@ def test_evaluate_without_checkpoint_says_what_to_run(tmp_path):
 
 
 @needs_mirror
+@pytest.mark.timeout(1500)
 def test_run_end_to_end_on_a_small_real_dataset(tmp_path):
     proc = persona(
         "run",
