@@ -102,7 +102,8 @@ def test_cloud_edit_fallback_to_prototype_cache_and_resume(checkpoint, runtime, 
     try:
         with LiveServer(device_app(cfg, cloud_srv.url)) as dev, httpx.Client(timeout=10) as c:
             wait_for(lambda: c.get(f"{dev.url}/healthz").json()["prototypes"] == 3)
-            assert PrototypeSnapshot.load(tmp_path / "prototypes.json").version == editor.version  # cached on disk
+            cache = tmp_path / "prototypes.json"  # written to disk just after the bank is taken into memory
+            wait_for(lambda: cache.is_file() and PrototypeSnapshot.load(cache).version == editor.version)
 
             # 1. cloud answers within budget → its edit is used
             post_events(c, dev.url, "bob", items[:4])
