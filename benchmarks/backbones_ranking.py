@@ -240,8 +240,10 @@ def main() -> None:
                "mean ± std over seeds, the gain vs static averaged per seed.\n\n"
                + methods_table(adapted, methods) + "\n")
     md += (f"\nRegenerate: `python benchmarks/backbones_ranking.py --dataset {args.dataset} --model {args.model} "
-           f"--backbones {args.backbones}" + (f" --adapter-backbones {','.join(with_adapter)}`\n" if with_adapter
-                                               else " --no-adapter`\n"))
+           f"--backbones {args.backbones}" + (f" --adapter-backbones {','.join(with_adapter)}" if with_adapter
+                                               else " --no-adapter")
+           + (f" --methods {args.methods}" if with_adapter and args.methods != ap.get_default("methods") else "")
+           + "`\n")
     print(md)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(md)
