@@ -42,11 +42,23 @@ def chromium(width: int = 1280, height: int = 860):
 
 
 def _text(driver, element_id: str) -> str:
-    return driver.find_element("id", element_id).text
+    return driver.execute_script(f"return document.getElementById('{element_id}').innerText;")
+
+
+def _count(driver, selector: str) -> int:
+    return driver.execute_script("return document.querySelectorAll(arguments[0]).length;", selector)
+
+
+def _click_first_item(driver) -> None:
+    """Click the first ranked item's button, in one script call (no stale element if the list re-renders)."""
+    assert driver.execute_script(
+        "const b = document.querySelector('#ranking li button'); if (b) b.click(); return b !== null;")
 
 
 def _ranking(driver) -> list[str]:
-    return [li.get_attribute("data-item") for li in driver.find_elements("css selector", "#ranking li")]
+    """The shown ranking, read in one script call (the page may re-render the list between two webdriver calls)."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#ranking li'), li => li.getAttribute('data-item'));")
 
 
 def edits_served(client: httpx.Client, cloud_url: str) -> float:
@@ -90,8 +102,8 @@ def test_demo_page_clicks_adapt_the_ranking_and_cutting_the_cloud_shows_the_fall
                 before = _ranking(driver)
 
                 # 1. click an item: one event stored, the ranking changes, a cloud edit served it
-                driver.find_element("css selector", "#ranking li button").click()
-                wait_for(lambda: len(driver.find_elements("css selector", "#history li")) == 1, timeout=30)
+                _click_first_item(driver)
+                wait_for(lambda: _count(driver, "#history li") == 1, timeout=30)
                 wait_for(lambda: _ranking(driver) != before and len(_ranking(driver)) == 10, timeout=30)
                 assert before[0] not in _ranking(driver)  # the clicked item (seen) left the ranking
                 assert _text(driver, "adaptation") == "cloud-edit"
@@ -105,8 +117,8 @@ def test_demo_page_clicks_adapt_the_ranking_and_cutting_the_cloud_shows_the_fall
                 assert c.get(f"{dev.url}/healthz").json()["cloud_enabled"] is False
                 calls = edits_served(c, cloud.url)
                 assert calls > 0
-                driver.find_element("css selector", "#ranking li button").click()
-                wait_for(lambda: len(driver.find_elements("css selector", "#history li")) == 2, timeout=30)
+                _click_first_item(driver)
+                wait_for(lambda: _count(driver, "#history li") == 2, timeout=30)
                 wait_for(lambda: _text(driver, "adaptation") in ("prototype-cache", "base"), timeout=30)
                 assert edits_served(c, cloud.url) == calls  # no cloud call while it is cut
                 if os.environ.get("PERSONA_DEMO_SCREENSHOT"):
@@ -115,8 +127,8 @@ def test_demo_page_clicks_adapt_the_ranking_and_cutting_the_cloud_shows_the_fall
                 # 3. bring it back: the next event is served by a cloud edit again
                 driver.find_element("id", "cloud-toggle").click()
                 wait_for(lambda: "cloud reachable" in _text(driver, "status"), timeout=30)
-                driver.find_element("css selector", "#ranking li button").click()
-                wait_for(lambda: len(driver.find_elements("css selector", "#history li")) == 3, timeout=30)
+                _click_first_item(driver)
+                wait_for(lambda: _count(driver, "#history li") == 3, timeout=30)
                 wait_for(lambda: _text(driver, "adaptation") == "cloud-edit", timeout=30)
     finally:
         driver.quit()
