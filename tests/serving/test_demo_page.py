@@ -42,7 +42,7 @@ def chromium(width: int = 1280, height: int = 860):
 
 
 def _text(driver, element_id: str) -> str:
-    return driver.execute_script(f"return document.getElementById('{element_id}').innerText;")
+    return driver.execute_script("return document.getElementById(arguments[0]).innerText;", element_id)
 
 
 def _count(driver, selector: str) -> int:
