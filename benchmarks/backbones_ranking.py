@@ -13,7 +13,8 @@ cloud service runs): ``persona evaluate --methods static,…`` with the adapter 
 semantic codes either (``adapter.use_codebook=false``: no LLM anywhere).
 
 A row whose report exists for the same item view (the report's ``item_side``) is read, not rerun
-(``--force`` reruns). ``id-only`` shares its run and report directories with docs/item_side.md's ``none``
+(``--force`` reruns); a backbone's codebook (side file) is built once per dataset and shared by its models.
+``id-only`` shares its run and report directories with docs/item_side.md's ``none``
 rows, ``minilm`` is the default (``persona run``'s runs and reports).
 
     python benchmarks/backbones_ranking.py [--dataset ml-100k] [--model sasrec] [--backbones id-only,minilm,...]
@@ -128,7 +129,9 @@ def run_backbone(name: str, dataset: str, model: str, force: bool, need_checkpoi
     trained = (run_layout.seed_dir(ROOT / runs_dir, dataset, model, 0) / "model.pt").is_file()
     missing = need_checkpoints and not trained  # the adapter rows train on this backbone's device models
     if force or missing or _reported(report, name, [model]) is None:
-        if name == "openai-own":
+        if side.is_file() and not force:  # the codebook is per dataset and backbone, shared by the models
+            pass
+        elif name == "openai-own":
             with own_embeddings_server() as url:
                 persona("codebook", *common, f"backbone.openai_http.base_url={url}")
         elif name != "id-only":

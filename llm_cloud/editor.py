@@ -10,6 +10,7 @@ base model alone.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,9 +20,10 @@ import torch
 from llm_cloud.adapter import Adapter, left_padded_windows
 from llm_cloud.prototypes import PrototypeBank, clipped_parts
 from llm_cloud.user_context import UserContextHits
-from recsys import run_layout
+from recsys import ood, run_layout
 from recsys.checkpoint import load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
+from recsys.ood import OodScore
 from recsys.runtime import EditDecoder, EditPayload, Encoding, PrototypeSnapshot, pack
 
 
@@ -40,6 +42,11 @@ class Editor(Protocol):
     def edit_many(self, asks: list[EditAsk]) -> list[EditPayload]: ...
 
     def snapshot(self) -> PrototypeSnapshot: ...
+
+    def ood_update(self) -> tuple[int, OodScore | None]:
+        """``(outcomes counted, the bank's current OOD score)`` (counted: 0 and the snapshot's score when the
+        editor does not count outcomes)."""
+        ...
 
 
 def edit_one(editor: Editor, item_ids: list[int], encoding: Encoding = "json",
@@ -72,12 +79,18 @@ class BaseEditor:
     def snapshot(self) -> PrototypeSnapshot:
         return PrototypeSnapshot(version=self.version, dim=self.dim)
 
+    def ood_update(self) -> tuple[int, OodScore | None]:
+        return 0, None
+
 
 class AdapterEditor:
     """The trained adapter + prototype bank: prototype edit + the device's clipped residual, one forward pass.
 
     An out-of-distribution window (the bank's :mod:`recsys.ood` score above its threshold) gets its own
-    per-sample edit (``prototype_id = None``). The bank is read-only here: the cloud holds no per-request state.
+    per-sample edit (``prototype_id = None``). The bank is read-only unless ``count_outcomes``: then every
+    history that grew by an item since it was last seen counts that item's outcome into a copy of the bank
+    (:func:`count_outcomes`, the dynamic OOD score), before it is answered; ``remember`` histories are kept
+    to count each outcome once.
     """
 
     def __init__(
@@ -88,13 +101,19 @@ class AdapterEditor:
         code_table: torch.Tensor | None,
         version: str,
         context: UserContextHits | None = None,
+        count_outcomes: bool = False,
+        remember: int = 65_536,
     ):
-        self.base, self.adapter, self.bank, self.code_table = base.eval(), adapter.eval(), bank, code_table
+        self.base, self.adapter, self.code_table = base.eval(), adapter.eval(), code_table
+        self.bank = bank.copy() if count_outcomes else bank  # the loaded bank stays as calibrated
         self.context = context  # user-context hits computed from the device's window at edit time
         if adapter.context_sizes and context is None:
             raise ValueError("this adapter reads user-context hits: the editor needs its context artefacts")
         self.version = version
         self._snapshot = bank.snapshot(edit_decoder(adapter, bank), version)
+        self.count_outcomes, self.outcomes = count_outcomes, 0
+        self._seen: OrderedDict[tuple[int, ...], None] = OrderedDict()
+        self._remember = max(1, remember)
 
     @torch.inference_mode()
     def edit_many(self, asks: list[EditAsk]) -> list[EditPayload]:
@@ -102,14 +121,36 @@ class AdapterEditor:
         ``code`` (the window's per-layer code, decoded on the device) only when the device caches this bank
         (``bank_version``) and the adapter's maps are linear; else fp32."""
         base = self.base
-        seq = torch.zeros(len(asks), base.max_seq_len, dtype=torch.long)
-        lengths = []
-        for row, ask in enumerate(asks):
-            ids = [i for i in ask.item_ids if 0 < i < base.n_items][-base.max_seq_len :]
-            seq[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            lengths.append(len(ids))
-        out = served_edit(base, self.adapter, self.bank, self.code_table, seq, torch.tensor(lengths), self.context)
+        histories = [[i for i in ask.item_ids if 0 < i < base.n_items] for ask in asks]
+        if self.count_outcomes:
+            self._count(histories)
+        seq, lengths = self._padded([h[-base.max_seq_len :] for h in histories])
+        out = served_edit(base, self.adapter, self.bank, self.code_table, seq, lengths, self.context)
         return [self._payload(out, row, ask) for row, ask in enumerate(asks)]
+
+    def _padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        seq = torch.zeros(len(rows), self.base.max_seq_len, dtype=torch.long)
+        for row, ids in enumerate(rows):
+            seq[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return seq, torch.tensor([len(ids) for ids in rows])
+
+    def _count(self, histories: list[list[int]]) -> None:
+        """Count the outcome of each history's last item (from the state before it), once per history."""
+        T, done = self.base.max_seq_len, []
+        for ids in histories:
+            key = tuple(ids[-(T + 1) :])
+            if len(ids) < 2 or key in self._seen:
+                continue
+            self._seen[key] = None
+            if len(self._seen) > self._remember:
+                self._seen.popitem(last=False)
+            done.append(ids)
+        if not done:
+            return
+        seq, lengths = self._padded([ids[:-1][-T:] for ids in done])
+        state = self.base.user_state(seq, lengths)
+        count_outcomes(self.base, self.bank, state, torch.tensor([ids[-1] for ids in done]))
+        self.outcomes += len(done)
 
     edit = edit_one
 
@@ -124,6 +165,22 @@ class AdapterEditor:
 
     def snapshot(self) -> PrototypeSnapshot:
         return self._snapshot
+
+    def ood_update(self) -> tuple[int, OodScore | None]:
+        if not self.count_outcomes:
+            return 0, self._snapshot.ood
+        return self.outcomes, self.bank.ood_snapshot()
+
+
+@torch.inference_mode()
+def count_outcomes(base: EditableSeqRec, bank: PrototypeBank, state: torch.Tensor, next_item: torch.Tensor,
+                   logits: torch.Tensor | None = None) -> None:
+    """The dynamic OOD score's update, once a device has consumed its next item (prequential): did the base
+    model, at the state it was consumed from, leave it out of its top 10? The outcome counts toward the
+    nearest prototype (by signature) of that state (:meth:`PrototypeBank.observe`). The one implementation
+    behind the cloud (``serve.count_outcomes``) and the ``served-dyn`` / ``proto-dyn`` evaluations."""
+    logits = base.logits(base.head(state, None)) if logits is None else logits
+    bank.observe(bank.nearest_signature(state), ood.missed(logits, next_item))
 
 
 @dataclass
@@ -190,8 +247,10 @@ def _row(edit: HeadEdit, row: int) -> HeadEdit:
     return HeadEdit([w[row] for w in edit.dW], [b[row] for b in edit.db], clip=edit.clip)
 
 
-def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None) -> Editor:
-    """The best editor available for a base checkpoint (adapter + bank from ``adapter_dir`` when present).
+def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None, count_outcomes: bool = False
+                ) -> Editor:
+    """The best editor available for a base checkpoint (adapter + bank from ``adapter_dir`` when present;
+    ``count_outcomes``: its OOD score counts the outcomes of the histories it is asked with).
 
     ``adapter_dir`` is an adapter directory written by ``persona adapter``; its bank is the one its run
     dir's manifest serves (:meth:`recsys.run_layout.Manifest.served_bank`; derived for old runs).
@@ -214,4 +273,4 @@ def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None)
         adapter_dir / "context_items.pt",
     )
     context = load_user_context(adapter_dir) if adapter.context_sizes else None
-    return AdapterEditor(base, adapter, bank, load_code_table(adapter_dir), version, context)
+    return AdapterEditor(base, adapter, bank, load_code_table(adapter_dir), version, context, count_outcomes)

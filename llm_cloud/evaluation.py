@@ -8,7 +8,9 @@ dynamic refinement and OOD spawning while the test period streams in time order;
 ``no-codebook`` ablations of the edit; ``context`` / ``no-context`` the edit with / without the
 user-context codebook hits, ``solid`` with them and the semantic path as the main edit; ``served``
 what the cloud service answers (:func:`llm_cloud.editor.served_edit`: prototype + residual, the
-window's own edit when out of distribution, the configured bank variant, frozen).
+window's own edit when out of distribution, the configured bank variant, frozen); ``served-dyn`` the same
+with the bank counting each answered row's outcome into its OOD score as the test period streams in time
+order (:func:`llm_cloud.editor.count_outcomes`: what the service runs with ``serve.count_outcomes=true``).
 
 :class:`MethodEvaluator` scores them; the adapters and banks come from an :class:`ArtefactSource`
 (``recipes.artefacts.ArtefactBuilder`` trains, saves or reloads them).
@@ -29,7 +31,7 @@ from llm_cloud.adapter import Adapter, edited_logits
 from llm_cloud.adapter_data import batch_from_rows
 from llm_cloud.adapter_train import adapter_score_fn
 from llm_cloud.artifacts import ArtifactError, code_table_for, freeze, user_context_for
-from llm_cloud.editor import served_edit
+from llm_cloud.editor import count_outcomes, served_edit
 from llm_cloud.prototypes import PrototypeBank, clipped_parts
 from llm_cloud.user_context import UserContextHits
 from recsys import ood
@@ -41,10 +43,10 @@ from recsys.splits import SplitData
 log = logging.getLogger(__name__)
 
 METHODS = ["static", "finetune", "duet", "edit", "proto", "proto-centre", "proto-res", "proto-dyn", "served",
-           "no-xlayer", "no-codebook", "context", "no-context", "solid"]
+           "served-dyn", "no-xlayer", "no-codebook", "context", "no-context", "solid"]
 ADAPTER_OF = {  # method → adapter variant (config overrides)
     "edit": "main", "proto": "main", "proto-centre": "main", "proto-res": "main", "proto-dyn": "main",
-    "served": "main", "duet": "duet", "no-xlayer": "no-xlayer", "no-codebook": "no-codebook",
+    "served": "main", "served-dyn": "main", "duet": "duet", "no-xlayer": "no-xlayer", "no-codebook": "no-codebook",
     "context": "context", "no-context": "no-context", "solid": "solid",
 }
 EDIT_METHODS = ("edit", "duet", "no-xlayer", "no-codebook", "context", "no-context", "solid")  # per-sample edits
@@ -151,8 +153,10 @@ class MethodEvaluator:
         if method == "finetune":
             return self._finetune_fn(self.finetune_lr())
         adapter = self.source.adapter(ADAPTER_OF[method])
-        if method == "served":
-            return self._served_fn(adapter, self.source.bank(self.served_bank))
+        if method in ("served", "served-dyn"):
+            bank = self.source.bank(self.served_bank)
+            dynamic = method == "served-dyn"
+            return self._served_fn(adapter, bank.copy() if dynamic else bank, dynamic, record)
         if method in EDIT_METHODS:
             return adapter_score_fn(base, adapter, adapter.cfg.window, self.inputs.table_for(adapter),
                                     self.inputs.context_for(adapter))
@@ -186,12 +190,18 @@ class MethodEvaluator:
             log.info("finetune lr on validation: %s → %s", scores, self.selected["finetune"])
         return self.selected["finetune"]
 
-    def _served_fn(self, adapter: Adapter, bank: PrototypeBank):
+    def _served_fn(self, adapter: Adapter, bank: PrototypeBank, dynamic: bool, record: RowRecord):
         base, table, context = self.base, self.inputs.table_for(adapter), self.inputs.context_for(adapter)
 
         def fn(rows):
             out = served_edit(base, adapter, bank, table, rows["item_id_list"], rows["item_length"], context)
-            return edited_logits(base, out.state, out.edit)
+            record.ood_score.append(out.ood_score.cpu())
+            record.proto_distance.append(out.distance.cpu())
+            record.base_entropy.append(ood.entropy(base.logits(base.head(out.state, None))).cpu())
+            logits = edited_logits(base, out.state, out.edit)  # the answer, before its outcome is counted
+            if dynamic:
+                count_outcomes(base, bank, out.state, rows["item_id"])
+            return logits
 
         return fn
 
@@ -209,7 +219,7 @@ class MethodEvaluator:
                 k, dist = bank.assign_nearest(flat)
             sample_edit = adapter.edits_from_codes(codes, base)
             centre_edit = adapter.edits_from_codes(bank.centres[k].view_as(codes), base)
-            k_sig, score, base_logits = bank.ood_scores(base, b.state)
+            _, score, base_logits = bank.ood_scores(base, b.state)
             record.ood_score.append(score.cpu())
             record.proto_distance.append(dist.cpu())
             record.base_entropy.append(ood.entropy(base_logits).cpu())
@@ -223,7 +233,7 @@ class MethodEvaluator:
                 logits = edited_logits(base, b.state, edit)  # the answer, before anything is learnt from it
                 # prequential: the items these devices consumed next count toward their prototypes' miss
                 # rates and refine their prototypes (after the batch was answered)
-                bank.observe(k_sig, ood.missed(base_logits, rows["item_id"]))
+                count_outcomes(base, bank, b.state, rows["item_id"], base_logits)
                 self._stream_update(bank, k, ood_rows, flat, parts, b.state)
                 known = ~ood_rows
                 bank.learn(base, k[known], b.state[known], rows["item_id"][known])

@@ -52,16 +52,17 @@ def ndcg_over_time(record: RowRecord, window_of: np.ndarray) -> list[float]:
 
 def ood_aurocs(records: dict[str, RowRecord]) -> dict[str, float]:
     """One seed's OOD AUROCs at flagging the rows the static model misses at 10: the bank's score
-    (:mod:`recsys.ood`) as a frozen bank (``proto``) and a dynamic one (``proto-dyn``) computes it, beside
+    (:mod:`recsys.ood`) as a frozen bank (``proto``, ``served``) and a dynamic one (``proto-dyn``, ``served-dyn``)
+    computes it, beside
     the base model's entropy alone and the code-space distance to the nearest prototype."""
     out: dict[str, float] = {}
     if "static" not in records:
         return out
     missed = (records["static"].cat("rank") >= 10).astype(int)
-    for method in ("proto", "proto-dyn"):
+    for method in ("proto", "proto-dyn", "served", "served-dyn"):
         if method in records:
             out[method] = auroc(records[method].cat("ood_score"), missed)
-    for method in ("proto", "proto-res", "proto-centre", "proto-dyn"):
+    for method in ("proto", "proto-res", "proto-centre", "proto-dyn", "served", "served-dyn"):
         if method in records:
             out["base entropy"] = auroc(records[method].cat("base_entropy"), missed)
             out["prototype distance"] = auroc(records[method].cat("proto_distance"), missed)
@@ -105,7 +106,7 @@ def plot_over_time(out: dict, path: Path, title: str) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     x = np.arange(1, N_TIME_WINDOWS + 1)
-    for method in ("static", "proto", "proto-res", "proto-dyn", "edit", "finetune"):
+    for method in ("static", "proto", "proto-res", "proto-dyn", "served", "served-dyn", "edit", "finetune"):
         if method in out["over_time"]:
             arr = np.array(out["over_time"][method])
             ax.errorbar(x, arr.mean(0), yerr=arr.std(0), label=method, marker="o", capsize=3)

@@ -30,7 +30,7 @@ from serving.config import AppConfig
 from serving.edit_batcher import EditBatcher
 from serving.embeddings_api import DEFAULT_MODEL, OpenAIErrorBodies, embeddings_router
 from serving.metrics import Metrics
-from serving.schemas import AUTH_ERRORS, ERRORS, EditRequest, Health
+from serving.schemas import AUTH_ERRORS, ERRORS, EditRequest, Health, OodUpdate
 from serving.web import (
     ServiceMiddleware,
     api_key_dependency,
@@ -79,7 +79,8 @@ class CloudService:
     def _build_state(self) -> CloudState:
         model, meta, tokens = load_checkpoint(self.checkpoint_dir)
         dim = model.head.dim
-        editor = self._factory() if self._factory else load_editor(self.checkpoint_dir, dim, self.adapter_dir)
+        editor = (self._factory() if self._factory
+                  else load_editor(self.checkpoint_dir, dim, self.adapter_dir, self.s.count_outcomes))
         snapshot = editor.snapshot()
         t2i = {str(t): i for i, t in enumerate(np.asarray(tokens)) if i > 0}
         return CloudState(
@@ -240,6 +241,22 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
         if if_none_match is not None and if_none_match.strip() == etag:
             return Response(status_code=304, headers={"ETag": etag})
         return Response(st.snapshot_json, media_type="application/json", headers={"ETag": etag})
+
+    @keyed.get(
+        "/v1/prototypes/ood",
+        response_model=OodUpdate,
+        dependencies=auth,
+        responses={**unauthorized, 304: {"description": "the device's cached score is current"}},
+        summary="the bank's current OOD score (moves with serve.count_outcomes; ETag = version-outcomes)",
+    )
+    async def prototypes_ood(if_none_match: str | None = Header(None)):
+        st = service.state
+        outcomes, score = st.editor.ood_update()
+        etag = f'"{st.snapshot.version}-{outcomes}"'
+        if if_none_match is not None and if_none_match.strip() == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        body = OodUpdate(version=st.snapshot.version, outcomes=outcomes, ood=score)
+        return Response(body.model_dump_json(), media_type="application/json", headers={"ETag": etag})
 
     @keyed.post("/admin/reload", dependencies=auth, responses=unauthorized, summary="reload editor and prototypes now")
     async def reload() -> dict[str, str | int]:

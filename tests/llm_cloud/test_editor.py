@@ -128,3 +128,37 @@ def test_the_ood_score_reaches_the_device_which_flags_what_the_cloud_flags():
         snap = editor.snapshot().model_copy(deep=True)
         snap.signatures, snap.edits = snap.signatures[:2], snap.edits[:2]
         device.set_prototypes(snap)
+
+
+def test_the_cloud_counts_each_outcome_once_as_the_served_dyn_evaluation_counts_it():
+    """``count_outcomes``: a history that grew by an item counts that item's outcome (from the state before
+    it) into the cloud's copy of the bank — the same update as the offline ``served-dyn`` — once."""
+    from llm_cloud.editor import count_outcomes
+
+    bank, adapter, _, base = _bank(PrototypeConfig(k=3, variant="centre", ood_quantile=0.9))
+    calibrated = (bank.miss.clone(), bank.seen.clone())
+    editor = AdapterEditor(base, adapter, bank, None, "v", count_outcomes=True)
+    reference = bank.copy()
+    g = torch.Generator().manual_seed(7)
+    users = [torch.randint(1, N_ITEMS, (n,), generator=g).tolist() for n in (6, 9, 3)]
+    for n in range(1, 10):  # the devices ask as their histories grow, interleaved
+        for items in users:
+            if n <= len(items):
+                editor.edit(items[:n])
+                editor.edit(items[:n])  # a retry with nothing new counts nothing
+                if n >= 2:
+                    seq, length = torch.tensor([items[: n - 1]]), torch.tensor([n - 1])
+                    count_outcomes(base, reference, base.user_state(seq, length), torch.tensor([items[n - 1]]))
+    outcomes = sum(len(items) - 1 for items in users)
+    assert editor.outcomes == outcomes == int((editor.bank.seen - calibrated[1]).sum())
+    assert torch.equal(editor.bank.miss, reference.miss) and torch.equal(editor.bank.seen, reference.seen)
+    assert torch.equal(bank.miss, calibrated[0]) and torch.equal(bank.seen, calibrated[1])  # the loaded bank stays
+    counted, score = editor.ood_update()
+    assert counted == outcomes and score.proto_logodds == reference.proto_logodds().tolist()
+    assert score.proto_logodds != editor.snapshot().ood.proto_logodds  # the device's copy is now behind
+    frozen = AdapterEditor(base, adapter, bank, None, "v")
+    frozen.edit(users[0])
+    assert frozen.ood_update() == (0, frozen.snapshot().ood)
+    device = _device(base, editor)
+    assert device.set_ood("v", score) and device.prototypes.ood == score
+    assert not device.set_ood("other", score)  # a score of another bank is not taken

@@ -49,7 +49,9 @@ def test_every_method_then_update_one(ml100k_split, workdir, tmp_path, capsys):
     assert (run_dir / "adapter-solid" / "context_items.pt").is_file()  # saved with the context it reads
     assert not (run_dir / "adapter-main" / "context_items.pt").exists()
     extra = json.loads((report / "adaptation-sasrec-extra.json").read_text())
-    assert set(extra["ood_auroc"]) == {"proto", "proto-dyn", "base entropy", "prototype distance"}
+    assert set(extra["ood_auroc"]) == {"proto", "proto-dyn", "served", "served-dyn", "base entropy",
+                                       "prototype distance"}
+    assert extra["ood_auroc"]["served"] != extra["ood_auroc"]["served-dyn"]  # the counted outcomes move the score
     assert all(0 <= v[0] <= 1 for v in extra["ood_auroc"].values())
     assert extra["timings"][0]["selected"]["finetune"] in (1e-3, 3e-3, 1e-2)  # chosen on validation
 
