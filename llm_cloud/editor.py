@@ -23,7 +23,6 @@ from llm_cloud.user_context import UserContextHits
 from recsys import ood, run_layout
 from recsys.checkpoint import load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
-from recsys.ood import OodScore
 from recsys.runtime import EditDecoder, EditPayload, Encoding, PrototypeSnapshot, pack
 
 
@@ -42,11 +41,6 @@ class Editor(Protocol):
     def edit_many(self, asks: list[EditAsk]) -> list[EditPayload]: ...
 
     def snapshot(self) -> PrototypeSnapshot: ...
-
-    def ood_update(self) -> tuple[int, OodScore | None]:
-        """``(outcomes counted, the bank's current OOD score)`` (counted: 0 and the snapshot's score when the
-        editor does not count outcomes)."""
-        ...
 
 
 def edit_one(editor: Editor, item_ids: list[int], encoding: Encoding = "json",
@@ -79,18 +73,17 @@ class BaseEditor:
     def snapshot(self) -> PrototypeSnapshot:
         return PrototypeSnapshot(version=self.version, dim=self.dim)
 
-    def ood_update(self) -> tuple[int, OodScore | None]:
-        return 0, None
-
 
 class AdapterEditor:
     """The trained adapter + prototype bank: prototype edit + the device's clipped residual, one forward pass.
 
     An out-of-distribution window (the bank's :mod:`recsys.ood` score above its threshold) gets its own
-    per-sample edit (``prototype_id = None``). The bank is read-only unless ``count_outcomes``: then every
-    history that grew by an item since it was last seen counts that item's outcome into a copy of the bank
-    (:func:`count_outcomes`, the dynamic OOD score), before it is answered; ``remember`` histories are kept
-    to count each outcome once.
+    per-sample edit (``prototype_id = None``). The bank is read-only unless ``dynamic``: then a live copy
+    learns from the traffic as ``served-dyn`` does offline (:func:`absorb`: answered windows refine their
+    prototypes or open new ones; :func:`count_outcomes`: a history that grew by an item counts that item's
+    outcome into the OOD score, each history once among the last ``remember``), and every
+    ``publish_every`` answered histories the live bank becomes the served one, under a new version (devices
+    refetch it; ``code`` edits need the version they cache).
     """
 
     def __init__(
@@ -101,17 +94,18 @@ class AdapterEditor:
         code_table: torch.Tensor | None,
         version: str,
         context: UserContextHits | None = None,
-        count_outcomes: bool = False,
+        dynamic: bool = False,
+        publish_every: int = 256,
         remember: int = 65_536,
     ):
-        self.base, self.adapter, self.code_table = base.eval(), adapter.eval(), code_table
-        self.bank = bank.copy() if count_outcomes else bank  # the loaded bank stays as calibrated
+        self.base, self.adapter, self.bank, self.code_table = base.eval(), adapter.eval(), bank, code_table
         self.context = context  # user-context hits computed from the device's window at edit time
         if adapter.context_sizes and context is None:
             raise ValueError("this adapter reads user-context hits: the editor needs its context artefacts")
-        self.version = version
+        self.base_version = self.version = version
         self._snapshot = bank.snapshot(edit_decoder(adapter, bank), version)
-        self.count_outcomes, self.outcomes = count_outcomes, 0
+        self.live = bank.copy() if dynamic else None  # the loaded bank stays as built
+        self.publish_every, self.published, self.outcomes, self._answered = max(1, publish_every), 0, 0, 0
         self._seen: OrderedDict[tuple[int, ...], None] = OrderedDict()
         self._remember = max(1, remember)
 
@@ -122,11 +116,24 @@ class AdapterEditor:
         (``bank_version``) and the adapter's maps are linear; else fp32."""
         base = self.base
         histories = [[i for i in ask.item_ids if 0 < i < base.n_items] for ask in asks]
-        if self.count_outcomes:
+        if self.live is not None:
             self._count(histories)
         seq, lengths = self._padded([h[-base.max_seq_len :] for h in histories])
         out = served_edit(base, self.adapter, self.bank, self.code_table, seq, lengths, self.context)
-        return [self._payload(out, row, ask) for row, ask in enumerate(asks)]
+        payloads = [self._payload(out, row, ask) for row, ask in enumerate(asks)]
+        if self.live is not None:
+            absorb(self.live, out)
+            self._answered += len(asks)
+            if self._answered >= self.publish_every:
+                self.publish()
+        return payloads
+
+    def publish(self) -> None:
+        """The live bank becomes the served one (a new version: ``<loaded version>+<publications>``)."""
+        self.bank, self._answered = self.live.copy(), 0
+        self.published += 1
+        self.version = f"{self.base_version}+{self.published}"
+        self._snapshot = self.bank.snapshot(edit_decoder(self.adapter, self.bank), self.version)
 
     def _padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         seq = torch.zeros(len(rows), self.base.max_seq_len, dtype=torch.long)
@@ -149,7 +156,7 @@ class AdapterEditor:
             return
         seq, lengths = self._padded([ids[:-1][-T:] for ids in done])
         state = self.base.user_state(seq, lengths)
-        count_outcomes(self.base, self.bank, state, torch.tensor([ids[-1] for ids in done]))
+        count_outcomes(self.base, self.live, state, torch.tensor([ids[-1] for ids in done]))
         self.outcomes += len(done)
 
     edit = edit_one
@@ -166,27 +173,30 @@ class AdapterEditor:
     def snapshot(self) -> PrototypeSnapshot:
         return self._snapshot
 
-    def ood_update(self) -> tuple[int, OodScore | None]:
-        if not self.count_outcomes:
-            return 0, self._snapshot.ood
-        return self.outcomes, self.bank.ood_snapshot()
 
-
-@torch.inference_mode()
 def count_outcomes(base: EditableSeqRec, bank: PrototypeBank, state: torch.Tensor, next_item: torch.Tensor,
                    logits: torch.Tensor | None = None) -> None:
-    """The dynamic OOD score's update, once a device has consumed its next item (prequential): did the base
-    model, at the state it was consumed from, leave it out of its top 10? The outcome counts toward the
-    nearest prototype (by signature) of that state (:meth:`PrototypeBank.observe`). The one implementation
-    behind the cloud (``serve.count_outcomes``) and the ``served-dyn`` / ``proto-dyn`` evaluations."""
-    logits = base.logits(base.head(state, None)) if logits is None else logits
-    bank.observe(bank.nearest_signature(state), ood.missed(logits, next_item))
+    """A dynamic bank's OOD update once devices have consumed their next items (prequential): did the base
+    model, at the state each was consumed from, leave it out of its top 10? Each outcome counts toward the
+    nearest prototype (by signature) of that state (:meth:`PrototypeBank.observe`)."""
+    with torch.no_grad():
+        logits = base.logits(base.head(state, None)) if logits is None else logits
+        bank.observe(bank.nearest_signature(state), ood.missed(logits, next_item))
+
+
+def absorb(bank: PrototypeBank, served: Served) -> None:
+    """A dynamic bank takes in the windows it has just answered (:meth:`PrototypeBank.absorb`: an
+    out-of-distribution one opens a new prototype, the others refine theirs). With :func:`count_outcomes`,
+    the one dynamic update behind the cloud (``serve.dynamic_bank``) and the ``served-dyn`` method."""
+    bank.absorb(served.assigned, served.prototype < 0, served.codes.flatten(1), served.edit.dW + served.edit.db,
+                served.state)
 
 
 @dataclass
 class Served:
     edit: HeadEdit  # batched
     prototype: torch.Tensor  # [B] prototype id, -1 = the window's own edit (out of distribution)
+    assigned: torch.Tensor  # [B] the nearest prototype, out of distribution or not
     distance: torch.Tensor  # [B] to the nearest prototype (code space)
     ood_score: torch.Tensor  # [B] the bank's OOD score (recsys.ood; -inf: the bank has none)
     codes: torch.Tensor  # [B, L, code_dim] the windows' per-layer codes
@@ -226,8 +236,8 @@ def served_edit(
     own = clipped_parts(sample, adapter.cfg.clip)  # within ±adapter clip ≤ the bank's total clip
     parts = [torch.where(ood.view(-1, *[1] * (p.dim() - 1)), m, p) for p, m in zip(edit.dW + edit.db, own)]
     n = bank.n_layers
-    return Served(HeadEdit(parts[:n], parts[n:], clip=edit.clip), torch.where(ood, -1, k), dist, score, layer_codes,
-                  state)
+    return Served(HeadEdit(parts[:n], parts[n:], clip=edit.clip), torch.where(ood, -1, k), k, dist, score,
+                  layer_codes, state)
 
 
 def edit_decoder(adapter: Adapter, bank: PrototypeBank) -> EditDecoder | None:
@@ -247,10 +257,10 @@ def _row(edit: HeadEdit, row: int) -> HeadEdit:
     return HeadEdit([w[row] for w in edit.dW], [b[row] for b in edit.db], clip=edit.clip)
 
 
-def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None, count_outcomes: bool = False
-                ) -> Editor:
+def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None, dynamic: bool = False,
+                publish_every: int = 256) -> Editor:
     """The best editor available for a base checkpoint (adapter + bank from ``adapter_dir`` when present;
-    ``count_outcomes``: its OOD score counts the outcomes of the histories it is asked with).
+    ``dynamic``: its bank learns from the traffic, published every ``publish_every`` answers).
 
     ``adapter_dir`` is an adapter directory written by ``persona adapter``; its bank is the one its run
     dir's manifest serves (:meth:`recsys.run_layout.Manifest.served_bank`; derived for old runs).
@@ -273,4 +283,4 @@ def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None,
         adapter_dir / "context_items.pt",
     )
     context = load_user_context(adapter_dir) if adapter.context_sizes else None
-    return AdapterEditor(base, adapter, bank, load_code_table(adapter_dir), version, context, count_outcomes)
+    return AdapterEditor(base, adapter, bank, load_code_table(adapter_dir), version, context, dynamic, publish_every)

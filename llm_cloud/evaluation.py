@@ -9,8 +9,9 @@ dynamic refinement and OOD spawning while the test period streams in time order;
 user-context codebook hits, ``solid`` with them and the semantic path as the main edit; ``served``
 what the cloud service answers (:func:`llm_cloud.editor.served_edit`: prototype + residual, the
 window's own edit when out of distribution, the configured bank variant, frozen); ``served-dyn`` the same
-with the bank counting each answered row's outcome into its OOD score as the test period streams in time
-order (:func:`llm_cloud.editor.count_outcomes`: what the service runs with ``serve.count_outcomes=true``).
+with the bank learning from the test period as it streams in time order — answered windows refine their
+prototypes or open new ones, consumed items count into the OOD score (:func:`llm_cloud.editor.absorb`,
+:func:`~llm_cloud.editor.count_outcomes`) — as the service runs it with ``serve.dynamic_bank=true``.
 
 :class:`MethodEvaluator` scores them; the adapters and banks come from an :class:`ArtefactSource`
 (``recipes.artefacts.ArtefactBuilder`` trains, saves or reloads them).
@@ -31,7 +32,7 @@ from llm_cloud.adapter import Adapter, edited_logits
 from llm_cloud.adapter_data import batch_from_rows
 from llm_cloud.adapter_train import adapter_score_fn
 from llm_cloud.artifacts import ArtifactError, code_table_for, freeze, user_context_for
-from llm_cloud.editor import count_outcomes, served_edit
+from llm_cloud.editor import absorb, count_outcomes, served_edit
 from llm_cloud.prototypes import PrototypeBank, clipped_parts
 from llm_cloud.user_context import UserContextHits
 from recsys import ood
@@ -153,7 +154,7 @@ class MethodEvaluator:
         if method == "finetune":
             return self._finetune_fn(self.finetune_lr())
         adapter = self.source.adapter(ADAPTER_OF[method])
-        if method in ("served", "served-dyn"):
+        if method in ("served", "served-dyn"):  # served-dyn: a live copy, published after every batch
             bank = self.source.bank(self.served_bank)
             dynamic = method == "served-dyn"
             return self._served_fn(adapter, bank.copy() if dynamic else bank, dynamic, record)
@@ -199,8 +200,9 @@ class MethodEvaluator:
             record.proto_distance.append(out.distance.cpu())
             record.base_entropy.append(ood.entropy(base.logits(base.head(out.state, None))).cpu())
             logits = edited_logits(base, out.state, out.edit)  # the answer, before its outcome is counted
-            if dynamic:
+            if dynamic:  # what the cloud's live bank learns (serve.dynamic_bank), after answering
                 count_outcomes(base, bank, out.state, rows["item_id"])
+                absorb(bank, out)
             return logits
 
         return fn
@@ -234,22 +236,13 @@ class MethodEvaluator:
                 # prequential: the items these devices consumed next count toward their prototypes' miss
                 # rates and refine their prototypes (after the batch was answered)
                 count_outcomes(base, bank, b.state, rows["item_id"], base_logits)
-                self._stream_update(bank, k, ood_rows, flat, parts, b.state)
+                bank.absorb(k, ood_rows, flat, parts, b.state)
                 known = ~ood_rows
                 bank.learn(base, k[known], b.state[known], rows["item_id"][known])
                 return logits
             return edited_logits(base, b.state, edit)
 
         return fn
-
-    @staticmethod
-    def _stream_update(bank: PrototypeBank, k, ood, flat, parts, state) -> None:
-        """After answering a batch (in time order), refine assigned prototypes and open new ones."""
-        for i in range(len(k)):
-            row_parts = [p[i] for p in parts]
-            if bool(ood[i]) and bank.spawn(flat[i], row_parts, state[i]) is not None:
-                continue
-            bank.refine(int(k[i]), flat[i], row_parts, state[i])
 
     def evaluate(self, method: str) -> tuple[dict[str, float], RowRecord]:
         record = RowRecord()

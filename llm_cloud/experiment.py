@@ -50,11 +50,14 @@ def ndcg_over_time(record: RowRecord, window_of: np.ndarray) -> list[float]:
     return [float(nd[window_of == w].mean()) for w in range(N_TIME_WINDOWS)]
 
 
+OOD_METHODS = ("proto", "proto-res", "proto-centre", "proto-dyn", "served", "served-dyn")  # they record scores
+
+
 def ood_aurocs(records: dict[str, RowRecord]) -> dict[str, float]:
     """One seed's OOD AUROCs at flagging the rows the static model misses at 10: the bank's score
-    (:mod:`recsys.ood`) as a frozen bank (``proto``, ``served``) and a dynamic one (``proto-dyn``, ``served-dyn``)
-    computes it, beside
-    the base model's entropy alone and the code-space distance to the nearest prototype."""
+    (:mod:`recsys.ood`) as a frozen bank (``proto``, ``served``) and a dynamic one (``proto-dyn``,
+    ``served-dyn``) computes it, beside the base model's entropy alone and the code-space distance to the
+    nearest prototype of a frozen bank."""
     out: dict[str, float] = {}
     if "static" not in records:
         return out
@@ -62,7 +65,7 @@ def ood_aurocs(records: dict[str, RowRecord]) -> dict[str, float]:
     for method in ("proto", "proto-dyn", "served", "served-dyn"):
         if method in records:
             out[method] = auroc(records[method].cat("ood_score"), missed)
-    for method in ("proto", "proto-res", "proto-centre", "proto-dyn", "served", "served-dyn"):
+    for method in (m for m in OOD_METHODS if not m.endswith("-dyn")):  # a dynamic bank's distances move
         if method in records:
             out["base entropy"] = auroc(records[method].cat("base_entropy"), missed)
             out["prototype distance"] = auroc(records[method].cat("proto_distance"), missed)

@@ -245,6 +245,18 @@ class PrototypeBank:
                     leaf.clamp_(-self.cfg.total_clip, self.cfg.total_clip)
         return float(loss)
 
+    def absorb(self, k: torch.Tensor, ood_rows: torch.Tensor, flat: torch.Tensor, parts: list[torch.Tensor],
+               state: torch.Tensor) -> None:
+        """Take in answered windows (in time order): an out-of-distribution one opens a new prototype with its
+        own edit ``parts`` while the bank has room (:meth:`spawn`), every other one moves its nearest
+        prototype ``k`` toward it (:meth:`refine`)."""
+        with torch.no_grad():
+            for i in range(len(flat)):
+                row = [p[i] for p in parts]
+                if bool(ood_rows[i]) and self.spawn(flat[i], row, state[i]) is not None:
+                    continue
+                self.refine(int(k[i]), flat[i], row, state[i])
+
     def spawn(self, code: torch.Tensor, sample_parts: list[torch.Tensor], state: torch.Tensor) -> int | None:
         """Open a prototype at an out-of-distribution code; ``None`` when the bank is full."""
         if not self.cfg.spawn or self.size >= self.cfg.max_k:

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_cloud.evaluation import METHODS, MethodEvaluator, RowRecord
-from llm_cloud.experiment import merge_with_report, ndcg_over_time, ood_aurocs, report_adaptation, time_windows
+from llm_cloud.experiment import (
+    OOD_METHODS,
+    merge_with_report,
+    ndcg_over_time,
+    ood_aurocs,
+    report_adaptation,
+    time_windows,
+)
 from recipes.artefacts import ArtefactBuilder, seed_inputs
 from recipes.config import RecipeConfig
 from recsys import distributed, run_layout
@@ -84,6 +91,8 @@ def run_methods(cfg: RecipeConfig, methods: list[str], progress: bool = True, re
             records[method] = record
             over_time[method].append(ndcg_over_time(record, window_of))
             log.info("seed %d %-12s ndcg@10 %.4f", seed, method, metrics["ndcg@10"])
+        if "static" not in records and any(m in OOD_METHODS for m in records):  # the misses OOD flags
+            records["static"] = evaluator.evaluate("static")[1]
         for name, value in ood_aurocs(records).items():
             ood.setdefault(name, []).append(value)
         spent = {**build.timings, **evaluator.timings}

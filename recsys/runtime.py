@@ -251,17 +251,6 @@ class DeviceRuntime:
         sigs = torch.tensor(snapshot.signatures, dtype=torch.float32) if snapshot.size else None
         self.prototypes, self._signatures, self._proto_edits = snapshot, sigs, edits
 
-    def set_ood(self, version: str, score: OodScore) -> bool:
-        """Swap a newer OOD score of the cached bank in (the cloud's counts moved); False when the cached
-        bank is not ``version`` (the next snapshot brings its own)."""
-        snap = self.prototypes
-        if snap is None or snap.version != version:
-            return False
-        if len(score.proto_logodds) != snap.size:
-            raise ValueError(f"OOD score for {len(score.proto_logodds)} prototypes, bank has {snap.size}")
-        self.prototypes = snap.model_copy(update={"ood": score})
-        return True
-
     def decode_edit(self, payload: EditPayload) -> HeadEdit | None:
         """A received edit as tensors (``code`` edits through the cached snapshot's decoder)."""
         snap = self.prototypes

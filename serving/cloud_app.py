@@ -30,7 +30,7 @@ from serving.config import AppConfig
 from serving.edit_batcher import EditBatcher
 from serving.embeddings_api import DEFAULT_MODEL, OpenAIErrorBodies, embeddings_router
 from serving.metrics import Metrics
-from serving.schemas import AUTH_ERRORS, ERRORS, EditRequest, Health, OodUpdate
+from serving.schemas import AUTH_ERRORS, ERRORS, EditRequest, Health
 from serving.web import (
     ServiceMiddleware,
     api_key_dependency,
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 EditorFactory = Callable[[], Editor]
 
 
-@dataclass(frozen=True)
+@dataclass
 class CloudState:
     editor: Editor
     token_to_id: dict[str, int]
@@ -53,8 +53,19 @@ class CloudState:
     dataset: str
     n_items: int
     dim: int
-    snapshot: PrototypeSnapshot
-    snapshot_json: bytes
+    _json: tuple[str, bytes] | None = None  # the snapshot's JSON, for its version
+
+    @property
+    def snapshot(self) -> PrototypeSnapshot:
+        """The editor's current bank (a dynamic bank publishes new versions as it learns)."""
+        return self.editor.snapshot()
+
+    def snapshot_json(self) -> tuple[str, bytes]:
+        """``(version, JSON body)`` of the current snapshot, serialised once per version."""
+        snap = self.editor.snapshot()
+        if self._json is None or self._json[0] != snap.version:
+            self._json = (snap.version, snap.model_dump_json().encode())
+        return self._json
 
 
 class CloudService:
@@ -79,9 +90,8 @@ class CloudService:
     def _build_state(self) -> CloudState:
         model, meta, tokens = load_checkpoint(self.checkpoint_dir)
         dim = model.head.dim
-        editor = (self._factory() if self._factory
-                  else load_editor(self.checkpoint_dir, dim, self.adapter_dir, self.s.count_outcomes))
-        snapshot = editor.snapshot()
+        editor = self._factory() if self._factory else load_editor(
+            self.checkpoint_dir, dim, self.adapter_dir, self.s.dynamic_bank, self.s.bank_publish_every)
         t2i = {str(t): i for i, t in enumerate(np.asarray(tokens)) if i > 0}
         return CloudState(
             editor,
@@ -90,8 +100,6 @@ class CloudService:
             meta.dataset,
             model.n_items - 1,
             dim,
-            snapshot,
-            snapshot.model_dump_json().encode(),
         )
 
     def _files_fingerprint(self) -> tuple:
@@ -236,27 +244,11 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
         summary="the prototype bank snapshot (ETag = version)",
     )
     async def prototypes(if_none_match: str | None = Header(None)):
-        st = service.state
-        etag = f'"{st.snapshot.version}"'
+        version, body = service.state.snapshot_json()
+        etag = f'"{version}"'
         if if_none_match is not None and if_none_match.strip() == etag:
             return Response(status_code=304, headers={"ETag": etag})
-        return Response(st.snapshot_json, media_type="application/json", headers={"ETag": etag})
-
-    @keyed.get(
-        "/v1/prototypes/ood",
-        response_model=OodUpdate,
-        dependencies=auth,
-        responses={**unauthorized, 304: {"description": "the device's cached score is current"}},
-        summary="the bank's current OOD score (moves with serve.count_outcomes; ETag = version-outcomes)",
-    )
-    async def prototypes_ood(if_none_match: str | None = Header(None)):
-        st = service.state
-        outcomes, score = st.editor.ood_update()
-        etag = f'"{st.snapshot.version}-{outcomes}"'
-        if if_none_match is not None and if_none_match.strip() == etag:
-            return Response(status_code=304, headers={"ETag": etag})
-        body = OodUpdate(version=st.snapshot.version, outcomes=outcomes, ood=score)
-        return Response(body.model_dump_json(), media_type="application/json", headers={"ETag": etag})
+        return Response(body, media_type="application/json", headers={"ETag": etag})
 
     @keyed.post("/admin/reload", dependencies=auth, responses=unauthorized, summary="reload editor and prototypes now")
     async def reload() -> dict[str, str | int]:

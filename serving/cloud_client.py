@@ -9,7 +9,6 @@ import httpx
 
 from recsys.runtime import EditPayload, PrototypeSnapshot
 from serving.metrics import Metrics
-from serving.schemas import OodUpdate
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +79,6 @@ class CloudClient:
             return PrototypeSnapshot.model_validate_json(resp.content)
         except ValueError as exc:
             raise CloudError(f"bad prototype snapshot: {exc}") from exc
-
-    async def ood(self, etag: str | None = None) -> OodUpdate | None:
-        """The bank's current OOD score, or ``None`` when ours (``etag`` = ``<version>-<outcomes>``) is current."""
-        headers = {"If-None-Match": f'"{etag}"'} if etag else {}
-        resp = await self._request("prototypes", "GET", "/v1/prototypes/ood", headers=headers)
-        if resp.status_code == 304:
-            return None
-        try:
-            return OodUpdate.model_validate_json(resp.content)
-        except ValueError as exc:
-            raise CloudError(f"bad OOD update: {exc}") from exc
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -94,7 +94,6 @@ class DeviceService:
         self.inflight: dict[str, tuple[asyncio.Task, CachedEdit]] = {}  # key → (fetch, what it was asked for)
         # which of the last breaker_window cloud answers came over budget (breaker_overruns of them trip the breaker)
         self.overruns: deque[bool] = deque(maxlen=self.s.breaker_window)
-        self.ood_etag: str | None = None  # the cloud's OOD update the device runs with (None: the snapshot's)
         self.cloud_enabled = True  # PUT /v1/cloud: false → the device serves alone (cached bank / base)
         self._bg: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -125,12 +124,10 @@ class DeviceService:
         await asyncio.to_thread(self.store.close)
 
     async def refresh_prototypes(self) -> bool:
-        """Fetch the bank snapshot if it changed; keep it in memory and in the cache file. Then the bank's
-        current OOD score, if the cloud's counts moved it (``serve.count_outcomes``; memory only)."""
+        """Fetch the bank snapshot if it changed; keep it in memory and in the cache file."""
         current = self.runtime.prototypes.version if self.runtime.prototypes else None
         snapshot = await self.cloud.prototypes(etag=current)
         if snapshot is None or snapshot.version == current:
-            await self.refresh_ood()
             return False
         try:
             self.runtime.set_prototypes(snapshot)
@@ -138,25 +135,7 @@ class DeviceService:
             raise CloudError(str(exc)) from exc
         await asyncio.to_thread(snapshot.save, self.cache_path)
         log.info("prototype bank updated", extra={"version": snapshot.version, "prototypes": snapshot.size})
-        self.ood_etag = None
-        await self.refresh_ood()
         return True
-
-    async def refresh_ood(self) -> bool:
-        """Swap in the cached bank's current OOD score when the cloud has counted outcomes since."""
-        if self.runtime.prototypes is None or self.runtime.prototypes.ood is None:
-            return False
-        update = await self.cloud.ood(etag=self.ood_etag)
-        if update is None or update.version != self.runtime.prototypes.version:
-            return False  # current (304), or of another bank: the next snapshot brings its own
-        self.ood_etag = f"{update.version}-{update.outcomes}"
-        if update.ood is None or update.outcomes == 0:
-            return False  # the snapshot's score is current
-        try:
-            return self.runtime.set_ood(update.version, update.ood)
-        except ValueError as exc:
-            self.ood_etag = None
-            raise CloudError(str(exc)) from exc
 
     async def _prototype_loop(self) -> None:
         while True:

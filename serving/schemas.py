@@ -20,7 +20,6 @@ from pydantic import (
     StringConstraints,
 )
 
-from recsys.ood import OodScore
 from recsys.runtime import Encoding
 
 
@@ -174,16 +173,6 @@ class Health(BaseModel):
     cloud_url: str | None = None
     cloud_available: bool | None = None
     cloud_enabled: bool | None = Field(None, description="device: whether it calls its cloud (PUT /v1/cloud)")
-
-
-class OodUpdate(BaseModel):
-    """The bank's current OOD score (``GET /v1/prototypes/ood``): with ``serve.count_outcomes`` the cloud
-    counts the outcomes of the histories it is asked with, so the prototypes' miss rates move between bank
-    rebuilds; a device caching bank ``version`` swaps this score in."""
-
-    version: str = Field(..., description="the prototype bank version the score belongs to")
-    outcomes: int = Field(..., description="outcomes counted since the bank was loaded (0: not counting)")
-    ood: OodScore | None = Field(None, description="null: the bank has no OOD score")
 
 
 class CloudSwitch(_Body):

@@ -46,9 +46,11 @@ class ServeConfig(BaseModel):
     refresh_every: int = Field(5, ge=1)  # refresh: ask the cloud for a new edit every N new events of a user
     request_rate: float = Field(0.2, ge=0.0, le=1.0)  # drift / random: target share of new events that ask
     prototypes_refresh_s: float = Field(60.0, gt=0)  # how often the device refetches the bank snapshot
-    # cloud: count the outcome of each history's newest item (did the base model miss it?) into the bank's OOD
-    # score as devices ask (the dynamic score; evaluated as `served-dyn`); devices refetch it with the bank
-    count_outcomes: bool = False
+    # cloud: the bank learns from the traffic as `served-dyn` is evaluated (answered windows refine their prototypes
+    # or open new ones, each history's newest item counts into the OOD score); published every N answers, a new
+    # version the devices refetch (bank_publish_every: fewer refetches, a staler bank)
+    dynamic_bank: bool = False
+    bank_publish_every: int = Field(256, ge=1)
     edit_cache_size: int = Field(10_000, ge=1)  # users whose cloud edit a device worker keeps
     edit_encoding: Encoding = "code"  # how the device asks for edits on the wire
     # (code: the window's per-layer code, decoded with the cached bank's decoder; dense fp32 until one is cached)

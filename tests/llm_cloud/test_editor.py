@@ -130,35 +130,44 @@ def test_the_ood_score_reaches_the_device_which_flags_what_the_cloud_flags():
         device.set_prototypes(snap)
 
 
-def test_the_cloud_counts_each_outcome_once_as_the_served_dyn_evaluation_counts_it():
-    """``count_outcomes``: a history that grew by an item counts that item's outcome (from the state before
-    it) into the cloud's copy of the bank — the same update as the offline ``served-dyn`` — once."""
-    from llm_cloud.editor import count_outcomes
+def test_a_dynamic_cloud_learns_what_served_dyn_learns_and_publishes_it():
+    """``dynamic``: the live bank absorbs each answered window (refine / spawn) and counts each history's newest
+    item once (from the state before it) — the updates of the offline ``served-dyn`` — while answers come from
+    the published bank, which the live one replaces every ``publish_every`` answers under a new version."""
+    from llm_cloud.editor import absorb, count_outcomes
 
-    bank, adapter, _, base = _bank(PrototypeConfig(k=3, variant="centre", ood_quantile=0.9))
-    calibrated = (bank.miss.clone(), bank.seen.clone())
-    editor = AdapterEditor(base, adapter, bank, None, "v", count_outcomes=True)
-    reference = bank.copy()
+    bank, adapter, _, base = _bank(PrototypeConfig(k=3, max_k=5, variant="centre", ood_quantile=0.5))
+    loaded = bank.copy()
+    editor = AdapterEditor(base, adapter, bank, None, "v", dynamic=True, publish_every=4)
+    reference, published = bank.copy(), bank.copy()  # what the cloud must hold, and what it must answer with
     g = torch.Generator().manual_seed(7)
     users = [torch.randint(1, N_ITEMS, (n,), generator=g).tolist() for n in (6, 9, 3)]
+    answered = 0
     for n in range(1, 10):  # the devices ask as their histories grow, interleaved
         for items in users:
-            if n <= len(items):
-                editor.edit(items[:n])
-                editor.edit(items[:n])  # a retry with nothing new counts nothing
-                if n >= 2:
-                    seq, length = torch.tensor([items[: n - 1]]), torch.tensor([n - 1])
-                    count_outcomes(base, reference, base.user_state(seq, length), torch.tensor([items[n - 1]]))
-    outcomes = sum(len(items) - 1 for items in users)
-    assert editor.outcomes == outcomes == int((editor.bank.seen - calibrated[1]).sum())
-    assert torch.equal(editor.bank.miss, reference.miss) and torch.equal(editor.bank.seen, reference.seen)
-    assert torch.equal(bank.miss, calibrated[0]) and torch.equal(bank.seen, calibrated[1])  # the loaded bank stays
-    counted, score = editor.ood_update()
-    assert counted == outcomes and score.proto_logodds == reference.proto_logodds().tolist()
-    assert score.proto_logodds != editor.snapshot().ood.proto_logodds  # the device's copy is now behind
+            if n > len(items):
+                continue
+            if n >= 2:
+                seq, length = torch.tensor([items[: n - 1]]), torch.tensor([n - 1])
+                count_outcomes(base, reference, base.user_state(seq, length), torch.tensor([items[n - 1]]))
+            seq, length = torch.tensor([items[:n]]), torch.tensor([n])
+            want = served_edit(base, adapter, published, None, seq, length)
+            got = editor.edit(items[:n]).head_edit()
+            assert all(torch.allclose(a, b[0], atol=1e-6) for a, b in zip(got.dW + got.db, want.edit.dW + want.edit.db))
+            absorb(reference, want)
+            answered += 1
+            if answered % 4 == 0:
+                published = reference.copy()
+    assert editor.outcomes == sum(len(items) - 1 for items in users)
+    assert editor.published == answered // 4 and editor.version == f"v+{answered // 4}"
+    assert torch.equal(editor.live.miss, reference.miss) and torch.equal(editor.live.seen, reference.seen)
+    assert torch.allclose(editor.live.signatures, reference.signatures) and editor.live.size == reference.size
+    assert editor.live.size > loaded.size  # out-of-distribution windows opened prototypes
+    assert torch.equal(bank.signatures, loaded.signatures) and torch.equal(bank.miss, loaded.miss)  # loaded: as built
+    snap = editor.snapshot()
+    assert snap.version == editor.version and snap.size == editor.bank.size
+    editor.edit(users[1])  # a retry with nothing new counts nothing
+    assert editor.outcomes == sum(len(items) - 1 for items in users)
     frozen = AdapterEditor(base, adapter, bank, None, "v")
     frozen.edit(users[0])
-    assert frozen.ood_update() == (0, frozen.snapshot().ood)
-    device = _device(base, editor)
-    assert device.set_ood("v", score) and device.prototypes.ood == score
-    assert not device.set_ood("other", score)  # a score of another bank is not taken
+    assert frozen.version == "v" and frozen.live is None

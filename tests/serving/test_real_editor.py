@@ -45,32 +45,31 @@ def test_device_serves_the_real_editors_code_edits_and_the_bytes_are_small(check
         assert snap["ood"] is not None and snap["decoder"]["n_prototypes"] == 3
 
 
-def test_a_counting_cloud_moves_the_ood_score_and_the_device_takes_it(checkpoint, runtime, tmp_path):
-    """``serve.count_outcomes=true``: the histories the device sends are counted into the bank's OOD score;
-    ``GET /v1/prototypes/ood`` serves it (ETag, 304) and the device swaps it into its cached bank."""
+def test_a_dynamic_cloud_publishes_its_learnt_bank_and_the_device_takes_it(checkpoint, runtime, tmp_path):
+    """``serve.dynamic_bank=true``: the bank learns from the histories devices send and is published under a
+    new version every ``serve.bank_publish_every`` answers; the device refetches it (ETag) and keeps ranking."""
     ckpt = real_editor_checkpoint(checkpoint, runtime, tmp_path)
-    cfg = serve_config((ckpt, checkpoint[1]), tmp_path, "serve.count_outcomes=true", "serve.refresh_every=1")
+    cfg = serve_config((ckpt, checkpoint[1]), tmp_path, "serve.dynamic_bank=true", "serve.bank_publish_every=3",
+                       "serve.refresh_every=1")
     cloud = CloudService(cfg, ckpt)
+    first = cloud.state.editor.version
     items = [str(t) for t in runtime.item_tokens[[5, 17, 99, 120, 3, 42, 7]]]
     auth = {"Authorization": f"Bearer {API_KEY}"}
     with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=30) as c:
         device = DeviceService(cfg, load_artefacts(cfg), cl.url, API_KEY)
         with LiveServer(create_device_app(device)) as dev:
-            wait_for(lambda: device.runtime.prototypes is not None and device.runtime.prototypes.ood, timeout=30)
-            before = device.runtime.prototypes.ood.proto_logodds
-            first = c.get(f"{cl.url}/v1/prototypes/ood", headers=auth)
-            assert first.status_code == 200 and first.json()["outcomes"] == 0
+            wait_for(lambda: device.runtime.prototypes is not None and device.runtime.prototypes.version == first,
+                     timeout=30)
             for i, t in enumerate(items):  # one event at a time: each new history asks the cloud
                 assert c.post(f"{dev.url}/v1/events", json={"events": [
                     {"event_id": f"e{i}", "user_id": "ann", "item_id": t}]}).status_code == 200
                 assert rank(c, dev.url, user_id="ann", k=10).status_code == 200
-            wait_for(lambda: cloud.state.editor.outcomes >= 3, timeout=30)
-            counted, score = cloud.state.editor.ood_update()
-            assert score.proto_logodds != before
-            wait_for(lambda: device.runtime.prototypes.ood.proto_logodds != before, timeout=30)
-            assert device.ood_etag is not None and device.ood_etag.startswith(cloud.state.snapshot.version)
-            update = c.get(f"{cl.url}/v1/prototypes/ood", headers=auth)
-            assert update.json()["outcomes"] == cloud.state.editor.outcomes >= counted
-            again = c.get(f"{cl.url}/v1/prototypes/ood", headers={**auth, "If-None-Match": update.headers["ETag"]})
+            wait_for(lambda: cloud.state.editor.published >= 2, timeout=30)
+            editor = cloud.state.editor
+            assert editor.outcomes >= 3 and editor.version.startswith(f"{first}+")
+            wait_for(lambda: device.runtime.prototypes.version != first, timeout=30)
+            snap = c.get(f"{cl.url}/v1/prototypes", headers=auth)
+            assert snap.status_code == 200 and snap.json()["version"] == snap.headers["ETag"].strip('"')
+            again = c.get(f"{cl.url}/v1/prototypes", headers={**auth, "If-None-Match": snap.headers["ETag"]})
             assert again.status_code == 304
-            assert c.get(f"{cl.url}/v1/prototypes/ood").status_code == 401
+            assert rank(c, dev.url, user_id="ann", k=10).json()["version"].startswith(f"{first}+")
