@@ -82,8 +82,9 @@ class AdapterEditor:
     learns from the traffic as ``served-dyn`` does offline (:func:`absorb`: answered windows refine their
     prototypes or open new ones; :func:`count_outcomes`: a history that grew by an item counts that item's
     outcome into the OOD score, each history once among the last ``remember``), and every
-    ``publish_every`` answered histories the live bank becomes the served one, under a new version (devices
-    refetch it; ``code`` edits need the version they cache).
+    ``publish_every`` answered histories the live bank becomes the served one, under a new version that
+    devices refetch. A device is answered with the published bank it caches (``bank_version``, among the last
+    ``keep`` published), so its ``code`` edits decode exactly until it has refetched; others get the newest.
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class AdapterEditor:
         dynamic: bool = False,
         publish_every: int = 256,
         remember: int = 65_536,
+        keep: int = 4,
     ):
         self.base, self.adapter, self.bank, self.code_table = base.eval(), adapter.eval(), bank, code_table
         self.context = context  # user-context hits computed from the device's window at edit time
@@ -104,6 +106,8 @@ class AdapterEditor:
             raise ValueError("this adapter reads user-context hits: the editor needs its context artefacts")
         self.base_version = self.version = version
         self._snapshot = bank.snapshot(edit_decoder(adapter, bank), version)
+        self._published = OrderedDict({version: (bank, self._snapshot)})  # the last `keep` published banks
+        self._keep = max(1, keep)
         self.live = bank.copy() if dynamic else None  # the loaded bank stays as built
         self.publish_every, self.published, self.outcomes, self._answered = max(1, publish_every), 0, 0, 0
         self._seen: OrderedDict[tuple[int, ...], None] = OrderedDict()
@@ -118,11 +122,19 @@ class AdapterEditor:
         histories = [[i for i in ask.item_ids if 0 < i < base.n_items] for ask in asks]
         if self.live is not None:
             self._count(histories)
-        seq, lengths = self._padded([h[-base.max_seq_len :] for h in histories])
-        out = served_edit(base, self.adapter, self.bank, self.code_table, seq, lengths, self.context)
-        payloads = [self._payload(out, row, ask) for row, ask in enumerate(asks)]
+        groups: dict[str, list[int]] = {}  # bank version → rows answered with it
+        for row, ask in enumerate(asks):
+            groups.setdefault(ask.bank_version if ask.bank_version in self._published else self.version, []).append(row)
+        payloads: list[EditPayload | None] = [None] * len(asks)
+        for version, rows in groups.items():
+            bank, snapshot = self._published[version]
+            seq, lengths = self._padded([histories[r][-base.max_seq_len :] for r in rows])
+            out = served_edit(base, self.adapter, bank, self.code_table, seq, lengths, self.context)
+            for i, r in enumerate(rows):
+                payloads[r] = self._payload(out, i, asks[r], version, snapshot)
+            if self.live is not None:
+                absorb(self.live, out)
         if self.live is not None:
-            absorb(self.live, out)
             self._answered += len(asks)
             if self._answered >= self.publish_every:
                 self.publish()
@@ -130,10 +142,14 @@ class AdapterEditor:
 
     def publish(self) -> None:
         """The live bank becomes the served one (a new version: ``<loaded version>+<publications>``)."""
-        self.bank, self._answered = self.live.copy(), 0
+        bank, self._answered = self.live.copy(), 0
         self.published += 1
-        self.version = f"{self.base_version}+{self.published}"
-        self._snapshot = self.bank.snapshot(edit_decoder(self.adapter, self.bank), self.version)
+        version = f"{self.base_version}+{self.published}"
+        snapshot = bank.snapshot(edit_decoder(self.adapter, bank), version)
+        self._published[version] = (bank, snapshot)
+        while len(self._published) > self._keep:
+            self._published.popitem(last=False)
+        self.bank, self._snapshot, self.version = bank, snapshot, version
 
     def _padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         seq = torch.zeros(len(rows), self.base.max_seq_len, dtype=torch.long)
@@ -161,14 +177,15 @@ class AdapterEditor:
 
     edit = edit_one
 
-    def _payload(self, out: Served, row: int, ask: EditAsk) -> EditPayload:
+    def _payload(self, out: Served, row: int, ask: EditAsk, version: str, snapshot: PrototypeSnapshot
+                 ) -> EditPayload:
         proto = None if int(out.prototype[row]) < 0 else int(out.prototype[row])
         encoding = ask.encoding
         if encoding == "code":
-            if self._snapshot.decoder is not None and ask.bank_version == self.version:
-                return EditPayload.from_code(out.codes[row], self.version, proto, out.edit.clip, self.base.head.dim)
+            if snapshot.decoder is not None and ask.bank_version == version:
+                return EditPayload.from_code(out.codes[row], version, proto, out.edit.clip, self.base.head.dim)
             encoding = "fp32"
-        return EditPayload.from_head_edit(_row(out.edit, row), self.version, proto, encoding)
+        return EditPayload.from_head_edit(_row(out.edit, row), version, proto, encoding)
 
     def snapshot(self) -> PrototypeSnapshot:
         return self._snapshot

@@ -166,6 +166,16 @@ def test_a_dynamic_cloud_learns_what_served_dyn_learns_and_publishes_it():
     assert torch.equal(bank.signatures, loaded.signatures) and torch.equal(bank.miss, loaded.miss)  # loaded: as built
     snap = editor.snapshot()
     assert snap.version == editor.version and snap.size == editor.bank.size
+    older = f"v+{editor.published - 1}"  # a device that has not refetched yet is answered with its own bank
+    device = _device(base, editor)
+    device.set_prototypes(PrototypeSnapshot.model_validate_json(editor._published[older][1].model_dump_json()))
+    payload = editor.edit(users[1], "code", older)
+    assert payload.version == older and payload.encoding == "code"
+    want = served_edit(base, adapter, editor._published[older][0], None, torch.tensor([users[1]]),
+                       torch.tensor([len(users[1])])).edit
+    got = device.decode_edit(payload)
+    assert all(torch.allclose(a, b[0], atol=1e-5) for a, b in zip(got.dW + got.db, want.dW + want.db))
+    assert editor.edit(users[1], "code", "gone").encoding == "fp32"  # a bank no longer kept: the newest, dense
     editor.edit(users[1])  # a retry with nothing new counts nothing
     assert editor.outcomes == sum(len(items) - 1 for items in users)
     frozen = AdapterEditor(base, adapter, bank, None, "v")
