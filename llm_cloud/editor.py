@@ -84,7 +84,8 @@ class AdapterEditor:
     outcome into the OOD score, each history once among the last ``remember``), and every
     ``publish_every`` answered histories the live bank becomes the served one, under a new version that
     devices refetch. A device is answered with the published bank it caches (``bank_version``, among the last
-    ``keep`` published), so its ``code`` edits decode exactly until it has refetched; others get the newest.
+    ``keep`` published: their tensors only, the newest with its snapshot), so its ``code`` edits decode
+    exactly until it has refetched; others get the newest.
     """
 
     def __init__(
@@ -98,7 +99,7 @@ class AdapterEditor:
         dynamic: bool = False,
         publish_every: int = 256,
         remember: int = 65_536,
-        keep: int = 4,
+        keep: int = 32,
     ):
         self.base, self.adapter, self.bank, self.code_table = base.eval(), adapter.eval(), bank, code_table
         self.context = context  # user-context hits computed from the device's window at edit time
@@ -106,7 +107,7 @@ class AdapterEditor:
             raise ValueError("this adapter reads user-context hits: the editor needs its context artefacts")
         self.base_version = self.version = version
         self._snapshot = bank.snapshot(edit_decoder(adapter, bank), version)
-        self._published = OrderedDict({version: (bank, self._snapshot)})  # the last `keep` published banks
+        self._published = OrderedDict({version: bank})  # the last `keep` published banks
         self._keep = max(1, keep)
         self.live = bank.copy() if dynamic else None  # the loaded bank stays as built
         self.publish_every, self.published, self.outcomes, self._answered = max(1, publish_every), 0, 0, 0
@@ -127,11 +128,11 @@ class AdapterEditor:
             groups.setdefault(ask.bank_version if ask.bank_version in self._published else self.version, []).append(row)
         payloads: list[EditPayload | None] = [None] * len(asks)
         for version, rows in groups.items():
-            bank, snapshot = self._published[version]
+            bank = self._published[version]
             seq, lengths = self._padded([histories[r][-base.max_seq_len :] for r in rows])
             out = served_edit(base, self.adapter, bank, self.code_table, seq, lengths, self.context)
             for i, r in enumerate(rows):
-                payloads[r] = self._payload(out, i, asks[r], version, snapshot)
+                payloads[r] = self._payload(out, i, asks[r], version)
             if self.live is not None:
                 absorb(self.live, out)
         if self.live is not None:
@@ -146,7 +147,7 @@ class AdapterEditor:
         self.published += 1
         version = f"{self.base_version}+{self.published}"
         snapshot = bank.snapshot(edit_decoder(self.adapter, bank), version)
-        self._published[version] = (bank, snapshot)
+        self._published[version] = bank
         while len(self._published) > self._keep:
             self._published.popitem(last=False)
         self.bank, self._snapshot, self.version = bank, snapshot, version
@@ -177,12 +178,11 @@ class AdapterEditor:
 
     edit = edit_one
 
-    def _payload(self, out: Served, row: int, ask: EditAsk, version: str, snapshot: PrototypeSnapshot
-                 ) -> EditPayload:
+    def _payload(self, out: Served, row: int, ask: EditAsk, version: str) -> EditPayload:
         proto = None if int(out.prototype[row]) < 0 else int(out.prototype[row])
         encoding = ask.encoding
-        if encoding == "code":
-            if snapshot.decoder is not None and ask.bank_version == version:
+        if encoding == "code":  # (every published bank has a decoder when the loaded one has)
+            if self._snapshot.decoder is not None and ask.bank_version == version:
                 return EditPayload.from_code(out.codes[row], version, proto, out.edit.clip, self.base.head.dim)
             encoding = "fp32"
         return EditPayload.from_head_edit(_row(out.edit, row), version, proto, encoding)
@@ -275,9 +275,10 @@ def _row(edit: HeadEdit, row: int) -> HeadEdit:
 
 
 def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None, dynamic: bool = False,
-                publish_every: int = 256) -> Editor:
+                publish_every: int = 256, keep: int = 32) -> Editor:
     """The best editor available for a base checkpoint (adapter + bank from ``adapter_dir`` when present;
-    ``dynamic``: its bank learns from the traffic, published every ``publish_every`` answers).
+    ``dynamic``: its bank learns from the traffic, published every ``publish_every`` answers, the last ``keep``
+    published kept for the devices that cache them).
 
     ``adapter_dir`` is an adapter directory written by ``persona adapter``; its bank is the one its run
     dir's manifest serves (:meth:`recsys.run_layout.Manifest.served_bank`; derived for old runs).
@@ -300,4 +301,5 @@ def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None,
         adapter_dir / "context_items.pt",
     )
     context = load_user_context(adapter_dir) if adapter.context_sizes else None
-    return AdapterEditor(base, adapter, bank, load_code_table(adapter_dir), version, context, dynamic, publish_every)
+    return AdapterEditor(base, adapter, bank, load_code_table(adapter_dir), version, context, dynamic, publish_every,
+                         keep=keep)

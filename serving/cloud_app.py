@@ -91,7 +91,8 @@ class CloudService:
         model, meta, tokens = load_checkpoint(self.checkpoint_dir)
         dim = model.head.dim
         editor = self._factory() if self._factory else load_editor(
-            self.checkpoint_dir, dim, self.adapter_dir, self.s.dynamic_bank, self.s.bank_publish_every)
+            self.checkpoint_dir, dim, self.adapter_dir, self.s.dynamic_bank, self.s.bank_publish_every,
+            self.s.bank_keep)
         t2i = {str(t): i for i, t in enumerate(np.asarray(tokens)) if i > 0}
         return CloudState(
             editor,

@@ -51,6 +51,7 @@ class ServeConfig(BaseModel):
     # version the devices refetch (bank_publish_every: fewer refetches, a staler bank)
     dynamic_bank: bool = False
     bank_publish_every: int = Field(256, ge=1)
+    bank_keep: int = Field(32, ge=1)  # published banks kept: a device caching one gets compact edits made with it
     edit_cache_size: int = Field(10_000, ge=1)  # users whose cloud edit a device worker keeps
     edit_encoding: Encoding = "code"  # how the device asks for edits on the wire
     # (code: the window's per-layer code, decoded with the cached bank's decoder; dense fp32 until one is cached)

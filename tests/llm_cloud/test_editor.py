@@ -134,11 +134,11 @@ def test_a_dynamic_cloud_learns_what_served_dyn_learns_and_publishes_it():
     """``dynamic``: the live bank absorbs each answered window (refine / spawn) and counts each history's newest
     item once (from the state before it) — the updates of the offline ``served-dyn`` — while answers come from
     the published bank, which the live one replaces every ``publish_every`` answers under a new version."""
-    from llm_cloud.editor import absorb, count_outcomes
+    from llm_cloud.editor import absorb, count_outcomes, edit_decoder
 
     bank, adapter, _, base = _bank(PrototypeConfig(k=3, max_k=5, variant="centre", ood_quantile=0.5))
     loaded = bank.copy()
-    editor = AdapterEditor(base, adapter, bank, None, "v", dynamic=True, publish_every=4)
+    editor = AdapterEditor(base, adapter, bank, None, "v", dynamic=True, publish_every=4, keep=2)
     reference, published = bank.copy(), bank.copy()  # what the cloud must hold, and what it must answer with
     g = torch.Generator().manual_seed(7)
     users = [torch.randint(1, N_ITEMS, (n,), generator=g).tolist() for n in (6, 9, 3)]
@@ -168,14 +168,16 @@ def test_a_dynamic_cloud_learns_what_served_dyn_learns_and_publishes_it():
     assert snap.version == editor.version and snap.size == editor.bank.size
     older = f"v+{editor.published - 1}"  # a device that has not refetched yet is answered with its own bank
     device = _device(base, editor)
-    device.set_prototypes(PrototypeSnapshot.model_validate_json(editor._published[older][1].model_dump_json()))
+    old_bank = editor._published[older]
+    device.set_prototypes(PrototypeSnapshot.model_validate_json(
+        old_bank.snapshot(edit_decoder(adapter, old_bank), older).model_dump_json()))  # as published then
     payload = editor.edit(users[1], "code", older)
     assert payload.version == older and payload.encoding == "code"
-    want = served_edit(base, adapter, editor._published[older][0], None, torch.tensor([users[1]]),
+    want = served_edit(base, adapter, old_bank, None, torch.tensor([users[1]]),
                        torch.tensor([len(users[1])])).edit
     got = device.decode_edit(payload)
     assert all(torch.allclose(a, b[0], atol=1e-5) for a, b in zip(got.dW + got.db, want.dW + want.db))
-    assert editor.edit(users[1], "code", "gone").encoding == "fp32"  # a bank no longer kept: the newest, dense
+    assert editor.edit(users[1], "code", "v").encoding == "fp32"  # a bank no longer kept (keep=2): the newest
     editor.edit(users[1])  # a retry with nothing new counts nothing
     assert editor.outcomes == sum(len(items) - 1 for items in users)
     frozen = AdapterEditor(base, adapter, bank, None, "v")
