@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ["ml-100k", "ml-latest-small", "amazon-beauty", "amazon-scientific"]
 MODELS = [("sasrec", "SASRec"), ("gru4rec", "GRU4Rec")]
 VARIANTS = ["variants/id-only-base", "item_side/none"]  # ID-only device models: adapter with / without codes
-METHODS = ["finetune", "duet", "edit", "proto", "proto-res", "proto-dyn", "served", "no-xlayer", "no-codebook"]
+METHODS = ["finetune", "duet", "edit", "proto", "proto-res", "proto-dyn", "served", "served-dyn", "no-xlayer",
+           "no-codebook"]
 
 
 def summary_rows(reports: Path) -> list[str]:
