@@ -164,9 +164,10 @@ def run_methods(name: str, dataset: str, model: str, methods: list[str], force: 
     return out
 
 
-def methods_table(rows: list[dict], methods: list[str]) -> str:
-    """NDCG@10 per backbone and method; gains vs the same backbone's static model and vs ID-only static."""
-    base = next((np.mean(r["static"]["ndcg@10"]) for r in rows if r["backbone"] == "id-only"), None)
+def methods_table(rows: list[dict], methods: list[str], id_only_static: float | None = None) -> str:
+    """NDCG@10 per backbone and method; gains vs the same backbone's static model and vs ID-only static
+    (from its methods row, else ``id_only_static``: the static table's, the same checkpoints)."""
+    base = next((np.mean(r["static"]["ndcg@10"]) for r in rows if r["backbone"] == "id-only"), id_only_static)
     head = "| backbone | seeds | static NDCG@10 | " + " | ".join(f"{m} NDCG@10 (vs static)" for m in methods)
     shown = "served" if "served" in methods else methods[-1]  # what the service runs; no pick on test
     lines = [head + f" | {shown} vs ID-only static |", "|---|---|---|" + "---|" * len(methods) + "---|"]
@@ -241,7 +242,8 @@ def main() -> None:
         md += ("\n## Persona methods per backbone\n\nThe same device models with the cloud's edit "
                "(adapter to its validation plateau, `adapter.epochs=30`; `served` is what the service runs); "
                "mean ± std over seeds, the gain vs static averaged per seed.\n\n"
-               + methods_table(adapted, methods) + "\n")
+               + methods_table(adapted, methods, next((r["ndcg@10"][0] for r in rows if r["backbone"] == "id-only"),
+                                                      None)) + "\n")
     md += (f"\nRegenerate: `python benchmarks/backbones_ranking.py --dataset {args.dataset} --model {args.model} "
            f"--backbones {args.backbones}" + (f" --adapter-backbones {','.join(with_adapter)}" if with_adapter
                                                else " --no-adapter")
