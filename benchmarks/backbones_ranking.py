@@ -129,13 +129,12 @@ def run_backbone(name: str, dataset: str, model: str, force: bool, need_checkpoi
     trained = (run_layout.seed_dir(ROOT / runs_dir, dataset, model, 0) / "model.pt").is_file()
     missing = need_checkpoints and not trained  # the adapter rows train on this backbone's device models
     if force or missing or _reported(report, name, [model]) is None:
-        if side.is_file() and not force:  # the codebook is per dataset and backbone, shared by the models
-            pass
-        elif name == "openai-own":
-            with own_embeddings_server() as url:
-                persona("codebook", *common, f"backbone.openai_http.base_url={url}")
-        elif name != "id-only":
-            persona("codebook", *common)
+        if name != "id-only" and (force or not side.is_file()):  # a backbone's codebook serves all its models
+            if name == "openai-own":
+                with own_embeddings_server() as url:
+                    persona("codebook", *common, f"backbone.openai_http.base_url={url}")
+            else:
+                persona("codebook", *common)
         persona("train", f"model={model}", *common)
         persona("evaluate", "--models", f"pop,{model}", *common)
     runs = json.loads(report.read_text())["runs"][model]

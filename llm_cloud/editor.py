@@ -218,6 +218,7 @@ class Served:
     ood_score: torch.Tensor  # [B] the bank's OOD score (recsys.ood; -inf: the bank has none)
     codes: torch.Tensor  # [B, L, code_dim] the windows' per-layer codes
     state: torch.Tensor  # [B, D] the base model's user states the edit applies to
+    base_logits: torch.Tensor  # [B, n_items] the base head's scores (the OOD score's entropy, outcomes)
 
 
 @torch.inference_mode()
@@ -248,13 +249,13 @@ def served_edit(
         k = bank.assign_min_residual(sample)
     centre = adapter.edits_from_codes(bank.centres[k].view_as(layer_codes), base)
     edit = bank.edit_for(k, sample, centre)
-    _, score, _ = bank.ood_scores(base, state)
+    _, score, base_logits = bank.ood_scores(base, state)
     ood = bank.is_ood(score)
     own = clipped_parts(sample, adapter.cfg.clip)  # within ±adapter clip ≤ the bank's total clip
     parts = [torch.where(ood.view(-1, *[1] * (p.dim() - 1)), m, p) for p, m in zip(edit.dW + edit.db, own)]
     n = bank.n_layers
     return Served(HeadEdit(parts[:n], parts[n:], clip=edit.clip), torch.where(ood, -1, k), k, dist, score,
-                  layer_codes, state)
+                  layer_codes, state, base_logits)
 
 
 def edit_decoder(adapter: Adapter, bank: PrototypeBank) -> EditDecoder | None:

@@ -198,10 +198,10 @@ class MethodEvaluator:
             out = served_edit(base, adapter, bank, table, rows["item_id_list"], rows["item_length"], context)
             record.ood_score.append(out.ood_score.cpu())
             record.proto_distance.append(out.distance.cpu())
-            record.base_entropy.append(ood.entropy(base.logits(base.head(out.state, None))).cpu())
+            record.base_entropy.append(ood.entropy(out.base_logits).cpu())
             logits = edited_logits(base, out.state, out.edit)  # the answer, before its outcome is counted
             if dynamic:  # what the cloud's live bank learns (serve.dynamic_bank), after answering
-                count_outcomes(base, bank, out.state, rows["item_id"])
+                count_outcomes(base, bank, out.state, rows["item_id"], out.base_logits)
                 absorb(bank, out)
             return logits
 

@@ -130,9 +130,6 @@ class RandomEditor:
 
     edit = edit_one
 
-    def ood_update(self):
-        return 0, None
-
     def snapshot(self) -> PrototypeSnapshot:
         edits = [
             random_edit(f"{self.version}:proto{k}", self.dim, self.n_layers, self.version, k)
