@@ -18,7 +18,7 @@ A row whose report exists for the same item view (the report's ``item_side``) is
 rows, ``minilm`` is the default (``persona run``'s runs and reports).
 
     python benchmarks/backbones_ranking.py [--dataset ml-100k] [--model sasrec] [--backbones id-only,minilm,...]
-        [--methods edit,served] [--adapter-backbones id-only,minilm] [--no-adapter]
+        [--methods edit,served] [--adapter-backbones id-only,minilm] [--no-adapter] [--side-only]
 
 Writes ``reports/benchmarks/backbones_ranking-<dataset>-<model>.{md,json}``: one table per dataset and model.
 """
@@ -121,6 +121,18 @@ def _adaptation_report(name: str, dataset: str, model: str) -> Path:
     return ROOT / BACKBONES[name][1] / dataset / f"adaptation-{model}.json"
 
 
+def build_side(name: str, dataset: str, force: bool) -> None:
+    """``persona codebook`` with this backbone unless its side file exists (it serves all the backbone's models)."""
+    if name == "id-only" or (not force and run_layout.item_side_file(ROOT / BACKBONES[name][0], dataset).is_file()):
+        return
+    common = _common(name, dataset)
+    if name == "openai-own":
+        with own_embeddings_server() as url:
+            persona("codebook", *common, f"backbone.openai_http.base_url={url}")
+    else:
+        persona("codebook", *common)
+
+
 def run_backbone(name: str, dataset: str, model: str, force: bool, need_checkpoints: bool) -> dict:
     runs_dir, reports, _, _ = BACKBONES[name]
     common = _common(name, dataset)
@@ -129,12 +141,7 @@ def run_backbone(name: str, dataset: str, model: str, force: bool, need_checkpoi
     trained = (run_layout.seed_dir(ROOT / runs_dir, dataset, model, 0) / "model.pt").is_file()
     missing = need_checkpoints and not trained  # the adapter rows train on this backbone's device models
     if force or missing or _reported(report, name, [model]) is None:
-        if name != "id-only" and (force or not side.is_file()):  # a backbone's codebook serves all its models
-            if name == "openai-own":
-                with own_embeddings_server() as url:
-                    persona("codebook", *common, f"backbone.openai_http.base_url={url}")
-            else:
-                persona("codebook", *common)
+        build_side(name, dataset, force)
         persona("train", f"model={model}", *common)
         persona("evaluate", "--models", f"pop,{model}", *common)
     runs = json.loads(report.read_text())["runs"][model]
@@ -216,9 +223,17 @@ def main() -> None:
                     help="backbones that get the Persona-method rows (default: all of --backbones)")
     ap.add_argument("--no-adapter", action="store_true", help="static device models only")
     ap.add_argument("--force", action="store_true", help="rerun rows whose report exists")
+    ap.add_argument("--side-only", action="store_true",
+                    help="only build the backbones' side files and print openai-own vs minilm (nothing trained)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     names = args.backbones.split(",")
+    if args.side_only:
+        for b in names:
+            build_side(b, args.dataset, args.force)
+        diff = side_difference(args.dataset)
+        print(f"openai-own vs minilm side files on {args.dataset}: largest |difference| {diff}")
+        return
     with_adapter = [] if args.no_adapter else (args.adapter_backbones or args.backbones).split(",")
     methods = [m for m in args.methods.split(",") if m]
     rows = [run_backbone(b, args.dataset, args.model, args.force,

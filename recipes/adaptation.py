@@ -102,10 +102,10 @@ def run_methods(cfg: RecipeConfig, methods: list[str], progress: bool = True, re
 
 
 def evaluate_methods(cfg: RecipeConfig, methods: list[str], progress: bool = True,
-                     update: bool = False) -> MethodsReport:
+                     update: bool = False, reuse: bool = False) -> MethodsReport:
     """:func:`run_methods`, reported; ``update`` re-evaluates the saved adapters/banks and replaces these
-    methods in the earlier report (the others are kept)."""
-    out = run_methods(cfg, methods, progress, reuse=update)
+    methods in the earlier report (the others are kept); ``reuse`` re-evaluates them into a new report."""
+    out = run_methods(cfg, methods, progress, reuse=update or reuse)
     if update:
         out = merge_with_report(cfg, out)
     return MethodsReport(out, report_adaptation(cfg, out))

@@ -34,6 +34,12 @@ def add_parser(sub) -> None:
         help="with --methods: evaluate the adapters/banks saved by an earlier run (same config) and replace "
         "these methods in its report",
     )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --methods: evaluate the adapters/banks saved by earlier runs (same config; e.g. trained one seed "
+        "at a time) into a new report",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_evaluate)
 
@@ -80,8 +86,8 @@ def run_evaluate(args) -> int:
 
     if args.methods:
         return run_methods(args)
-    if args.update:
-        raise CliError("--update needs --methods")
+    if args.update or args.reuse:
+        raise CliError(f"{'--update' if args.update else '--reuse'} needs --methods")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     _model_configs(args, [n for n in names if n != "pop"])
     cfg = load_app_config(args.config, args.overrides)
@@ -105,9 +111,10 @@ def run_methods(args) -> int:
     if unknown:
         raise CliError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
     try:
-        report = evaluate_methods(cfg, methods, progress=not args.quiet, update=args.update)
+        report = evaluate_methods(cfg, methods, progress=not args.quiet, update=args.update, reuse=args.reuse)
     except (CheckpointError, ArtifactError) as exc:
-        raise CliError(f"{exc}; {'run it without --update first' if args.update else TRAIN_HINT}") from exc
+        again = args.update or args.reuse
+        raise CliError(f"{exc}; {'run it without --update/--reuse first' if again else TRAIN_HINT}") from exc
     print(f"\n{cfg.dataset} / {cfg.model} ({cfg.data.protocol} protocol), test split, seeds {cfg.seeds}\n")
     print(report.table)
     return 0

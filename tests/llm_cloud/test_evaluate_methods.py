@@ -1,5 +1,6 @@
 """``persona evaluate --methods all`` end to end on a tiny real ml-100k setup: train → edit → rank, every
-method, the report, then ``--update`` re-evaluating one method on the saved adapters and banks."""
+method, the report, then ``--update`` re-evaluating one method on the saved adapters and banks and
+``--reuse`` evaluating them into a new report."""
 
 from __future__ import annotations
 
@@ -64,6 +65,13 @@ def test_every_method_then_update_one(ml100k_split, workdir, tmp_path, capsys):
         m: r for m, r in first["runs"].items() if m != "proto-dyn"
     }
     assert second["runs"]["proto-dyn"] != first["runs"]["proto-dyn"]
+
+    # --reuse: the saved adapters, one seed's run at a time, into a new report of just these methods
+    fresh = [*args, f"reports_dir={tmp_path / 'fresh'}"]
+    assert persona(["evaluate", "--quiet", "--methods", "static,edit,served", "--reuse", *fresh]) == 0
+    third = json.loads((tmp_path / "fresh" / "ml-100k" / "adaptation-sasrec.json").read_text())
+    assert list(third["runs"]) == ["static", "edit", "served"]
+    assert {m: third["runs"][m] for m in third["runs"]} == {m: first["runs"][m] for m in third["runs"]}
 
     # a saved adapter made with another config is not silently reused
     capsys.readouterr()
