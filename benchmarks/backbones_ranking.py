@@ -247,9 +247,10 @@ def main() -> None:
     earlier = out / f"{stem}.json"
     if diff is None and earlier.is_file():  # side files not on this machine: keep the measured value
         diff = json.loads(earlier.read_text()).get("side_max_abs_diff")
+    protocol = json.loads((ROOT / rows[0]["report"]).read_text())["meta"]["protocol"]
     md = (f"# LLM backbones compared on ranking: {args.dataset} {args.model}, static device model\n\n"
           "`model_params.item_side=fused` (ID view + trained projection of the frozen whitened LLM view); "
-          "RecBole full ranking, test split, shift protocol, mean ± std over seeds.\n\n" + table(rows) + "\n")
+          f"RecBole full ranking, test split, {protocol} protocol, mean ± std over seeds.\n\n" + table(rows) + "\n")
     if diff is not None:
         md += f"\nopenai-own vs minilm side files: largest |difference| {diff:.2e}.\n"
     if adapted:
