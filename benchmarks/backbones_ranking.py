@@ -144,8 +144,10 @@ def run_backbone(name: str, dataset: str, model: str, force: bool, need_checkpoi
         build_side(name, dataset, force)
         persona("train", f"model={model}", *common)
         persona("evaluate", "--models", f"pop,{model}", *common)
-    runs = json.loads(report.read_text())["runs"][model]
-    out = {"backbone": name, "label": LABELS[name], "seeds": len(runs), "report": str(report.relative_to(ROOT))}
+    written = json.loads(report.read_text())
+    runs = written["runs"][model]
+    out = {"backbone": name, "label": LABELS[name], "seeds": len(runs), "report": str(report.relative_to(ROOT)),
+           "protocol": written["meta"]["protocol"]}
     for key in ["ndcg@10", "hit@10", "mrr@10", "new/hit@10", "seen/hit@10", "tail/hit@10"]:
         vals = np.array([r.get(key, np.nan) for r in runs])  # reports from before the slices have none
         out[key] = (float(vals.mean()), float(vals.std()))
@@ -170,10 +172,10 @@ def run_methods(name: str, dataset: str, model: str, methods: list[str], force: 
     return out
 
 
-def methods_table(rows: list[dict], methods: list[str], id_only_static: float | None = None) -> str:
+def methods_table(rows: list[dict], methods: list[str], id_only: float | None = None) -> str:
     """NDCG@10 per backbone and method; gains vs the same backbone's static model and vs ID-only static
-    (from its methods row, else ``id_only_static``: the static table's, the same checkpoints)."""
-    base = next((np.mean(r["static"]["ndcg@10"]) for r in rows if r["backbone"] == "id-only"), id_only_static)
+    (from its methods row, else ``id_only``: the static table's, the same checkpoints)."""
+    base = next((np.mean(r["static"]["ndcg@10"]) for r in rows if r["backbone"] == "id-only"), id_only)
     head = "| backbone | seeds | static NDCG@10 | " + " | ".join(f"{m} NDCG@10 (vs static)" for m in methods)
     shown = "served" if "served" in methods else methods[-1]  # what the service runs; no pick on test
     lines = [head + f" | {shown} vs ID-only static |", "|---|---|---|" + "---|" * len(methods) + "---|"]
@@ -200,8 +202,13 @@ def side_difference(dataset: str) -> float | None:
         return float(np.abs(za["vectors"] - zb["vectors"]).max())
 
 
+def id_only_static(rows: list[dict]) -> float | None:
+    """Mean test NDCG@10 of the ID-only static device model, if it is among the rows."""
+    return next((r["ndcg@10"][0] for r in rows if r["backbone"] == "id-only"), None)
+
+
 def table(rows: list[dict]) -> str:
-    base = next((r["ndcg@10"][0] for r in rows if r["backbone"] == "id-only"), None)
+    base = id_only_static(rows)
     lines = ["| backbone | dim | seeds | NDCG@10 | HR@10 | MRR@10 | vs ID only | new HR@10 | seen HR@10 | tail HR@10 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -247,18 +254,17 @@ def main() -> None:
     earlier = out / f"{stem}.json"
     if diff is None and earlier.is_file():  # side files not on this machine: keep the measured value
         diff = json.loads(earlier.read_text()).get("side_max_abs_diff")
-    protocol = json.loads((ROOT / rows[0]["report"]).read_text())["meta"]["protocol"]
     md = (f"# LLM backbones compared on ranking: {args.dataset} {args.model}, static device model\n\n"
           "`model_params.item_side=fused` (ID view + trained projection of the frozen whitened LLM view); "
-          f"RecBole full ranking, test split, {protocol} protocol, mean ± std over seeds.\n\n" + table(rows) + "\n")
+          f"RecBole full ranking, test split, {rows[0]['protocol']} protocol, mean ± std over seeds.\n\n"
+          + table(rows) + "\n")
     if diff is not None:
         md += f"\nopenai-own vs minilm side files: largest |difference| {diff:.2e}.\n"
     if adapted:
         md += ("\n## Persona methods per backbone\n\nThe same device models with the cloud's edit "
                "(adapter to its validation plateau, `adapter.epochs=30`; `served` is what the service runs); "
                "mean ± std over seeds, the gain vs static averaged per seed.\n\n"
-               + methods_table(adapted, methods, next((r["ndcg@10"][0] for r in rows if r["backbone"] == "id-only"),
-                                                      None)) + "\n")
+               + methods_table(adapted, methods, id_only_static(rows)) + "\n")
     md += (f"\nRegenerate: `python benchmarks/backbones_ranking.py --dataset {args.dataset} --model {args.model} "
            f"--backbones {args.backbones}" + (f" --adapter-backbones {','.join(with_adapter)}" if with_adapter
                                                else " --no-adapter")
