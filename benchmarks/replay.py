@@ -17,10 +17,12 @@ Conditions: ``exact`` (a cloud edit for every new event, budget 10 s: what ``ser
 ``exact-fp32`` (the same with dense fp32 edits on the wire instead of codes), ``default`` (the shipped
 serve config), ``default-unbatched`` (the same against a cloud that answers each edit request in its own
 forward pass, ``serve.max_batch=1``: the cloud before :mod:`serving.edit_batcher`), ``cloud-down`` (dead
-cloud, the cached bank only), ``slow`` (the cloud answers after 100 ms, past the 50 ms budget) and
+cloud, the cached bank only; ``cloud-down-ungated`` and ``default-ungated`` with ``serve.cache_gate=false``:
+every cached prototype's edit served, also those that did not beat the base head on validation), ``slow``
+(the cloud answers after 100 ms, past the 50 ms budget) and
 ``throttled`` (the default config over a link with +20 ms each way and 1 Mbit/s), ``exact-dynamic``
 (``exact`` against a cloud whose bank learns from the replayed traffic, ``serve.dynamic_bank=true``: what
-``served-dyn`` measures offline; not in the default set). Then the request-rate
+``served-dyn`` measures offline; not in the default set, nor are the ``-ungated`` ones). Then the request-rate
 curve: policy ``drift`` against ``random`` (``serve.request_policy``)
 at each ``--rates`` value, budget 10 s so that only the policy decides what is served (rate 0 is the
 cached bank alone; rate 1 is ``exact``). Each condition reports the adaptation-source shares, cloud
@@ -74,12 +76,15 @@ CONDITIONS = {
     "exact": {"device": ["serve.refresh_every=1", *LONG_BUDGET]},
     "exact-fp32": {"device": ["serve.refresh_every=1", "serve.edit_encoding=fp32", *LONG_BUDGET]},
     "default": {"device": []},
+    "default-ungated": {"device": ["serve.cache_gate=false"]},
     "default-unbatched": {"device": [], "cloud": "unbatched"},
     "cloud-down": {"device": [], "cloud": None},
+    "cloud-down-ungated": {"device": ["serve.cache_gate=false"], "cloud": None},  # every cached edit (no gate)
     "slow": {"device": [], "cloud": "slow"},
     "throttled": {"device": [], "link": (0.020, 1_000_000)},
     "exact-dynamic": {"device": ["serve.refresh_every=1", *LONG_BUDGET], "cloud": "dynamic"},
 }
+OPTIONAL = ("exact-dynamic", "cloud-down-ungated", "default-ungated")  # not in the default set
 SLOW_MS = 100
 CLOUDS = {  # cloud processes by kind: the overrides each is started with
     "live": [],
@@ -480,7 +485,7 @@ def main() -> int:
     parser.add_argument("--users", type=float, default=0.25, help="share of the test users replayed")
     parser.add_argument("--lanes", type=int, default=8)
     parser.add_argument("--rates", default="0,0.05,0.1,0.2,0.5,1")
-    parser.add_argument("--conditions", default=",".join(c for c in CONDITIONS if c != "exact-dynamic"))
+    parser.add_argument("--conditions", default=",".join(c for c in CONDITIONS if c not in OPTIONAL))
     parser.add_argument("--no-curve", action="store_true")
     parser.add_argument("--runs", default=str(ROOT / "runs"), help="the runs root holding <dataset>/<model>/seed<N>")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))

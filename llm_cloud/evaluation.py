@@ -11,7 +11,10 @@ what the cloud service answers (:func:`llm_cloud.editor.served_edit`: prototype 
 window's own edit when out of distribution, the configured bank variant, frozen); ``served-dyn`` the same
 with the bank learning from the test period as it streams in time order — answered windows refine their
 prototypes or open new ones, consumed items count into the OOD score (:func:`llm_cloud.editor.absorb`,
-:func:`~llm_cloud.editor.count_outcomes`) — as the service runs it with ``serve.dynamic_bank=true``.
+:func:`~llm_cloud.editor.count_outcomes`) — as the service runs it with ``serve.dynamic_bank=true``;
+``cached`` what a device serves from its cached bank alone (cloud slow or down): its nearest signature's
+edit where the snapshot's ``cache_ok`` allows it and the device is not out of distribution, else the base
+head (no adapter, no cloud call).
 
 :class:`MethodEvaluator` scores them; the adapters and banks come from an :class:`ArtefactSource`
 (``recipes.artefacts.ArtefactBuilder`` trains, saves or reloads them).
@@ -44,7 +47,7 @@ from recsys.splits import SplitData
 log = logging.getLogger(__name__)
 
 METHODS = ["static", "finetune", "duet", "edit", "proto", "proto-centre", "proto-res", "proto-dyn", "served",
-           "served-dyn", "no-xlayer", "no-codebook", "context", "no-context", "solid"]
+           "served-dyn", "cached", "no-xlayer", "no-codebook", "context", "no-context", "solid"]
 ADAPTER_OF = {  # method → adapter variant (config overrides)
     "edit": "main", "proto": "main", "proto-centre": "main", "proto-res": "main", "proto-dyn": "main",
     "served": "main", "served-dyn": "main", "duet": "duet", "no-xlayer": "no-xlayer", "no-codebook": "no-codebook",
@@ -153,6 +156,8 @@ class MethodEvaluator:
             return model_score_fn(base)
         if method == "finetune":
             return self._finetune_fn(self.finetune_lr())
+        if method == "cached":
+            return self._cached_fn(self.source.bank(self.served_bank), record)
         adapter = self.source.adapter(ADAPTER_OF[method])
         if method in ("served", "served-dyn"):  # served-dyn: a live copy, published after every batch
             bank = self.source.bank(self.served_bank)
@@ -203,6 +208,24 @@ class MethodEvaluator:
             if dynamic:  # what the cloud's live bank learns (serve.dynamic_bank), after answering
                 count_outcomes(base, bank, out.state, rows["item_id"], out.base_logits)
                 absorb(bank, out)
+            return logits
+
+        return fn
+
+    def _cached_fn(self, bank: PrototypeBank, record: RowRecord):
+        """The device's own path with its cached snapshot (``DeviceRuntime`` with no cloud edit)."""
+        base, ok = self.base, bank.cache_ok()
+
+        def fn(rows):
+            state = base.user_state(rows["item_id_list"], rows["item_length"])
+            k, score, base_logits = bank.ood_scores(base, state)
+            record.ood_score.append(score.cpu())
+            record.base_entropy.append(ood.entropy(base_logits).cpu())
+            logits = base_logits.clone()
+            use = ~bank.is_ood(score) & torch.tensor(ok, dtype=torch.bool, device=k.device)[k]
+            for p in torch.unique(k[use]).tolist():
+                idx = torch.nonzero(use & (k == p)).flatten()
+                logits[idx] = edited_logits(base, state[idx], bank.prototype_edit(p))
             return logits
 
         return fn

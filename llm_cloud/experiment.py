@@ -109,7 +109,7 @@ def plot_over_time(out: dict, path: Path, title: str) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     x = np.arange(1, N_TIME_WINDOWS + 1)
-    for method in ("static", "proto", "proto-res", "proto-dyn", "served", "served-dyn", "edit", "finetune"):
+    for method in ("static", "proto", "proto-res", "proto-dyn", "served", "served-dyn", "cached", "edit", "finetune"):
         if method in out["over_time"]:
             arr = np.array(out["over_time"][method])
             ax.errorbar(x, arr.mean(0), yerr=arr.std(0), label=method, marker="o", capsize=3)

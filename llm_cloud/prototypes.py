@@ -9,6 +9,10 @@ centre's. While the test period streams in, assigned codes pull their centre and
 (``refine``), and out-of-distribution windows open a new prototype (``spawn``). Out of distribution
 means a high :mod:`recsys.ood` score (the base model's entropy + its nearest prototype's miss rate,
 fitted on validation rows by ``calibrate``; a dynamic bank keeps counting misses with ``observe``).
+``calibrate`` also measures, per prototype, what its cached edit does on its own — the device's path when
+the cloud is slow or down: nearest signature, the OOD test, ``E_k`` with no residual — against the base
+head on the same validation rows (``cache_gain``); the snapshot tells the device to cache only the edits
+that gained (``cache_ok``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ def sample_codes(
     return torch.cat(out)
 
 
+def ndcg_at(logits: torch.Tensor, target: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """``[B]`` NDCG@k of each row's single target (ties counted against it; padding column at ``-inf``)."""
+    rank = (logits > logits.gather(1, target.view(-1, 1))).sum(1)
+    return torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2), torch.zeros_like(rank, dtype=torch.float))
+
+
 def clipped_parts(edit: HeadEdit, c: float) -> list[torch.Tensor]:
     """Weights and biases of a full edit, clipped, as ``[dW_1 … dW_L, db_1 … db_L]``."""
     return [w.clamp(-c, c) for w in edit.dW] + [b.clamp(-c, c) for b in edit.db]
@@ -61,6 +71,7 @@ class PrototypeBank:
         self.prior = 0.5  # bank-wide miss rate (smooths small prototypes)
         self.ood_weights: tuple[float, float, float] | None = None  # recsys.ood score: entropy, prototype, bias
         self.ood_threshold = float("inf")  # on that score (None weights: nothing is out of distribution)
+        self.cache_gain: torch.Tensor | None = None  # [K] validation NDCG@10 gain of E_k alone (None: not measured)
         self.spawned = 0
         self._online = None  # (bank size, leaf head tensors, Adam) of prequential refinement
 
@@ -180,6 +191,36 @@ class PrototypeBank:
         self.ood_weights = ood.fit_weights(ent.cpu(), self.proto_logodds()[k].cpu(), miss.cpu())
         score = self._score(ent, k)
         self.ood_threshold = float(torch.quantile(score[: min(len(score), 200_000)], self.cfg.ood_quantile))
+        self.fit_cache_gain(base, state, target, logits)
+
+    @torch.no_grad()
+    def fit_cache_gain(self, base: EditableSeqRec, state: torch.Tensor, target: torch.Tensor,
+                       logits: torch.Tensor | None = None, batch: int = 4096) -> None:
+        """``cache_gain[k]``: mean NDCG@10 of prototype k's edit alone minus the base head's, over the held-out
+        rows a device would serve from its cache with it (nearest signature, not out of distribution)."""
+        k, score, logits = self.ood_scores(base, state, logits)
+        use = ~self.is_ood(score)
+        gain = torch.zeros(self.size, device=state.device)
+        rows = torch.zeros(self.size, device=state.device)
+        for p in range(self.size):
+            idx = torch.nonzero((k == p) & use).flatten()
+            for start in range(0, len(idx), batch):
+                sel = idx[start : start + batch]
+                edited = base.logits(base.head(state[sel], self.prototype_edit(p)))
+                gain[p] += (ndcg_at(edited, target[sel]) - ndcg_at(logits[sel], target[sel])).sum()
+            rows[p] = len(idx)
+        self.cache_gain = gain / rows.clamp(min=1)
+
+    def cache_ok(self) -> list[bool]:
+        """Per prototype: may a device serve its edit from the cache? Only where it gained on held-out rows
+        (not measured, e.g. a bank saved before the gate: every prototype, as before)."""
+        if self.cache_gain is None:
+            return [True] * self.size
+        return (self.cache_gain > 0).tolist()
+
+    def prototype_edit(self, k: int) -> HeadEdit:
+        """Prototype ``k``'s head edit ``E_k`` (relative to the base head)."""
+        return HeadEdit([w[k] for w in self.weights], [b[k] for b in self.biases], clip=self.cfg.total_clip)
 
     def _score(self, ent: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         return ood.combine(ent, self.proto_logodds()[k], *self.ood_weights)
@@ -266,6 +307,8 @@ class PrototypeBank:
         self.counts = torch.cat([self.counts, torch.ones(1, device=self.counts.device)])
         self.miss = torch.cat([self.miss, torch.zeros(1, device=self.miss.device)])  # starts at the prior
         self.seen = torch.cat([self.seen, torch.zeros(1, device=self.seen.device)])
+        if self.cache_gain is not None:  # no held-out evidence for it yet: not served from a device's cache
+            self.cache_gain = torch.cat([self.cache_gain, torch.zeros(1, device=self.cache_gain.device)])
         for i, part in enumerate(sample_parts):
             if i < self.n_layers:
                 self.weights[i] = torch.cat([self.weights[i], part.unsqueeze(0)])
@@ -284,6 +327,7 @@ class PrototypeBank:
         other.miss, other.seen, other.prior = self.miss.clone(), self.seen.clone(), self.prior
         other.ood_weights, other.ood_threshold = self.ood_weights, self.ood_threshold
         other.spawned = self.spawned
+        other.cache_gain = None if self.cache_gain is None else self.cache_gain.clone()
         return other
 
     def ood_snapshot(self) -> ood.OodScore | None:
@@ -300,6 +344,8 @@ class PrototypeBank:
         if self.ood_weights is not None:
             out["ood_weights"] = torch.tensor(self.ood_weights, dtype=torch.float64)
         out["ood_threshold"] = torch.tensor(self.ood_threshold)
+        if self.cache_gain is not None:
+            out["cache_gain"] = self.cache_gain
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             out[f"weight_{i}"], out[f"bias_{i}"] = w, b
         return out
@@ -314,6 +360,7 @@ class PrototypeBank:
         self.ood_threshold = float(state["ood_threshold"]) if w is not None else float("inf")
         self.weights = [state[f"weight_{i}"] for i in range(self.n_layers)]
         self.biases = [state[f"bias_{i}"] for i in range(self.n_layers)]
+        self.cache_gain = state.get("cache_gain")  # banks saved before the cache gate: None (every edit cached)
 
     @property
     def version(self) -> str:
@@ -326,20 +373,14 @@ class PrototypeBank:
         """The device cache: signatures, per-prototype head edits (fp32), the OOD score (:mod:`recsys.ood`),
         and the adapter's ``decoder`` for code-encoded edits."""
         version = version or self.version
-        edits = [
-            EditPayload.from_head_edit(
-                HeadEdit([w[k] for w in self.weights], [b[k] for b in self.biases], clip=self.cfg.total_clip),
-                version,
-                k,
-                encoding="fp32",
-            )
-            for k in range(self.size)
-        ]
+        edits = [EditPayload.from_head_edit(self.prototype_edit(k), version, k, encoding="fp32")
+                 for k in range(self.size)]
         return PrototypeSnapshot(
             version=version,
             dim=int(self.signatures.size(1)),
             signatures=self.signatures.tolist(),
             edits=edits,
             ood=self.ood_snapshot(),
+            cache_ok=self.cache_ok(),
             decoder=decoder,
         )

@@ -97,6 +97,9 @@ class ArtefactBuilder:
             _same_config(directory.name, {k: getattr(bank.cfg, k) for k in BUILD_FIELDS},
                          {k: getattr(cfg, k) for k in BUILD_FIELDS})
             bank.cfg = cfg  # how it is refined while the test period streams in is today's config
+            if bank.cache_gain is None and bank.ood_weights is not None:  # saved before the device-cache gate
+                bank.fit_cache_gain(inputs.base, *self._calibration())  # measured on validation, as a build does
+                save_bank(directory, bank)
             self.banks[variant] = bank
             return bank
         adapter, samples = self._adapter(run_layout.MAIN_ADAPTER)

@@ -185,8 +185,9 @@ class PrototypeSnapshot(BaseModel):
     nearest prototype with no cloud call; ``edits[k]`` is prototype k's head edit (relative to the
     base head); ``ood`` is the bank's out-of-distribution score (:mod:`recsys.ood`: the base model's
     entropy + the nearest prototype's miss rate): a device scoring above its threshold is out of
-    distribution and keeps the base head;
-    ``decoder`` lets it decode ``code`` edits.
+    distribution and keeps the base head; ``cache_ok[k]`` says whether prototype k's edit may be served
+    from the cache on its own (the cloud measured it beating the base head on held-out rows; ``None``:
+    every one, as banks before the gate); ``decoder`` lets it decode ``code`` edits.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -195,6 +196,7 @@ class PrototypeSnapshot(BaseModel):
     signatures: list[list[float]] = Field(default_factory=list)
     edits: list[EditPayload] = Field(default_factory=list)
     ood: OodScore | None = None
+    cache_ok: list[bool] | None = None
     decoder: EditDecoder | None = None
 
     @model_validator(mode="before")
@@ -220,8 +222,9 @@ class PrototypeSnapshot(BaseModel):
 class DeviceRuntime:
     """A device's model: map item tokens, compute the user state, assign a prototype, rank."""
 
-    def __init__(self, model: EditableSeqRec, item_tokens: np.ndarray):
+    def __init__(self, model: EditableSeqRec, item_tokens: np.ndarray, cache_gate: bool = True):
         self.model = model.eval()
+        self.cache_gate = cache_gate  # serve a cached prototype's edit only where the snapshot's cache_ok allows
         self.item_tokens = item_tokens
         self.token_to_id = {str(t): i for i, t in enumerate(item_tokens) if i > 0}
         self.prototypes: PrototypeSnapshot | None = None
@@ -245,6 +248,8 @@ class DeviceRuntime:
             raise ValueError(f"prototype dim {snapshot.dim} != model dim {self.model.head.dim}")
         if snapshot.ood is not None and len(snapshot.ood.proto_logodds) != snapshot.size:
             raise ValueError(f"OOD score for {len(snapshot.ood.proto_logodds)} prototypes, bank has {snapshot.size}")
+        if snapshot.cache_ok is not None and len(snapshot.cache_ok) != snapshot.size:
+            raise ValueError(f"cache_ok for {len(snapshot.cache_ok)} prototypes, bank has {snapshot.size}")
         edits = [e.head_edit() for e in snapshot.edits]  # decode before swapping: never half-updated
         if snapshot.decoder is not None:
             snapshot.decoder.tensors  # noqa: B018 - decoded (and checked) here, once, not on the first edit
@@ -298,7 +303,12 @@ class DeviceRuntime:
         return (score.score(ent, torch.tensor(protos)) > score.threshold).tolist()
 
     def prototype_edit(self, k: int | None) -> HeadEdit | None:
-        return None if k is None else self._proto_edits[k]
+        """Prototype ``k``'s cached edit as the device serves it on its own: None (the base head) when the
+        snapshot's ``cache_ok`` says it did not beat the base head (unless ``cache_gate`` is off)."""
+        if k is None:
+            return None
+        ok = self.prototypes.cache_ok if self.prototypes is not None and self.cache_gate else None
+        return self._proto_edits[k] if ok is None or ok[k] else None
 
     @torch.inference_mode()
     def scores(self, item_ids: list[int], edit: HeadEdit | None = None) -> torch.Tensor:

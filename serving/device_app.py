@@ -67,7 +67,7 @@ class DeviceService:
     def __init__(self, cfg: AppConfig, art: Artefacts, cloud_url: str | None = None, api_key: str | None = None):
         self.cfg, self.s = cfg, cfg.serve
         self.art = art
-        self.runtime = DeviceRuntime(art.model, art.tokens)
+        self.runtime = DeviceRuntime(art.model, art.tokens, cache_gate=self.s.cache_gate)
         self._tokens = [str(t) for t in art.tokens]  # item id → token, as sent
         db_path, self.cache_path = self.s.state_paths(cfg.output_dir, art.meta.dataset)
         if self.cache_path.is_file():
@@ -214,9 +214,10 @@ class DeviceService:
 
     def _fallback(self, proto: int | None) -> Choice:
         bank = self.runtime.prototypes
-        if proto is not None and bank is not None:
-            return Choice("prototype-cache", bank.version, proto, self.runtime.prototype_edit(proto))
-        return Choice("base", None, None, None)
+        edit = self.runtime.prototype_edit(proto) if bank is not None else None
+        if edit is not None:
+            return Choice("prototype-cache", bank.version, proto, edit)
+        return Choice("base", None, None, None)  # no bank, out of distribution, or an edit that did not gain
 
     @staticmethod
     def _from_cloud(c: CachedEdit) -> Choice:

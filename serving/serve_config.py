@@ -46,6 +46,9 @@ class ServeConfig(BaseModel):
     refresh_every: int = Field(5, ge=1)  # refresh: ask the cloud for a new edit every N new events of a user
     request_rate: float = Field(0.2, ge=0.0, le=1.0)  # drift / random: target share of new events that ask
     prototypes_refresh_s: float = Field(60.0, gt=0)  # how often the device refetches the bank snapshot
+    # serve a cached prototype's edit on its own (cloud slow / down, or the policy does not ask) only where the
+    # cloud measured it beating the base head on held-out rows (the snapshot's cache_ok); false: every prototype's
+    cache_gate: bool = True
     # cloud: the bank learns from the traffic as `served-dyn` is evaluated (answered windows refine their prototypes
     # or open new ones, each history's newest item counts into the OOD score); published every N answers, a new
     # version the devices refetch (bank_publish_every: fewer refetches, a staler bank)

@@ -25,8 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--methods",
         help="adaptation methods for cfg.model instead of base models, comma-separated or 'all': "
-        "static,finetune,duet,edit,proto,proto-centre,proto-res,proto-dyn,served,served-dyn,no-xlayer,no-codebook,"
-        "context,no-context,solid",
+        "static,finetune,duet,edit,proto,proto-centre,proto-res,proto-dyn,served,served-dyn,cached,no-xlayer,"
+        "no-codebook,context,no-context,solid",
     )
     p.add_argument(
         "--update",

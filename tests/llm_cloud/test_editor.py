@@ -183,3 +183,50 @@ def test_a_dynamic_cloud_learns_what_served_dyn_learns_and_publishes_it():
     frozen = AdapterEditor(base, adapter, bank, None, "v")
     frozen.edit(users[0])
     assert frozen.version == "v" and frozen.live is None
+
+
+def _ndcg10(logits, target):
+    rank = (logits > logits.gather(1, target.view(-1, 1))).sum(1)
+    return torch.where(rank < 10, 1 / torch.log2(rank.float() + 2), torch.zeros(len(rank)))
+
+
+def test_a_device_serves_a_cached_edit_alone_only_where_it_beat_the_base_head_on_held_out_rows():
+    bank, adapter, samples, base = _bank(PrototypeConfig(k=3, variant="finetune", finetune_epochs=2))
+    state, target = samples.state, samples.targets[:, 0]
+    with torch.no_grad():
+        for part in bank.weights + bank.biases:
+            part[2] = 0.0  # prototype 2: no edit at all (no gain: the base head is as good)
+        bank.fit_cache_gain(base, state, target)
+        k, score, logits = bank.ood_scores(base, state)
+        for p in range(bank.size):  # the gain is the mean NDCG@10 difference on the rows a device serves with p
+            rows = (k == p) & ~bank.is_ood(score)
+            edited = base.logits(base.head(state[rows], bank.prototype_edit(p)))
+            want = float((_ndcg10(edited, target[rows]) - _ndcg10(logits[rows], target[rows])).mean())
+            assert float(bank.cache_gain[p]) == pytest.approx(want, abs=1e-6)
+    assert float(bank.cache_gain[2]) == 0.0 and bank.cache_ok() == (bank.cache_gain > 0).tolist()
+    bank.cache_gain = torch.tensor([0.01, -0.02, 0.0])  # one edit that gained, one that lost, one level
+    ok = bank.cache_ok()
+    assert ok == [True, False, False]
+
+    editor = AdapterEditor(base, adapter, bank, None, "v")
+    device = _device(base, editor)
+    assert device.prototypes.cache_ok == ok  # it travels in the snapshot (GET /v1/prototypes)
+    for p in range(bank.size):
+        edit = device.prototype_edit(p)
+        assert (edit is not None) == ok[p]
+    ungated = DeviceRuntime(base, device.item_tokens, cache_gate=False)  # serve.cache_gate=false: every edit
+    ungated.set_prototypes(device.prototypes)
+    assert all(ungated.prototype_edit(p) is not None for p in range(bank.size))
+    older = PrototypeSnapshot.model_validate(editor.snapshot().model_dump(exclude={"cache_ok"}))  # before the gate
+    device.set_prototypes(older)
+    assert all(device.prototype_edit(p) is not None for p in range(bank.size))
+
+    # kept with the bank; a spawned prototype has no held-out evidence; an older bank gates nothing
+    copy = bank.copy()
+    copy.load_state_dict(bank.state_dict())
+    assert torch.equal(copy.cache_gain, bank.cache_gain)
+    assert copy.spawn(copy.centres[0], [w[0] for w in copy.weights + copy.biases], copy.signatures[0]) == 3
+    assert copy.cache_ok()[3] is False
+    state_dict = {k: v for k, v in bank.state_dict().items() if k != "cache_gain"}
+    copy.load_state_dict(state_dict)
+    assert copy.cache_gain is None and copy.cache_ok() == [True] * bank.size
