@@ -84,3 +84,12 @@ def load_checkpoint(directory: Path) -> tuple[EditableSeqRec, CheckpointMeta, np
     model.eval()
     tokens = np.asarray((directory / "items.txt").read_text().splitlines())
     return model, meta, tokens
+
+
+def export_for_device(checkpoint_dir: Path, out_dir: Path) -> Path:
+    """Write the device's copy of a checkpoint into ``out_dir``: the side views folded into the item table
+    (:meth:`EditableSeqRec.folded`: the same scores, an ID-only-sized ``model.pt``), the same item tokens."""
+    model, meta, tokens = load_checkpoint(checkpoint_dir)
+    folded = model.folded() if model.side is not None else model
+    extra = {**meta.extra, "folded_from": model.model_config.item_side} if model.side is not None else meta.extra
+    return save_checkpoint(Path(out_dir), folded, meta.dataset, tokens, extra)

@@ -346,6 +346,23 @@ class EditableSeqRec(nn.Module):
             self._table = (key, self.side(w))
         return self._table[1]
 
+    @torch.no_grad()
+    def folded(self) -> EditableSeqRec:
+        """An ID-only copy (``item_side=none``) whose item table is this model's inference table: the same
+        scores and user states, without the side views' buffers (what a device needs; ``persona export``)."""
+        m = self.model_config.model_copy(update={"item_side": "none"})
+        out = EditableSeqRec(self.spec.name, m, self.n_items, self.max_seq_len)
+        was_training = self.training
+        self.eval()
+        try:
+            table = self.item_embeddings.detach().clone()
+        finally:
+            self.train(was_training)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("side.")}
+        state["encoder.item_embedding.weight"] = table
+        out.load_state_dict(state)
+        return out.eval()
+
     def position_states(self, item_seq: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, T, D]`` encoder output at every position of right-padded ``item_seq``
         (``items``: the item table to embed with, default :attr:`item_embeddings`)."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.checkpoint import load_checkpoint, save_checkpoint
+from recsys.checkpoint import export_for_device, load_checkpoint, save_checkpoint
 from recsys.config import ModelConfig
 from recsys.evaluate import target_slices
 from recsys.item_side import ItemSideError, load_item_side, save_item_side, whiten
@@ -76,6 +76,32 @@ def test_side_views_train_and_survive_a_checkpoint(tmp_path, name, kind):
     loaded, meta, _ = load_checkpoint(save_checkpoint(tmp_path / "ckpt", model, "toy", tokens))
     assert meta.model_params.item_side == kind
     assert torch.equal(score_with_edit(loaded, seq, length), before)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("kind", ["fused", "codes"])
+def test_the_device_export_folds_the_side_views_into_the_item_table(tmp_path, name, kind):
+    """``persona export``: an ID-only checkpoint whose item table is the side-view model's inference table —
+    the same user states and scores (new items included), a smaller ``model.pt``, no side buffers."""
+    path, tokens, counts, _, _ = _side_file(tmp_path)
+    model = _model(name, kind, load_item_side(path, tokens, counts, 8))
+    x, y = make_windows([torch.randint(1, N_ITEMS, (n,)).numpy() for n in (6, 12, 4)], 10)
+    next_item_loss(model, x, y).backward()  # (a step, so the trained and folded tables are not the init's)
+    with torch.no_grad():
+        for prm in model.parameters():
+            if prm.grad is not None:
+                prm -= 0.1 * prm.grad
+    src = save_checkpoint(tmp_path / "ckpt", model, "toy", tokens)
+    out = export_for_device(src, tmp_path / "device")
+    folded, meta, got_tokens = load_checkpoint(out)
+    assert meta.model_params.item_side == "none" and meta.extra["folded_from"] == kind and folded.side is None
+    assert list(got_tokens) == list(tokens) and not any(k.startswith("side.") for k in folded.state_dict())
+    seq = torch.randint(1, N_ITEMS, (3, 10))
+    length = torch.tensor([10, 4, 1])
+    assert torch.allclose(score_with_edit(folded, seq, length), score_with_edit(model, seq, length), atol=1e-5)
+    assert (out / "model.pt").stat().st_size < (src / "model.pt").stat().st_size
+    again = export_for_device(out, tmp_path / "again")  # an ID-only checkpoint exports as it is
+    assert "folded_from" in load_checkpoint(again)[1].extra
 
 
 @pytest.mark.parametrize("kind", ["fused", "codes"])

@@ -69,6 +69,7 @@ def test_bad_config_field_is_named(tmp_path):
 def test_evaluate_without_checkpoint_says_what_to_run(tmp_path):
     proc = persona("evaluate", "--models", "sasrec", f"output_dir={tmp_path}", f"data.workdir={tmp_path / 'a'}")
     _one_line_error(proc, "persona train model=sasrec")
+    _one_line_error(persona("export", f"output_dir={tmp_path}"), "no complete checkpoint")
 
 
 @needs_mirror
@@ -91,9 +92,14 @@ def test_run_end_to_end_on_a_small_real_dataset(tmp_path):
     assert len(report["runs"]["sasrec"]) == 2 and "ndcg@10" in report["summary"]["gru4rec"]
     ckpt = tmp_path / "runs" / "amazon-scientific" / "sasrec" / "seed1"
     assert {p.name for p in ckpt.iterdir()} == {"model.pt", "model.yaml", "items.txt", "manifest.json"}
+    # the device's copy: the LLM item view folded into the item table (ID-only sized, same scores: test_item_side)
+    export = persona("export", "dataset=amazon-scientific", "model=sasrec", "seeds=[0,1]",
+                     f"output_dir={tmp_path / 'runs'}", f"data.workdir={tmp_path / 'atomic'}")
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert (ckpt / "device" / "model.pt").stat().st_size < 0.8 * (ckpt / "model.pt").stat().st_size
 
 
-@pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run"])
+@pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "run", "export"])
 def test_help(cmd):
     assert persona(cmd, "--help").returncode == 0
 
