@@ -42,6 +42,7 @@ from recsys import ood
 from recsys.evaluate import evaluate_rows, model_score_fn
 from recsys.finetune import finetune_edit
 from recsys.models import EditableSeqRec, HeadEdit, score_with_edit
+from recsys.runtime import DeviceRuntime
 from recsys.splits import SplitData
 
 log = logging.getLogger(__name__)
@@ -213,20 +214,21 @@ class MethodEvaluator:
         return fn
 
     def _cached_fn(self, bank: PrototypeBank, record: RowRecord):
-        """The device's own path with its cached snapshot (``DeviceRuntime`` with no cloud edit)."""
-        base, ok = self.base, bank.cache_ok()
+        """The device alone with the bank's snapshot: ``DeviceRuntime``'s own assignment, OOD test and cache
+        gate (what ``serving.device_app`` serves as ``prototype-cache`` / ``base`` without a cloud edit)."""
+        base = self.base
+        device = DeviceRuntime(base, np.arange(base.n_items).astype(str))
+        device.set_prototypes(bank.snapshot())
 
         def fn(rows):
             state = base.user_state(rows["item_id_list"], rows["item_length"])
-            k, score, base_logits = bank.ood_scores(base, state)
+            protos, _ = device.assign_batch(state)
+            far = device.ood_flags(state, protos)
+            _, score, base_logits = bank.ood_scores(base, state)
             record.ood_score.append(score.cpu())
             record.base_entropy.append(ood.entropy(base_logits).cpu())
-            logits = base_logits.clone()
-            use = ~bank.is_ood(score) & torch.tensor(ok, dtype=torch.bool, device=k.device)[k]
-            for p in torch.unique(k[use]).tolist():
-                idx = torch.nonzero(use & (k == p)).flatten()
-                logits[idx] = edited_logits(base, state[idx], bank.prototype_edit(p))
-            return logits
+            edits = [None if f else device.prototype_edit(k) for k, f in zip(protos, far)]
+            return base.logits(device.head_batch(state, edits))
 
         return fn
 
