@@ -487,6 +487,8 @@ def main() -> int:
     parser.add_argument("--rates", default="0,0.05,0.1,0.2,0.5,1")
     parser.add_argument("--conditions", default=",".join(c for c in CONDITIONS if c not in OPTIONAL))
     parser.add_argument("--no-curve", action="store_true")
+    parser.add_argument("--curve-extra", nargs="*", default=[], help="device overrides for every curve point "
+                        "(e.g. serve.edit_max_age=5)")
     parser.add_argument("--runs", default=str(ROOT / "runs"), help="the runs root holding <dataset>/<model>/seed<N>")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     parser.add_argument("--name", default="replay", help="report file stem under --out")
@@ -539,7 +541,8 @@ def main() -> int:
                         extra, cloud, link_cfg = spec["device"], spec.get("cloud", "live"), spec.get("link")
                     else:
                         policy, rate = ("drift", 0.0) if name == "rate-0" else name.rsplit("-", 1)
-                        extra = [f"serve.request_policy={policy}", f"serve.request_rate={rate}", *LONG_BUDGET]
+                        extra = [f"serve.request_policy={policy}", f"serve.request_rate={rate}", *LONG_BUDGET,
+                                 *args.curve_extra]
                         cloud, link_cfg = "live", None
                     cloud_port = None if cloud is None else clouds[cloud][1]
                     res = run_condition(name, extra, cloud_port, link_cfg, ckpt, rows, snapshot, tmp, args.lanes)

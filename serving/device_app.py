@@ -242,7 +242,9 @@ class DeviceService:
         if self.policy is not None:  # the user's own edit of this bank stays usable until the policy asks
             usable = cached is not None and cached.bank == bank
             if not self._policy_asks(key, n_events, state, cached if usable else None):
-                return self._from_cloud(cached) if usable else self._fallback(proto)
+                age, limit = (n_events - cached.n_events if usable else 0), self.s.edit_max_age
+                fresh = usable and (limit is None or age < limit)  # a stale edit can rank below the fallback
+                return self._from_cloud(cached) if fresh else self._fallback(proto)
         if not self.cloud_reachable:
             self.metrics.fallback.labels("unavailable" if self.cloud_enabled else "disabled").inc()
             return self._fallback(proto)

@@ -45,6 +45,9 @@ class ServeConfig(BaseModel):
     request_policy: Literal["refresh", "drift", "random"] = "refresh"
     refresh_every: int = Field(5, ge=1)  # refresh: ask the cloud for a new edit every N new events of a user
     request_rate: float = Field(0.2, ge=0.0, le=1.0)  # drift / random: target share of new events that ask
+    # drift / random: a user's cloud edit is served for at most this many of its new events while the policy does
+    # not ask again; older, the device serves its gated bank / base head instead (None: until replaced)
+    edit_max_age: int | None = Field(None, ge=1)
     prototypes_refresh_s: float = Field(60.0, gt=0)  # how often the device refetches the bank snapshot
     # serve a cached prototype's edit on its own (cloud slow / down, or the policy does not ask) only where the
     # cloud measured it beating the base head on held-out rows (the snapshot's cache_ok); false: every prototype's

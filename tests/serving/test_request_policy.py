@@ -79,3 +79,27 @@ def test_drift_asks_new_devices_first_and_keeps_the_rate():
     for _ in range(3000):
         policy.ask(float("inf") if rng.random() < 0.03 else rng.random())  # 3 % new devices
     assert policy.share == pytest.approx(0.1, abs=0.02)
+
+
+@pytest.mark.parametrize("max_age", [None, 2])
+def test_a_stale_cloud_edit_gives_way_to_the_cached_bank(checkpoint, runtime, tmp_path, max_age):
+    """``serve.edit_max_age``: while the policy does not ask again, a user's cloud edit is served for at most
+    that many of its new events; then the device's own fallback (here the prototype cache)."""
+    dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
+    editor = RandomEditor(dim, n_layers)
+    extra = [] if max_age is None else [f"serve.edit_max_age={max_age}"]
+    cfg = serve_config(checkpoint, tmp_path, "serve.request_policy=drift", "serve.request_rate=0.01",
+                       "serve.budget_ms=2000", *extra)  # fmt: skip
+    capp, _ = cloud_app(cfg, lambda: editor)
+    items = [str(t) for t in runtime.item_tokens[1:7]]
+    with LiveServer(capp) as cloud, LiveServer(device_app(cfg, cloud.url)) as dev, httpx.Client(timeout=10) as c:
+        wait_for(lambda: c.get(f"{dev.url}/healthz").json()["prototypes"] == 3)
+        kinds = []
+        for n, item in enumerate(items):
+            post_events(c, dev.url, "dave", [item], start=n)
+            kinds.append(rank(c, dev.url, user_id="dave", k=10).json()["adaptation"])
+    assert editor.calls == 1  # the first event (no edit yet) asks; the low rate asks no more
+    if max_age is None:
+        assert kinds == ["cloud-edit"] * len(items)
+    else:
+        assert kinds == ["cloud-edit"] * max_age + ["prototype-cache"] * (len(items) - max_age)
