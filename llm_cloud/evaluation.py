@@ -158,7 +158,7 @@ class MethodEvaluator:
         if method == "finetune":
             return self._finetune_fn(self.finetune_lr())
         if method == "cached":
-            return self._cached_fn(self.source.bank(self.served_bank), record)
+            return self._cached_fn(self.source.bank(self.served_bank))  # no OOD record: not an OOD_METHOD
         adapter = self.source.adapter(ADAPTER_OF[method])
         if method in ("served", "served-dyn"):  # served-dyn: a live copy, published after every batch
             bank = self.source.bank(self.served_bank)
@@ -213,7 +213,7 @@ class MethodEvaluator:
 
         return fn
 
-    def _cached_fn(self, bank: PrototypeBank, record: RowRecord):
+    def _cached_fn(self, bank: PrototypeBank):
         """The device alone with the bank's snapshot: ``DeviceRuntime``'s own assignment, OOD test and cache
         gate (what ``serving.device_app`` serves as ``prototype-cache`` / ``base`` without a cloud edit)."""
         base = self.base
@@ -224,9 +224,6 @@ class MethodEvaluator:
             state = base.user_state(rows["item_id_list"], rows["item_length"])
             protos, _ = device.assign_batch(state)
             far = device.ood_flags(state, protos)
-            _, score, base_logits = bank.ood_scores(base, state)
-            record.ood_score.append(score.cpu())
-            record.base_entropy.append(ood.entropy(base_logits).cpu())
             edits = [None if f else device.prototype_edit(k) for k, f in zip(protos, far)]
             return base.logits(device.head_batch(state, edits))
 

@@ -48,14 +48,15 @@ def test_bad_policy_is_refused(kind, rate):
         RequestPolicy(kind, rate)
 
 
-@pytest.mark.parametrize("rate", [0.0, 1.0])
-def test_the_device_asks_the_cloud_as_its_policy_says(checkpoint, runtime, tmp_path, rate):
+def _events_through_a_live_device(checkpoint, runtime, tmp_path, n_items: int, *overrides: str):
+    """One user's ``n_items`` events, each followed by a ranking, through a real device and cloud (drift policy,
+    2 s budget): the adaptation of each ranking, the cloud's edit calls, and one more ranking with nothing new
+    (its adaptation and the calls after it)."""
     dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
     editor = RandomEditor(dim, n_layers)
-    cfg = serve_config(checkpoint, tmp_path, "serve.request_policy=drift", f"serve.request_rate={rate}",
-                       "serve.budget_ms=2000")  # fmt: skip
+    cfg = serve_config(checkpoint, tmp_path, "serve.request_policy=drift", "serve.budget_ms=2000", *overrides)
     capp, _ = cloud_app(cfg, lambda: editor)
-    items = [str(t) for t in runtime.item_tokens[1:12]]
+    items = [str(t) for t in runtime.item_tokens[1 : 1 + n_items]]
     with LiveServer(capp) as cloud, LiveServer(device_app(cfg, cloud.url)) as dev, httpx.Client(timeout=10) as c:
         wait_for(lambda: c.get(f"{dev.url}/healthz").json()["prototypes"] == 3)
         kinds = []
@@ -63,12 +64,19 @@ def test_the_device_asks_the_cloud_as_its_policy_says(checkpoint, runtime, tmp_p
             post_events(c, dev.url, "carol", [item], start=n)
             kinds.append(rank(c, dev.url, user_id="carol", k=10).json()["adaptation"])
         calls = editor.calls
-        again = rank(c, dev.url, user_id="carol", k=10).json()["adaptation"]  # nothing new: no new decision
-        assert editor.calls == calls
+        again = rank(c, dev.url, user_id="carol", k=10).json()["adaptation"]
+    return kinds, calls, again, editor.calls
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_the_device_asks_the_cloud_as_its_policy_says(checkpoint, runtime, tmp_path, rate):
+    kinds, calls, again, calls_after = _events_through_a_live_device(
+        checkpoint, runtime, tmp_path, 11, f"serve.request_rate={rate}")
+    assert calls_after == calls  # nothing new: no new decision
     if rate == 0.0:
         assert calls == 0 and set(kinds) == {"prototype-cache"} and again == "prototype-cache"
     else:
-        assert calls == len(items) and set(kinds) == {"cloud-edit"} and again == "cloud-edit"
+        assert calls == len(kinds) and set(kinds) == {"cloud-edit"} and again == "cloud-edit"
 
 
 def test_drift_asks_new_devices_first_and_keeps_the_rate():
@@ -85,21 +93,11 @@ def test_drift_asks_new_devices_first_and_keeps_the_rate():
 def test_a_stale_cloud_edit_gives_way_to_the_cached_bank(checkpoint, runtime, tmp_path, max_age):
     """``serve.edit_max_age``: while the policy does not ask again, a user's cloud edit is served for at most
     that many of its new events; then the device's own fallback (here the prototype cache)."""
-    dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
-    editor = RandomEditor(dim, n_layers)
     extra = [] if max_age is None else [f"serve.edit_max_age={max_age}"]
-    cfg = serve_config(checkpoint, tmp_path, "serve.request_policy=drift", "serve.request_rate=0.01",
-                       "serve.budget_ms=2000", *extra)  # fmt: skip
-    capp, _ = cloud_app(cfg, lambda: editor)
-    items = [str(t) for t in runtime.item_tokens[1:7]]
-    with LiveServer(capp) as cloud, LiveServer(device_app(cfg, cloud.url)) as dev, httpx.Client(timeout=10) as c:
-        wait_for(lambda: c.get(f"{dev.url}/healthz").json()["prototypes"] == 3)
-        kinds = []
-        for n, item in enumerate(items):
-            post_events(c, dev.url, "dave", [item], start=n)
-            kinds.append(rank(c, dev.url, user_id="dave", k=10).json()["adaptation"])
-    assert editor.calls == 1  # the first event (no edit yet) asks; the low rate asks no more
+    kinds, calls, _, _ = _events_through_a_live_device(checkpoint, runtime, tmp_path, 6, "serve.request_rate=0.01",
+                                                       *extra)  # fmt: skip
+    assert calls == 1  # the first event (no edit yet) asks; the low rate asks no more
     if max_age is None:
-        assert kinds == ["cloud-edit"] * len(items)
+        assert kinds == ["cloud-edit"] * len(kinds)
     else:
-        assert kinds == ["cloud-edit"] * max_age + ["prototype-cache"] * (len(items) - max_age)
+        assert kinds == ["cloud-edit"] * max_age + ["prototype-cache"] * (len(kinds) - max_age)
