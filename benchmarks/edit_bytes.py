@@ -62,7 +62,7 @@ def main() -> int:
         port = free_port()
         cmd = [sys.executable, "-m", "serving.cli", "serve", "--role", "cloud", "--cloud-port", str(port),
                f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}", f"data.workdir={ROOT / 'data' / 'atomic'}",
-               "serve.access_log=false"]  # fmt: skip
+               "serve.http.access_log=false"]  # fmt: skip
         proc = start_service(cmd, port, Path(tmp) / "cloud.log", "cloud")
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers) as c:

@@ -310,7 +310,7 @@ def run_condition(name: str, extra: list[str], cloud_port: int | None, link_cfg,
             sys.executable, "-m", "serving.cli", "serve", "--role", "device", "--port", str(port),
             f"serve.checkpoint={ckpt}", f"data.workdir={ROOT / 'data' / 'atomic'}",
             f"serve.db_path={work / 'events.db'}", f"serve.prototype_cache={work / 'prototypes.json'}",
-            f"serve.cloud_url={cloud_url}", f"serve.api_key={API_KEY}", "serve.access_log=false", *extra,
+            f"serve.cloud_url={cloud_url}", f"serve.api_key={API_KEY}", "serve.http.access_log=false", *extra,
         ]  # fmt: skip
         proc = await asyncio.to_thread(start_service, cmd, port, work / "device.log", "device")
         try:
@@ -526,7 +526,7 @@ def main() -> int:
                 cmd = [
                     sys.executable, "-m", "serving.cli", "serve", "--role", "cloud", "--cloud-port", str(port),
                     f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}", f"data.workdir={ROOT / 'data' / 'atomic'}",
-                    "serve.access_log=false", *extra,
+                    "serve.http.access_log=false", *extra,
                 ]  # fmt: skip
                 clouds[kind] = (start_service(cmd, port, tmp / f"cloud-{kind}.log", "cloud"), port)
             try:

@@ -168,7 +168,7 @@ def start_device(ckpt: Path, workers: int, tmp: Path, extra: list[str] = ()) -> 
         sys.executable, "-m", "serving.cli", "serve", "--role", "device",
         "--port", str(port), "--workers", str(workers),
         f"serve.checkpoint={ckpt}", f"data.workdir={ROOT / 'data' / 'atomic'}", f"serve.db_path={tmp / 'events.db'}",
-        f"serve.prototype_cache={tmp / 'prototypes.json'}", "serve.access_log=false", *extra,
+        f"serve.prototype_cache={tmp / 'prototypes.json'}", "serve.http.access_log=false", *extra,
     ]
     return start_service(cmd, port, tmp / "server.log", "device"), port
 

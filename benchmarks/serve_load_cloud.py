@@ -48,7 +48,7 @@ def start_cloud(ckpt: Path, workers: int, max_batch: int, tmp: Path) -> tuple[su
     cmd = [
         sys.executable, "-m", "serving.cli", "serve", "--role", "cloud", "--cloud-port", str(port),
         "--workers", str(workers), f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}",
-        f"data.workdir={ROOT / 'data' / 'atomic'}", "serve.access_log=false", f"serve.max_batch={max_batch}",
+        f"data.workdir={ROOT / 'data' / 'atomic'}", "serve.http.access_log=false", f"serve.max_batch={max_batch}",
     ]  # fmt: skip
     return start_service(cmd, port, tmp / "cloud.log", "cloud"), port
 

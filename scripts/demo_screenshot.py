@@ -48,7 +48,7 @@ def main() -> int:
         cmd = [sys.executable, "-m", "serving.cli", "serve", "--role", "all", "--port", str(port),
                "--cloud-port", str(cloud_port), f"serve.db_path={tmp}/events.db",
                f"serve.prototype_cache={tmp}/prototypes.json", "serve.api_key=demo-key",
-               "serve.access_log=false"]  # fmt: skip
+               "serve.http.access_log=false"]  # fmt: skip
         proc = start_service(cmd, port, Path(tmp) / "serve.log", "persona serve")
         opts = webdriver.ChromeOptions()
         opts.binary_location = chromium

@@ -276,8 +276,8 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
     app.add_middleware(
         ServiceMiddleware,
         metrics=service.metrics,
-        max_body_bytes=service.s.max_body_bytes,
-        log_requests=service.s.access_log,
+        max_body_bytes=service.s.http.max_body_bytes,
+        log_requests=service.s.http.access_log,
     )
     app.add_middleware(OpenAIErrorBodies)  # outside: the middleware's 413s on /v1/embeddings in OpenAI's shape
     return app

@@ -425,7 +425,7 @@ def create_device_app(service: DeviceService) -> FastAPI:
     app.openapi = openapi
     app.add_middleware(AdmitRank, batcher=service.batcher)  # rank requests count as coming from their headers on
     app.add_middleware(
-        ServiceMiddleware, metrics=service.metrics, max_body_bytes=service.s.max_body_bytes,
-        log_requests=service.s.access_log,
+        ServiceMiddleware, metrics=service.metrics, max_body_bytes=service.s.http.max_body_bytes,
+        log_requests=service.s.http.access_log,
     )
     return app

@@ -101,8 +101,8 @@ RESPONSES = {
         (400, "invalid input (empty text, unknown token id, wrong `dimensions`, unreadable body); `param` names it"),
         (401, "missing or wrong API key"),
         (404, "`model` is not served here"),
-        (408, "the request body did not arrive within serve.body_timeout_s"),
-        (413, "request body larger than serve.max_body_bytes"),
+        (408, "the request body did not arrive within serve.http.body_timeout_s"),
+        (413, "request body larger than serve.http.max_body_bytes"),
         (422, "the body does not match the schema; `param` names the field"),
     ]},
 }

@@ -156,7 +156,7 @@ class ErrorResponse(BaseModel):
 
 ERRORS = {
     400: {"model": ErrorResponse, "description": "the body could not be read (e.g. not UTF-8)"},
-    413: {"model": ErrorResponse, "description": "request body larger than serve.max_body_bytes"},
+    413: {"model": ErrorResponse, "description": "request body larger than serve.http.max_body_bytes"},
     422: {"model": ErrorResponse, "description": "invalid request; `message` names the field"},
 }
 AUTH_ERRORS = {401: {"model": ErrorResponse, "description": "missing or wrong API key"}}

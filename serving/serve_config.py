@@ -11,6 +11,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from recsys.runtime import Encoding
 
 API_KEY_ENV = "PERSONA_API_KEY"
+OPERATOR_KEY_ENV = "PERSONA_OPERATOR_KEY"
+
+
+class HttpConfig(BaseModel):
+    """What both services' HTTP layer accepts: hosts, origins, bodies, connections and their timeouts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Host headers answered (others: 400); None → the loopback names, plus the bind address if it is a specific one
+    allowed_hosts: list[str] | None = None
+    cors_origins: list[str] = Field(default_factory=list)  # browser origins allowed to call the API (none: closed)
+    docs: bool = False  # serve Swagger UI at /docs (it loads its assets from a CDN; /openapi.json is always served)
+    max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
+    body_timeout_s: float = Field(5.0, gt=0)  # a request body not complete this long after its headers: 408, closed
+    header_timeout_s: float = Field(10.0, gt=0)  # a connection with no complete request head this long: closed
+    keepalive_timeout_s: float = Field(5.0, gt=0)  # an idle kept-alive connection: closed after this long
+    max_connections: int = Field(4096, ge=16)  # open connections per worker; more are closed at once
+    access_log: bool = True  # one JSON log line per request
 
 
 class ServeConfig(BaseModel):
@@ -25,6 +43,13 @@ class ServeConfig(BaseModel):
     workers: int = Field(1, ge=1, le=64)  # uvicorn worker processes (role device / cloud)
     cloud_url: str | None = None  # the device's cloud; role all → this process's cloud service
     api_key: str | None = None  # cloud API key; None → $PERSONA_API_KEY (role all: a random one if unset)
+    # the device's operator key (docs/security.md): issues user tokens, cuts the cloud, reads /metrics, and may act
+    # for every user; None → $PERSONA_OPERATOR_KEY, else (role all) the cloud API key, else a random one on loopback
+    operator_key: str | None = None
+    user_token_ttl_s: int = Field(86_400, ge=60, le=30 * 86_400)  # default lifetime of an issued user token
+    max_clock_skew_s: float = Field(300.0, ge=0)  # event timestamps later than server time + this: 422
+    max_unknown_items: int = Field(1000, ge=0)  # distinct item ids outside the catalogue a user may store
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     checkpoint: str | None = None  # base checkpoint dir; None → <output_dir>/<dataset>/<model>/seed<seed>
     seed: int = 0  # which seed's checkpoint to serve when ``checkpoint`` is None
@@ -65,10 +90,7 @@ class ServeConfig(BaseModel):
     batch_wait_ms: float = Field(1.0, ge=0, le=100)  # a batch waits at most this long for requests on their way
     history_cache_users: int = Field(10_000, ge=0)  # users whose event history a device worker keeps in memory
 
-    max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
-    body_timeout_s: float = Field(5.0, gt=0)  # a request body not complete this long after its headers: 408, closed
     reload_poll_s: float = Field(2.0, ge=0)  # cloud: check editor artefacts for changes (0 = only /admin/reload)
-    access_log: bool = True  # one JSON log line per request
     inject_delay_ms: float = Field(0.0, ge=0)  # testing only: the cloud's /v1/edits waits this long first
 
     def state_paths(self, output_dir: str | Path, dataset: str) -> tuple[Path, Path]:
@@ -82,3 +104,7 @@ class ServeConfig(BaseModel):
 
     def resolved_api_key(self) -> str | None:
         return self.api_key or os.environ.get(API_KEY_ENV) or None
+
+    def resolved_operator_key(self) -> str | None:
+        """The device's operator key as configured (None: not configured; :func:`serving.server.serve` decides)."""
+        return self.operator_key or os.environ.get(OPERATOR_KEY_ENV) or None

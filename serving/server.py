@@ -3,7 +3,7 @@
 ``workers > 1`` (role device or cloud) binds the socket once and starts that many spawned worker
 processes, each building its own app from the config (no import strings); they share the port and,
 for the device, the SQLite event log (WAL). Every worker scores with one torch thread. Every server
-answers 408 and closes the connection when a request body is not complete ``serve.body_timeout_s`` after
+answers 408 and closes the connection when a request body is not complete ``serve.http.body_timeout_s`` after
 its headers (:class:`BodyReadTimeout`).
 """
 
@@ -111,10 +111,10 @@ class BodyReadTimeout:
 
 def uvicorn_config(app: FastAPI, host: str, port: int, body_timeout_s: float | None = None) -> uvicorn.Config:
     """uvicorn on uvloop + httptools; bodies time out after ``body_timeout_s`` (default: the app's
-    ``serve.body_timeout_s``)."""
+    ``serve.http.body_timeout_s``)."""
     if body_timeout_s is None:
         service = getattr(app.state, "service", None)
-        body_timeout_s = service.s.body_timeout_s if service is not None else ServeConfig().body_timeout_s
+        body_timeout_s = service.s.http.body_timeout_s if service is not None else ServeConfig().http.body_timeout_s
     return uvicorn.Config(
         BodyReadTimeout(app, body_timeout_s), host=host, port=port, loop="uvloop", http="httptools",
         log_config=None, access_log=False, timeout_graceful_shutdown=5,

@@ -61,7 +61,7 @@ def serve_config(checkpoint, tmp_path: Path, *overrides: str) -> AppConfig:
             "serve.prototypes_refresh_s=0.3",
             "serve.refresh_every=2",
             "serve.reload_poll_s=0",
-            "serve.access_log=false",
+            "serve.http.access_log=false",
             *overrides,
         ]
     )

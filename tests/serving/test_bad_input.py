@@ -13,7 +13,7 @@ from tests.serving.conftest import API_KEY, RandomEditor, device_and_cloud
 @pytest.fixture(scope="module")
 def services(checkpoint, runtime, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad-input")
-    with device_and_cloud(checkpoint, runtime, tmp, "serve.max_body_bytes=200000") as (device, cloud):
+    with device_and_cloud(checkpoint, runtime, tmp, "serve.http.max_body_bytes=200000") as (device, cloud):
         with httpx.Client(timeout=30) as client:
             yield device.url, cloud.url, client
 
@@ -213,7 +213,7 @@ def test_cloud_embeddings_auth_first_and_openai_errors(services):
                         "encoding_format")
     assert_openai_error(c.post(url, json={"input": "hi", "model": "gpt-4"}, headers=key), 404, "model")
     assert_openai_error(c.post(url, json={"input": []}, headers=key), 400, "input")
-    big = json.dumps({"input": ["x" * 1000] * 300}).encode()  # > serve.max_body_bytes (200 kB here)
+    big = json.dumps({"input": ["x" * 1000] * 300}).encode()  # > serve.http.max_body_bytes (200 kB here)
     assert_openai_error(c.post(url, content=big, headers={**key, "content-type": "application/json"}), 413)
     # the other routes keep their own error shape and also answer 401 to non-ASCII keys
     other = c.get(f"{cloud}/v1/prototypes", headers={"Authorization": b"Bearer \xff\xfe"})

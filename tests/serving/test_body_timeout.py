@@ -1,5 +1,5 @@
 """Half-open request bodies (headers with Content-Length, then silence) get 408 and a closed connection
-from both services, over real uvicorn servers on 127.0.0.1 with ``serve.body_timeout_s`` set small."""
+from both services, over real uvicorn servers on 127.0.0.1 with ``serve.http.body_timeout_s`` set small."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.serving.conftest import API_KEY, device_and_cloud
 @pytest.fixture(scope="module")
 def servers(checkpoint, runtime, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("body-timeout")
-    with device_and_cloud(checkpoint, runtime, tmp, "serve.body_timeout_s=0.3") as (device, cloud):
+    with device_and_cloud(checkpoint, runtime, tmp, "serve.http.body_timeout_s=0.3") as (device, cloud):
         yield {"device": device, "cloud": cloud}
 
 

@@ -26,7 +26,7 @@ def start_device(checkpoint, tmp_path, port: int) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "serving.cli", "serve", "--role", "device", "--port", str(port),
         f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'events.db'}",
-        f"serve.prototype_cache={tmp_path / 'prototypes.json'}", "serve.access_log=false",
+        f"serve.prototype_cache={tmp_path / 'prototypes.json'}", "serve.http.access_log=false",
     ]
     log = open(tmp_path / f"device-{port}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
@@ -157,7 +157,7 @@ def test_two_workers_share_port_event_log_and_metrics(checkpoint, tmp_path):
     cmd = [
         sys.executable, "-m", "serving.cli", "serve", "--role", "device", "--workers", "2", "--port", str(port),
         f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'e.db'}",
-        f"serve.prototype_cache={tmp_path / 'p.json'}", "serve.access_log=false",
+        f"serve.prototype_cache={tmp_path / 'p.json'}", "serve.http.access_log=false",
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
