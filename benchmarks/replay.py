@@ -247,7 +247,8 @@ async def replay(port: int, rows: Rows, lanes: int, label: str) -> Outcome:
     ranks: list[int | None] = [None] * len(rows.user)
     kinds: list[str | None] = [None] * len(rows.user)
     limits = httpx.Limits(max_connections=lanes + 2, max_keepalive_connections=lanes + 2)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {API_KEY}"}  # the operator key: the replay writes and ranks for every user
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers) as client:
         for u, items in rows.history.items():  # history before the test period, in order (older timestamps)
             events = [{"event_id": f"{u}-h{i}", "user_id": u, "item_id": t, "timestamp": i + 1}
                       for i, t in enumerate(items)]  # fmt: skip
@@ -283,7 +284,8 @@ async def replay(port: int, rows: Rows, lanes: int, label: str) -> Outcome:
 
 def device_metrics(port: int) -> dict:
     """Edit requests by outcome, fallbacks by reason and policy decisions from the device's ``/metrics``."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30, headers=auth).text
     found: dict[str, float] = {}
     for name, labels, value in read_samples(text):
         if name == "persona_cloud_rtt_seconds_count" and labels.get("endpoint") == "edits":
@@ -310,7 +312,8 @@ def run_condition(name: str, extra: list[str], cloud_port: int | None, link_cfg,
             sys.executable, "-m", "serving.cli", "serve", "--role", "device", "--port", str(port),
             f"serve.checkpoint={ckpt}", f"data.workdir={ROOT / 'data' / 'atomic'}",
             f"serve.db_path={work / 'events.db'}", f"serve.prototype_cache={work / 'prototypes.json'}",
-            f"serve.cloud_url={cloud_url}", f"serve.api_key={API_KEY}", "serve.http.access_log=false", *extra,
+            f"serve.cloud_url={cloud_url}", f"serve.api_key={API_KEY}", f"serve.operator_key={API_KEY}",
+            "serve.http.access_log=false", *extra,
         ]  # fmt: skip
         proc = await asyncio.to_thread(start_service, cmd, port, work / "device.log", "device")
         try:

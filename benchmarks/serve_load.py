@@ -168,7 +168,8 @@ def start_device(ckpt: Path, workers: int, tmp: Path, extra: list[str] = ()) -> 
         sys.executable, "-m", "serving.cli", "serve", "--role", "device",
         "--port", str(port), "--workers", str(workers),
         f"serve.checkpoint={ckpt}", f"data.workdir={ROOT / 'data' / 'atomic'}", f"serve.db_path={tmp / 'events.db'}",
-        f"serve.prototype_cache={tmp / 'prototypes.json'}", "serve.http.access_log=false", *extra,
+        f"serve.prototype_cache={tmp / 'prototypes.json'}", "serve.http.access_log=false",
+        f"serve.operator_key={OPERATOR_KEY}", *extra,
     ]
     return start_service(cmd, port, tmp / "server.log", "device"), port
 
@@ -198,12 +199,16 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+# the load sends the operator key (one constant-time compare; a user token costs one HMAC more per request)
+OPERATOR_KEY = "bench-serve-load-key"
+AUTH = {"Authorization": f"Bearer {OPERATOR_KEY}"}
+AUTH_LINE = f"Authorization: Bearer {OPERATOR_KEY}\r\n"
 MODES = {"batch-1": ["serve.max_batch=1"], "batched": []}  # batched: serve.max_batch / batch_wait_ms as configured
 
 
 def batch_counts(port: int) -> tuple[float, float]:
     """(sum, count) of the service's ``persona_rank_batch_size`` histogram (all workers)."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30, headers=AUTH).text
     values = {"sum": 0.0, "count": 0.0}
     for line in text.splitlines():
         for kind in values:
@@ -234,16 +239,16 @@ def run_dataset(dataset: str, worker_counts: list[int], args) -> list[dict]:
                 proc, port = start_device(ckpt, workers, Path(tmp), extra)
                 phases = []
                 try:
-                    with httpx.Client(timeout=30) as c:
+                    with httpx.Client(timeout=30, headers=AUTH) as c:
                         for u, ids in users.items():
                             events = [
                                 {"event_id": f"{u}-{i}", "user_id": u, "item_id": tokens[j]} for i, j in enumerate(ids)
                             ]
                             c.post(f"http://127.0.0.1:{port}/v1/events", json={"events": events}).raise_for_status()
-                    uvloop.run(load(port, bodies, 300 * workers, 4 * workers, 30))  # warm-up: every worker
+                    uvloop.run(load(port, bodies, 300 * workers, 4 * workers, 30, headers=AUTH_LINE))  # warm-up
                     for conc in connections:
                         s0, n0 = batch_counts(port)
-                        ph = uvloop.run(load(port, bodies, args.requests, conc, args.max_seconds))
+                        ph = uvloop.run(load(port, bodies, args.requests, conc, args.max_seconds, headers=AUTH_LINE))
                         s1, n1 = batch_counts(port)
                         ph["mean_batch"] = round((s1 - s0) / (n1 - n0), 2) if n1 > n0 else None
                         phases.append(ph)

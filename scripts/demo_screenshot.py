@@ -56,7 +56,7 @@ def main() -> int:
             opts.add_argument(arg)
         driver = webdriver.Chrome(service=Service(driver_path), options=opts)
         try:
-            driver.get(f"http://127.0.0.1:{port}/?user=demo")
+            driver.get(f"http://127.0.0.1:{port}/?user=demo#key=demo-key")  # role all: operator key = API key
             wait(lambda: len(driver.find_elements("css selector", "#ranking li")) == 10)
             wait(lambda: "cloud reachable" in driver.find_element("id", "status").text)
             for n in range(args.clicks):

@@ -29,6 +29,7 @@ from recsys.runtime import EditPayload, PrototypeSnapshot
 from serving.config import AppConfig
 from serving.edit_batcher import EditBatcher
 from serving.embeddings_api import DEFAULT_MODEL, OpenAIErrorBodies, embeddings_router
+from serving.http_guards import app_options, install_http_guards
 from serving.metrics import Metrics
 from serving.schemas import AUTH_ERRORS, ERRORS, EditRequest, Health
 from serving.web import (
@@ -219,6 +220,7 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
         description="Edits and prototype banks for Persona devices; OpenAI-compatible embeddings. "
         "Every route but /healthz needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
         lifespan=service_lifespan(service),
+        **app_options(service.s.http),
     )
     app.state.service = service
     install_error_handlers(app)
@@ -280,4 +282,5 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
         log_requests=service.s.http.access_log,
     )
     app.add_middleware(OpenAIErrorBodies)  # outside: the middleware's 413s on /v1/embeddings in OpenAI's shape
+    install_http_guards(app, service.s.http, service.s.host)
     return app

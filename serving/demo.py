@@ -8,7 +8,10 @@ reports the main job wrote (``<reports_dir>/<dataset>/base.json``, and the live 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import re
 from importlib.resources import files
 from pathlib import Path
 
@@ -44,3 +47,15 @@ def demo_page(reports_dir: Path, dataset: str) -> str:
     html = files("serving").joinpath("static/demo.html").read_text(encoding="utf-8")
     results = json.dumps(headline_results(reports_dir, dataset)).replace("</", "<\\/")
     return html.replace("/*RESULTS*/null", results, 1)
+
+
+def page_csp(html: str) -> str:
+    """The page's Content-Security-Policy: only its own inline script and style (by hash), API calls to its own
+    origin, no framing (its "cut the cloud" cannot be clickjacked), no forms, no base URL."""
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+    return (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; connect-src 'self'; "
+            "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")

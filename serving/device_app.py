@@ -24,26 +24,43 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from recsys.models import HeadEdit
 from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
 from serving.artefacts import Artefacts
+from serving.auth import Caller, Credentials
 from serving.cloud_client import CloudClient, CloudError
 from serving.config import AppConfig
-from serving.demo import demo_page
-from serving.event_store import EventStore, UserHistory
+from serving.demo import demo_page, page_csp
+from serving.event_store import EventConflict, EventStore, TooManyUnknownItems, UserHistory
+from serving.http_guards import app_options, install_http_guards
 from serving.metrics import Metrics
 from serving.rank_batcher import AdmitRank, Choice, Encoded, RankBatcher, RankJob
 from serving.request_policy import RequestPolicy
-from serving.schemas import ERRORS, CloudSwitch, EventsRequest, EventsResponse, Health, RankRequest, RankResponse
+from serving.schemas import (
+    MAX_UNKNOWN_LISTED,
+    OPERATOR_ERRORS,
+    USER_ERRORS,
+    CloudSwitch,
+    EventsRequest,
+    EventsResponse,
+    Health,
+    RankRequest,
+    RankResponse,
+    TokenRequest,
+    TokenResponse,
+)
 from serving.web import (
     ServiceMiddleware,
+    caller_dependency,
     field_error,
     install_error_handlers,
+    key_first_route,
     metrics_response,
     service_lifespan,
 )
@@ -79,6 +96,7 @@ class DeviceService:
         self.store = EventStore(
             db_path, self.s.sqlite_synchronous, history_cache_users=self.s.history_cache_users,
             window=art.model.max_seq_len,  # the model reads no more; reads stay bounded for long histories
+            known=self.runtime.token_to_id.keys(), max_unknown=self.s.max_unknown_items,
         )
         self.batcher = RankBatcher(self.runtime, self.s.max_batch, self.s.batch_wait_ms, self._observe_batch)
         self.cloud = (
@@ -154,8 +172,22 @@ class DeviceService:
 
     async def add_events(self, req: EventsRequest) -> EventsResponse:
         now = time.time()
-        rows = [(e.event_id, e.user_id, e.item_id, now if e.timestamp is None else e.timestamp) for e in req.events]
-        result = await self.store.append(rows)
+        latest = now + self.s.max_clock_skew_s
+        for i, e in enumerate(req.events):  # a future time would pin its item last in the history for good
+            if e.timestamp is not None and e.timestamp > latest:
+                raise field_error(f"events.{i}.timestamp",
+                                  f"is later than server time + serve.max_clock_skew_s ({self.s.max_clock_skew_s:g} s)")
+        rows = [(e.event_id, e.user_id, e.item_id, e.timestamp) for e in req.events]  # None: the commit's time
+        try:
+            result = await self.store.append(rows)
+        except EventConflict as exc:
+            i, event_id = exc.indexes[0], exc.event_ids[0]
+            raise field_error(f"events.{i}.event_id", f"event id {event_id!r} of this user is stored with another "
+                              "item or timestamp (nothing of this request was stored)", 409) from exc
+        except TooManyUnknownItems as exc:
+            raise field_error(f"events.{exc.index}.item_id", f"the user already stores {exc.cap} distinct item ids "
+                              "outside the catalogue (serve.max_unknown_items; nothing of this request was stored)"
+                              ) from exc
         self.metrics.events.labels("inserted").inc(result.inserted)
         self.metrics.events.labels("duplicate").inc(result.duplicates)
         self.metrics.event_batch.observe(len(rows))
@@ -177,13 +209,14 @@ class DeviceService:
             stored = await asyncio.to_thread(self.store.user_history, req.user_id)
         extra = req.history or []
         ids = [t2i[t] for t in stored.items + extra if t in t2i]
-        unknown = sorted({t for t in (*stored.counts, *extra, *req.exclude) if t not in t2i})
+        # what this request sent and what the model's window holds, never all a user ever stored (bounded work)
+        unknown = sorted({t for t in (*stored.items, *extra, *req.exclude) if t not in t2i})[:MAX_UNKNOWN_LISTED]
         exclude = {t2i[t] for t in req.exclude if t in t2i}
         if req.exclude_seen:  # every stored item, not only those in the window
             exclude.update(ids, (t2i[t] for t in stored.counts if t in t2i))
 
         window = ids[-self.runtime.model.max_seq_len :]
-        n_events = sum(n for t, n in stored.counts.items() if t in t2i) + sum(1 for t in extra if t in t2i)
+        n_events = stored.n_events + sum(1 for t in extra if t in t2i)  # known items only
         key = None
         if self.cloud is not None:  # the device's edit-cache key
             if req.user_id is not None:
@@ -366,55 +399,91 @@ def _consume(task: asyncio.Task) -> None:
         task.exception()
 
 
-def create_device_app(service: DeviceService) -> FastAPI:
-    """The device FastAPI app around ``service`` (started and stopped with the app's lifespan)."""
+# who calls (serving.auth): the operator key or a user token, checked before the body is read (key_first_route)
+check_caller = caller_dependency(lambda request, credential: request.app.state.credentials.caller(credential))
+CallerDep = Annotated[Caller, Depends(check_caller)]
 
+
+def require_operator(caller: Caller) -> None:
+    if not caller.operator:
+        raise field_error("authorization", "needs the operator key (a user token covers one user's data only)", 403)
+
+
+def require_user(caller: Caller, user_id: str, field: str) -> None:
+    if not caller.covers(user_id):
+        raise field_error(field, "the credential does not cover this user", 403)
+
+
+def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
+    """The device FastAPI app around ``service`` (started and stopped with the app's lifespan); who may call what
+    is docs/security.md: ``operator_key`` and the user tokens it issues."""
     app = FastAPI(
         title="Persona device",
         version="1.0",
-        description="On-device ranking with cloud edits, a cached prototype bank, or the base model.",
+        description="On-device ranking with cloud edits, a cached prototype bank, or the base model. Every route "
+        "but /healthz, / and /openapi.json needs `Authorization: Bearer <operator key or user token>`.",
         lifespan=service_lifespan(service),
+        **app_options(service.s.http),
     )
     app.state.service = service
+    app.state.credentials = creds = Credentials(operator_key)
     install_error_handlers(app)
+    keyed = APIRouter(route_class=key_first_route(check_caller))
 
-    @app.post("/v1/events", response_model=EventsResponse, responses=ERRORS,
-              summary="append user events (durable: acknowledged after commit; idempotent on event_id)")
-    async def events(body: EventsRequest) -> EventsResponse:
+    @keyed.post("/v1/tokens", response_model=TokenResponse, responses=OPERATOR_ERRORS,
+                summary="issue a token that covers one user (operator key)")
+    async def tokens(body: TokenRequest, caller: CallerDep) -> TokenResponse:
+        require_operator(caller)
+        token, expires = creds.issue(body.user_id, body.ttl_s or service.s.user_token_ttl_s)
+        return TokenResponse(token=token, user_id=body.user_id, expires_at=expires)
+
+    @keyed.post("/v1/events", response_model=EventsResponse, responses=USER_ERRORS,
+                summary="append user events (durable: acknowledged after commit; idempotent per user and event_id)")
+    async def events(body: EventsRequest, caller: CallerDep) -> EventsResponse:
+        for i, event in enumerate(body.events):
+            require_user(caller, event.user_id, f"events.{i}.user_id")
         return await service.add_events(body)
 
-    @app.post(
+    @keyed.post(
         "/v1/rank",
         response_model=RankResponse,
         summary="rank the full catalogue for a user and/or an explicit history",
-        responses=ERRORS,
+        responses=USER_ERRORS,
     )
-    async def rank(body: RankRequest) -> Response:
+    async def rank(body: RankRequest, caller: CallerDep) -> Response:
+        if body.user_id is not None:
+            require_user(caller, body.user_id, "user_id")
         # a plain dict dumped once: returning a Response skips FastAPI's response_model re-validation and
         # encoding (the model still documents the schema; test_schemathesis checks answers against it)
         payload = json.dumps(await service.rank_dict(body), separators=(",", ":"))
         return Response(payload, media_type="application/json")
 
-    @app.get("/healthz", response_model=Health)
-    async def healthz() -> Health:
-        return service.health()
-
-    @app.put("/v1/cloud", response_model=Health, responses=ERRORS,
-             summary="stop calling the cloud (serve from the cached bank / base model) or call it again")
-    async def cloud_switch(body: CloudSwitch) -> Health:
+    @keyed.put("/v1/cloud", response_model=Health, responses=OPERATOR_ERRORS,
+               summary="stop calling the cloud (serve from the cached bank / base model) or call it again (operator)")
+    async def cloud_switch(body: CloudSwitch, caller: CallerDep) -> Health:
+        require_operator(caller)
         service.cloud_enabled = body.enabled
         log.info("cloud %s", "enabled" if body.enabled else "disabled")
         return service.health()
 
+    @keyed.get("/metrics", summary="Prometheus metrics (operator)", response_class=PlainTextResponse,
+               responses=OPERATOR_ERRORS)
+    async def metrics(caller: CallerDep):
+        require_operator(caller)
+        return metrics_response(service.metrics)
+
+    app.include_router(keyed)
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        return service.health()
+
     page = demo_page(Path(service.cfg.reports_dir), service.art.meta.dataset)
+    page_headers = {"content-security-policy": page_csp(page)}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def demo() -> HTMLResponse:
-        return HTMLResponse(page)
-
-    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def metrics():
-        return metrics_response(service.metrics)
+    async def demo() -> HTMLResponse:  # a static shell: every call it makes carries the operator's credential
+        return HTMLResponse(page, headers=page_headers)
 
     def openapi() -> dict:
         if app.openapi_schema is None:  # k's upper bound is the loaded catalogue
@@ -428,4 +497,5 @@ def create_device_app(service: DeviceService) -> FastAPI:
         ServiceMiddleware, metrics=service.metrics, max_body_bytes=service.s.http.max_body_bytes,
         log_requests=service.s.http.access_log,
     )
+    install_http_guards(app, service.s.http, service.s.host)
     return app

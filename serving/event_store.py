@@ -1,37 +1,59 @@
-"""The device's durable event log: SQLite in WAL mode, idempotent on the event id, group commit.
+"""The device's durable event log: SQLite in WAL mode, idempotent per user on the event id, group commit.
 
-Writers hand rows to one writer thread; it drains everything queued, inserts it in one transaction
-(``INSERT OR IGNORE`` on the event-id primary key) and commits, and only then resolves each caller's
-future, so an acknowledged event is on disk (``synchronous=FULL``: fsynced before the ack). Readers
-use their own per-thread connection; WAL lets them read while the writer writes, also across worker
-processes sharing the file.
+Writers hand rows to one writer thread; it drains everything queued and applies it in one transaction,
+each caller's rows under their own ``SAVEPOINT`` (a caller's request is all or nothing: a conflicting
+re-sent event id or too many unknown items rejects that request alone, not the others in the same commit),
+commits, and only then resolves each caller's future, so an acknowledged event is on disk
+(``synchronous=FULL``: fsynced before the ack). Readers use their own per-thread connection; WAL lets them
+read while the writer writes, also across worker processes sharing the file.
+
+Event ids are scoped per user (``UNIQUE (user_id, event_id)``): re-sending an id with the same item (and
+the same timestamp, when it carries one) is an idempotent duplicate; with anything else it is an
+:class:`EventConflict`. Items outside the model's catalogue (``known``) are stored (the log keeps what it
+was sent) but bounded: at most ``max_unknown`` distinct ones per user (:class:`TooManyUnknownItems`),
+counted exactly inside the writer's transaction (``user_unknown``), so also across processes.
 
 History reads are bounded: a user's last ``window`` events (``ORDER BY ts DESC, seq DESC LIMIT window`` on
-the ``(user_id, ts, seq)`` index) and their per-item counts (``user_items``, kept by a trigger in the same
-transaction as each insert), so a user with 200k events costs as much as one with ``window``. Reads run
-in one read transaction (one WAL snapshot) and are served from an in-memory per-user cache (LRU over
-``history_cache_users`` users). It stays exact across processes without any notification: before each
-read, the rows committed since the last read (``seq > watermark``, a range scan on the primary key,
-usually empty) are folded into the cached users; after a gap of more than ``catch_up_rows`` rows the
+the ``(user_id, ts, seq)`` index) and the per-item counts of their *known* items (``user_items``; unknown
+items are counted apart in ``user_unknown``, both kept by the writer in the same transaction as each
+insert), so a read costs at most ``window`` + catalogue rows, however many events (or unknown items) the
+user stored. Reads run in one read transaction (one WAL snapshot) and are served from an in-memory per-user
+cache (LRU over ``history_cache_users`` users). It stays exact across processes without any notification:
+before each read, the rows committed since the last read (``seq > watermark``, a range scan on the primary
+key, usually empty) are folded into the cached users; after a gap of more than ``catch_up_rows`` rows the
 cache is dropped instead. Callers on an event loop run reads in a thread (they touch SQLite).
+
+Schema versions (``PRAGMA user_version``): 0 is the layout of :data:`SCHEMA_V1` (event ids unique across
+all users; ``user_items`` counted every item by a trigger, or did not exist yet), migrated in place on open,
+once, under ``BEGIN IMMEDIATE`` (workers opening the file together take turns; the first migrates, the
+others find version 2), keeping every row's ``seq`` and the counts. The split of ``user_items`` /
+``user_unknown`` follows the catalogue of the store that opened the file last (``store_meta``): a store
+opened with another catalogue re-sorts the counts once. Workers sharing a file should share the catalogue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
 import logging
 import queue
 import sqlite3
 import threading
-from collections import OrderedDict
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
+SCHEMA_VERSION = 2
+SETUP_WAIT_MS = 600_000  # how long an opening worker waits for another one's schema set-up
+
+# The layout before per-user event ids (user_version 0); kept to recognise and migrate it, and for tests.
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE,
@@ -55,8 +77,68 @@ INSERT INTO user_items SELECT user_id, item_id, COUNT(*) FROM events
     WHERE NOT EXISTS (SELECT 1 FROM user_items) GROUP BY user_id, item_id;
 """
 
+_EVENTS = """CREATE TABLE {name} (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    UNIQUE (user_id, event_id)
+)"""
+_COUNTS = """CREATE TABLE IF NOT EXISTS {name} (
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (user_id, item_id)
+) WITHOUT ROWID"""
+# Version 2, one statement each (they run inside the setup transaction, not as a script).
+SCHEMA = [
+    _EVENTS.format(name="events"),
+    "CREATE INDEX events_user ON events (user_id, ts, seq)",
+    _COUNTS.format(name="user_items"),  # per user: events of each item in the catalogue
+    _COUNTS.format(name="user_unknown"),  # per user: events of each item outside it (at most max_unknown rows)
+    "CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+]
+
 INSERT = "INSERT OR IGNORE INTO events (event_id, user_id, item_id, ts) VALUES (?,?,?,?)"
-Row = tuple[str, str, str, float]  # event_id, user_id, item_id, ts
+STORED = "SELECT item_id, ts FROM events WHERE user_id=? AND event_id=?"
+_UPSERT = "INSERT INTO {table} VALUES (?,?,?) ON CONFLICT (user_id, item_id) DO UPDATE SET n = n + excluded.n"
+
+Row = tuple[str, str, str, float | None]  # event_id, user_id, item_id, ts (None: the store stamps commit time)
+
+
+class EventRejected(ValueError):
+    """A caller's request was rejected whole: none of its rows is stored."""
+
+
+class EventConflict(EventRejected):
+    """Event ids the user already stored (or sent twice in the request) with another item or timestamp.
+
+    ``indexes``: the offending rows' positions in the request; ``event_ids``: their event ids (same order);
+    ``user_ids``: their users."""
+
+    def __init__(self, indexes: Sequence[int], event_ids: Sequence[str], user_ids: Sequence[str]):
+        self.indexes, self.event_ids, self.user_ids = list(indexes), list(event_ids), list(user_ids)
+        shown = ", ".join(f"row {i} (event_id {e!r})" for i, e in zip(self.indexes[:5], self.event_ids[:5]))
+        more = f" and {len(self.indexes) - 5} more" if len(self.indexes) > 5 else ""
+        super().__init__(
+            f"{len(self.indexes)} event id(s) already used by the same user for another event: {shown}{more}; "
+            "a re-sent event must carry the same item_id (and timestamp, when it has one); nothing of this "
+            "request was stored"
+        )
+
+
+class TooManyUnknownItems(EventRejected):
+    """The request would take ``user_id`` past ``cap`` distinct item ids outside the catalogue.
+
+    ``index``: the first row (position in the request) that goes past it; ``item_id``: its item."""
+
+    def __init__(self, user_id: str, index: int, cap: int, item_id: str):
+        self.user_id, self.index, self.cap, self.item_id = user_id, index, cap, item_id
+        super().__init__(
+            f"user {user_id!r} may store at most {cap} distinct item ids outside the model's catalogue; "
+            f"row {index} (item_id {item_id!r}) would go past that; nothing of this request was stored"
+        )
 
 
 @dataclass
@@ -67,27 +149,31 @@ class WriteResult:
 
 @dataclass
 class UserHistory:
-    """A user's last ``window`` items in history order (timestamp, then arrival) and every item's count."""
+    """A user's last ``window`` items in history order (timestamp, then arrival; unknown items included) and
+    the counts of the user's items in the catalogue (unknown ones are not counted)."""
 
     items: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_events(self) -> int:
+        """The user's events on items in the catalogue (a sum over at most catalogue-many counts)."""
         return sum(self.counts.values())
 
 
 @dataclass
 class _History:
-    """One user's last ``window`` items in history order, with their ``(ts, seq)`` sort keys, and item counts."""
+    """One user's last ``window`` items in history order, with their ``(ts, seq)`` sort keys, and known-item counts."""
 
     window: int | None
+    known: frozenset[str] | None
     keys: list[tuple[float, int]] = field(default_factory=list)
     items: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
     def add(self, ts: float, seq: int, item: str) -> None:
-        self.counts[item] = self.counts.get(item, 0) + 1
+        if self.known is None or item in self.known:
+            self.counts[item] = self.counts.get(item, 0) + 1
         key = (ts, seq)
         if not self.keys or key > self.keys[-1]:
             self.keys.append(key)
@@ -103,6 +189,15 @@ class _History:
         return UserHistory(list(self.items), dict(self.counts))
 
 
+def _fingerprint(known: frozenset[str] | None) -> str:
+    if known is None:
+        return "all"
+    digest = hashlib.sha256()
+    for item in sorted(known):
+        digest.update(item.encode("utf-8", "surrogatepass") + b"\0")
+    return f"{len(known)}:{digest.hexdigest()}"
+
+
 class EventStore:
     """Append-only user events in one SQLite file; :meth:`append` is safe to await from any event loop."""
 
@@ -114,12 +209,20 @@ class EventStore:
         history_cache_users: int = 10_000,
         window: int | None = None,
         catch_up_rows: int = 10_000,
+        known: Collection[str] | None = None,
+        max_unknown: int | None = None,
     ):
-        """``window``: how many recent items a history read returns (None: all; the device: ``max_seq_len``)."""
+        """``window``: how many recent items a history read returns (None: all; the device: ``max_seq_len``).
+        ``known``: the model's catalogue (item ids; None: every item counts as known). ``max_unknown``:
+        distinct item ids outside ``known`` one user may store (None: no limit)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.synchronous = synchronous
         self.max_batch = max_batch
+        self.known: frozenset[str] | None = None if known is None else frozenset(map(str, known))
+        if max_unknown is not None and max_unknown < 0:
+            raise ValueError(f"max_unknown must be >= 0 or None, got {max_unknown}")
+        self.max_unknown = max_unknown
         self._queue: queue.Queue[tuple[list[Row], Future] | None] = queue.Queue()
         self._local = threading.local()
         self._cache: OrderedDict[str, _History] = OrderedDict()
@@ -129,8 +232,15 @@ class EventStore:
         conn = self._connect()
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")  # workers sharing the file: one at a time
-            self._watermark = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+            conn.execute(f"PRAGMA busy_timeout={SETUP_WAIT_MS}")  # outwait another worker's migration
+            conn.execute("BEGIN IMMEDIATE")  # workers sharing the file: one at a time
+            try:
+                self._setup(conn)
+                self._watermark = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         finally:
             conn.close()
         self._writer = threading.Thread(target=self._write_loop, name="event-writer", daemon=True)
@@ -142,10 +252,83 @@ class EventStore:
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         return conn
 
+    # ---- schema ---------------------------------------------------------------------------------
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        """Create, or migrate, the schema, then sort the counts by this store's catalogue (in the caller's
+        ``BEGIN IMMEDIATE`` transaction: concurrent openers run this one after the other)."""
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: event log schema version {version} is newer than {SCHEMA_VERSION}")
+        if version < SCHEMA_VERSION:
+            exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='events'").fetchone()
+            if exists:
+                self._migrate_v1(conn)
+            else:
+                for stmt in SCHEMA:
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._sort_counts(conn)
+
+    def _migrate_v1(self, conn: sqlite3.Connection) -> None:
+        """Version 0 → 2: event ids unique per user (the table is rebuilt, every row keeps its ``seq``);
+        the counts are kept (or made, for a log from before ``user_items``) and maintained by the store."""
+        n = int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        log.info("migrating event log %s (%d events) to schema version %d", self.path, n, SCHEMA_VERSION)
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+        last_seq = int(row[0]) if row else 0
+        conn.execute(_COUNTS.format(name="user_items"))
+        conn.execute(  # a log written before user_items existed: count it once
+            "INSERT INTO user_items SELECT user_id, item_id, COUNT(*) FROM events "
+            "WHERE NOT EXISTS (SELECT 1 FROM user_items) GROUP BY user_id, item_id"
+        )
+        conn.execute("DROP TRIGGER IF EXISTS events_user_items")
+        conn.execute("DROP TABLE IF EXISTS events_v2")
+        conn.execute(_EVENTS.format(name="events_v2"))
+        conn.execute(
+            "INSERT INTO events_v2 (seq, event_id, user_id, item_id, ts) "
+            "SELECT seq, event_id, user_id, item_id, ts FROM events ORDER BY seq"
+        )
+        conn.execute("DROP TABLE events")  # and its index
+        conn.execute("ALTER TABLE events_v2 RENAME TO events")
+        conn.execute("CREATE INDEX events_user ON events (user_id, ts, seq)")
+        if last_seq:  # AUTOINCREMENT never hands out a seq again, even one whose row is gone
+            kept = conn.execute("UPDATE sqlite_sequence SET seq=MAX(seq, ?) WHERE name='events'", (last_seq,))
+            if kept.rowcount == 0:
+                conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (last_seq,))
+        for stmt in SCHEMA[2:]:
+            conn.execute(stmt)
+
+    def _sort_counts(self, conn: sqlite3.Connection) -> None:
+        """Counts of items in this store's catalogue in ``user_items``, of the others in ``user_unknown``
+        (a full pass, only when the file was last opened with another catalogue, or never sorted)."""
+        fingerprint = _fingerprint(self.known)
+        row = conn.execute("SELECT value FROM store_meta WHERE key='catalogue'").fetchone()
+        if row is not None and row[0] == fingerprint:
+            return
+        move = "INSERT INTO {dst} SELECT user_id, item_id, n FROM {src} WHERE {cond} " \
+               "ON CONFLICT (user_id, item_id) DO UPDATE SET n = n + excluded.n"
+        if self.known is None:
+            conn.execute(move.format(dst="user_items", src="user_unknown", cond="true"))
+            conn.execute("DELETE FROM user_unknown")
+        else:
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS catalogue (item_id TEXT PRIMARY KEY) WITHOUT ROWID")
+            conn.execute("DELETE FROM temp.catalogue")
+            conn.executemany("INSERT INTO temp.catalogue VALUES (?)", ((t,) for t in self.known))
+            outside = "item_id NOT IN (SELECT item_id FROM temp.catalogue)"
+            inside = "item_id IN (SELECT item_id FROM temp.catalogue)"
+            conn.execute(move.format(dst="user_unknown", src="user_items", cond=outside))
+            conn.execute(f"DELETE FROM user_items WHERE {outside}")
+            conn.execute(move.format(dst="user_items", src="user_unknown", cond=inside))
+            conn.execute(f"DELETE FROM user_unknown WHERE {inside}")
+            conn.execute("DROP TABLE temp.catalogue")
+        conn.execute("INSERT OR REPLACE INTO store_meta VALUES ('catalogue', ?)", (fingerprint,))
+
     # ---- writes ---------------------------------------------------------------------------------
 
     def append_future(self, rows: list[Row]) -> Future:
-        """Queue ``rows``; the future resolves to a :class:`WriteResult` after their commit."""
+        """Queue ``rows`` (one request: all stored or none); the future resolves to a :class:`WriteResult`
+        after their commit, or fails with :class:`EventConflict` / :class:`TooManyUnknownItems`."""
         fut: Future = Future()
         self._queue.put((rows, fut))
         return fut
@@ -175,13 +358,18 @@ class EventStore:
         conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[tuple[list[Row], Future]]) -> None:
-        results = []
+        results: list[WriteResult | Exception] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            now = time.time()  # "server time" rows: stamped once the write lock is held
             for rows, _ in batch:
-                cur = conn.executemany(INSERT, rows)
-                inserted = max(cur.rowcount, 0)  # rows of this statement (total_changes counts the trigger's too)
-                results.append(WriteResult(inserted, len(rows) - inserted))
+                conn.execute("SAVEPOINT caller")
+                try:
+                    results.append(self._apply(conn, rows, now))
+                except Exception as exc:  # noqa: BLE001 - this caller's request alone is rejected
+                    conn.execute("ROLLBACK TO caller")  # fails (and fails the batch) if SQLite dropped it all
+                    results.append(exc)
+                conn.execute("RELEASE caller")
             conn.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
             log.exception("event batch failed")
@@ -191,7 +379,72 @@ class EventStore:
                 fut.set_exception(exc)
             return
         for (_, fut), res in zip(batch, results):
-            fut.set_result(res)
+            if isinstance(res, Exception):
+                if not isinstance(res, EventRejected):
+                    log.error("event request failed: %r", res)
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+
+    def _apply(self, conn: sqlite3.Connection, rows: list[Row], now: float) -> WriteResult:
+        """Insert one caller's rows (inside its savepoint); raise :class:`EventRejected` to reject them."""
+        stamped = [(e, u, i, now if t is None else float(t)) for e, u, i, t in rows]
+        if self.max_unknown is not None and self.known is not None:
+            self._check_unknown(conn, stamped)
+        if max(conn.executemany(INSERT, stamped).rowcount, 0) == len(stamped):
+            new = stamped  # the usual case: every row new, no duplicate to compare
+        else:  # some ids were there already (or twice in the request): again row by row, comparing each
+            conn.execute("ROLLBACK TO caller")
+            new, bad = [], []
+            for idx, row in enumerate(stamped):
+                if conn.execute(INSERT, row).rowcount > 0:
+                    new.append(row)
+                    continue
+                item, ts = conn.execute(STORED, (row[1], row[0])).fetchone()
+                if item != row[2] or (rows[idx][3] is not None and ts != row[3]):
+                    bad.append(idx)
+            if bad:
+                raise EventConflict(bad, [stamped[i][0] for i in bad], [stamped[i][1] for i in bad])
+        self._count(conn, new)
+        return WriteResult(len(new), len(stamped) - len(new))
+
+    def _check_unknown(self, conn: sqlite3.Connection, rows: list[tuple[str, str, str, float]]) -> None:
+        """Reject the request if it takes a user past ``max_unknown`` distinct unknown items (reads run in the
+        writer's transaction: exact, also with other processes writing). O(cap) per user with unknown rows."""
+        cap, known = self.max_unknown, self.known
+        assert cap is not None and known is not None
+        seen: dict[str, set[str]] = {}  # user → unknown items of this request checked so far
+        total: dict[str, int] = {}  # user → distinct unknown items stored + new in this request so far
+        for idx, (_, user, item, _) in enumerate(rows):
+            if item in known:
+                continue
+            checked = seen.get(user)
+            if checked is None:
+                checked = seen[user] = set()
+                total[user] = int(conn.execute(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM user_unknown WHERE user_id=? LIMIT ?)", (user, cap + 1)
+                ).fetchone()[0])
+            if item in checked:
+                continue
+            checked.add(item)
+            if conn.execute("SELECT 1 FROM user_unknown WHERE user_id=? AND item_id=?", (user, item)).fetchone():
+                continue
+            total[user] += 1
+            if total[user] > cap:
+                raise TooManyUnknownItems(user, idx, cap, item)
+
+    def _count(self, conn: sqlite3.Connection, rows: list[tuple[str, str, str, float]]) -> None:
+        """Add inserted rows to the per-user item counts: known items to ``user_items``, others to ``user_unknown``."""
+        counts = Counter((user, item) for _, user, item, _ in rows)
+        known = self.known
+        if known is None:
+            conn.executemany(_UPSERT.format(table="user_items"), ((u, i, n) for (u, i), n in counts.items()))
+            return
+        inside = [(u, i, n) for (u, i), n in counts.items() if i in known]
+        outside = [(u, i, n) for (u, i), n in counts.items() if i not in known]
+        conn.executemany(_UPSERT.format(table="user_items"), inside)
+        if outside:
+            conn.executemany(_UPSERT.format(table="user_unknown"), outside)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -211,7 +464,7 @@ class EventStore:
         return self.user_history(user_id).items
 
     def user_history(self, user_id: str) -> UserHistory:
-        """:meth:`history` and the counts of every item of the user, from one snapshot (a new object)."""
+        """:meth:`history` and the counts of the user's known items, from one snapshot (a new object)."""
         if self._cache_users <= 0:
             return self.user_history_uncached(user_id)
         with self._cache_lock:
@@ -232,8 +485,8 @@ class EventStore:
             return hist.copy()
 
     def _load(self, conn: sqlite3.Connection, user_id: str) -> _History:
-        """The user's last ``window`` events (index range scan, newest first) and item counts."""
-        hist = _History(self.window)
+        """The user's last ``window`` events (index range scan, newest first) and known-item counts."""
+        hist = _History(self.window, self.known)
         limit = -1 if self.window is None else self.window
         rows = conn.execute(
             "SELECT ts, seq, item_id FROM events WHERE user_id=? ORDER BY ts DESC, seq DESC LIMIT ?", (user_id, limit)
@@ -241,7 +494,9 @@ class EventStore:
         for ts, seq, item in reversed(rows):
             hist.keys.append((ts, seq))
             hist.items.append(item)
-        hist.counts = dict(conn.execute("SELECT item_id, n FROM user_items WHERE user_id=?", (user_id,)))
+        counts = conn.execute("SELECT item_id, n FROM user_items WHERE user_id=?", (user_id,))
+        known = self.known  # user_items holds the catalogue's items already; this guards a file sorted by another
+        hist.counts = dict(counts) if known is None else {t: n for t, n in counts if t in known}
         return hist
 
     def _catch_up(self, conn: sqlite3.Connection) -> None:
@@ -276,6 +531,12 @@ class EventStore:
             return self._load(conn, user_id).copy()
         finally:
             conn.execute("COMMIT")
+
+    def unknown_items(self, user_id: str) -> int:
+        """How many distinct items outside the catalogue ``user_id`` stored (O(that number))."""
+        return int(self._reader().execute(
+            "SELECT COUNT(*) FROM user_unknown WHERE user_id=?", (user_id,)
+        ).fetchone()[0])
 
     def count(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM events").fetchone()[0])

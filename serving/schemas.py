@@ -46,6 +46,7 @@ def _json_int(value):
 StrictInt = Annotated[int, BeforeValidator(_json_int), Strict()]
 StrictFloat = Annotated[float, Strict()]
 MAX_TIMESTAMP = 7_258_118_400.0  # 2200-01-01T00:00:00Z: later (or non-finite) event times are client bugs
+MAX_UNKNOWN_LISTED = 100  # unknown item ids a ranking answer lists at most
 Adaptation = Literal["cloud-edit", "prototype-cache", "base"]
 
 
@@ -54,12 +55,16 @@ class _Body(BaseModel):
 
 
 class Event(_Body):
-    event_id: Token = Field(..., description="client-chosen unique id; re-sending it is a no-op")
+    event_id: Token = Field(
+        ..., description="client-chosen id, unique per user; re-sending the same event is a no-op, the same id with "
+                         "another item or timestamp is a 409"
+    )
     user_id: Token
     item_id: Token = Field(..., description="item token of the dataset (e.g. a MovieLens item id)")
     timestamp: StrictFloat | None = Field(
         None, ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False,
-        description="unix seconds (0 to 2200-01-01); default: time of receipt (orders the history)",
+        description="unix seconds, at most server time + serve.max_clock_skew_s; default: time of receipt "
+                    "(orders the history)",
     )
 
 
@@ -114,7 +119,11 @@ class RankResponse(BaseModel):
     version: str | None = Field(None, description="version of the edit or prototype bank used")
     prototype_id: int | None = None
     history_length: int = Field(..., description="known items in the history the ranking used")
-    unknown_items: list[str] = Field(default_factory=list, description="ignored: not in the catalogue")
+    unknown_items: list[str] = Field(
+        default_factory=list, max_length=MAX_UNKNOWN_LISTED,
+        description=f"ignored, not in the catalogue: those of the request and of the model's window, at most "
+                    f"{MAX_UNKNOWN_LISTED}",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -143,6 +152,21 @@ class EditRequest(_Body):
     model_config = ConfigDict(json_schema_extra={"examples": [{"items": ["50", "172", "181"]}]})
 
 
+class TokenRequest(_Body):
+    user_id: Token = Field(..., description="the one user the token covers")
+    ttl_s: StrictInt | None = Field(
+        None, ge=60, le=30 * 86_400, description="lifetime in seconds (default serve.user_token_ttl_s)"
+    )
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"user_id": "u1", "ttl_s": 3600}]})
+
+
+class TokenResponse(BaseModel):
+    token: str = Field(..., description="send as `Authorization: Bearer <token>` to act for user_id only")
+    user_id: str
+    expires_at: int = Field(..., description="unix seconds")
+
+
 class FieldError(BaseModel):
     field: str = Field(..., description="dotted path of the offending field, e.g. `events.0.item_id`")
     msg: str
@@ -160,6 +184,15 @@ ERRORS = {
     422: {"model": ErrorResponse, "description": "invalid request; `message` names the field"},
 }
 AUTH_ERRORS = {401: {"model": ErrorResponse, "description": "missing or wrong API key"}}
+USER_ERRORS = {
+    **ERRORS,
+    401: {"model": ErrorResponse, "description": "missing, invalid or expired credential"},
+    403: {"model": ErrorResponse, "description": "the credential does not cover this user (`message` names the field)"},
+}
+OPERATOR_ERRORS = {
+    **USER_ERRORS,
+    403: {"model": ErrorResponse, "description": "needs the operator key (a user token is not enough)"},
+}
 
 
 class Health(BaseModel):

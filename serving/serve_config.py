@@ -105,6 +105,8 @@ class ServeConfig(BaseModel):
     def resolved_api_key(self) -> str | None:
         return self.api_key or os.environ.get(API_KEY_ENV) or None
 
-    def resolved_operator_key(self) -> str | None:
-        """The device's operator key as configured (None: not configured; :func:`serving.server.serve` decides)."""
-        return self.operator_key or os.environ.get(OPERATOR_KEY_ENV) or None
+    def device_operator_key(self) -> str | None:
+        """The device's operator key as configured: its own, else (role all, one operator) the cloud API key; None:
+        not configured (:func:`serving.server.serve` generates one on loopback)."""
+        own = self.operator_key or os.environ.get(OPERATOR_KEY_ENV) or None
+        return own or (self.resolved_api_key() if self.role == "all" else None)

@@ -4,7 +4,10 @@
 processes, each building its own app from the config (no import strings); they share the port and,
 for the device, the SQLite event log (WAL). Every worker scores with one torch thread. Every server
 answers 408 and closes the connection when a request body is not complete ``serve.http.body_timeout_s`` after
-its headers (:class:`BodyReadTimeout`).
+its headers (:class:`BodyReadTimeout`), closes a connection with no complete request head
+``serve.http.header_timeout_s`` after it opened or after its last response, an idle kept-alive one after
+``serve.http.keepalive_timeout_s``, and connections beyond ``serve.http.max_connections`` at once
+(:mod:`serving.http_protocol`), so idle or slow clients cannot use up its descriptors.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import signal
 import socket
 import sys
 import tempfile
+from urllib.parse import quote
 
 import torch
 import uvicorn
@@ -33,8 +37,9 @@ from serving.config import AppConfig
 from serving.device_app import DeviceService, create_device_app
 from serving.embeddings_api import PATH as EMBEDDINGS_PATH
 from serving.embeddings_api import APIError
+from serving.http_protocol import HEADROOM_FDS, connection_cap, limited_protocol, raise_nofile_limit
 from serving.metrics import MULTIPROC_ENV
-from serving.serve_config import API_KEY_ENV, ServeConfig
+from serving.serve_config import API_KEY_ENV, OPERATOR_KEY_ENV, HttpConfig, ServeConfig
 from serving.web import BODY_TIMED_OUT, setup_json_logging
 
 log = logging.getLogger(__name__)
@@ -51,7 +56,10 @@ def build_app(cfg: AppConfig, role: str, api_key: str | None) -> FastAPI:
     """The device or cloud app for ``cfg`` (loads the checkpoint)."""
     torch.set_num_threads(1)
     if role == "device":
-        return create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud_url_for(cfg), api_key))
+        if not cfg.serve.operator_key:
+            raise ValueError(f"the device needs an operator key: set ${OPERATOR_KEY_ENV} or serve.operator_key")
+        service = DeviceService(cfg, load_artefacts(cfg), cloud_url_for(cfg), api_key)
+        return create_device_app(service, cfg.serve.operator_key)
     if not api_key:
         raise ValueError(f"the cloud needs an API key: set ${API_KEY_ENV} or serve.api_key")
     return create_cloud_app(CloudService(cfg, require_checkpoint(cfg)), api_key)
@@ -109,15 +117,26 @@ class BodyReadTimeout:
         await send({"type": "http.response.body", "body": body})
 
 
+def http_settings(app: FastAPI) -> HttpConfig:
+    """The app's ``serve.http`` section (the defaults for an app without a service)."""
+    service = getattr(app.state, "service", None)
+    return service.s.http if service is not None else ServeConfig().http
+
+
 def uvicorn_config(app: FastAPI, host: str, port: int, body_timeout_s: float | None = None) -> uvicorn.Config:
-    """uvicorn on uvloop + httptools; bodies time out after ``body_timeout_s`` (default: the app's
-    ``serve.http.body_timeout_s``)."""
+    """uvicorn on uvloop + httptools with the app's ``serve.http`` limits: bodies time out after ``body_timeout_s``
+    (default: ``serve.http.body_timeout_s``), request heads after ``header_timeout_s``, idle kept-alive connections
+    after ``keepalive_timeout_s``; connections beyond ``max_connections`` are closed at once.
+
+    Every server is built here, so this is also where the process's descriptor limit is raised to fit the cap
+    (:func:`serving.http_protocol.connection_cap`, which lowers the cap where the hard limit is too low)."""
+    http = http_settings(app)
     if body_timeout_s is None:
-        service = getattr(app.state, "service", None)
-        body_timeout_s = service.s.http.body_timeout_s if service is not None else ServeConfig().http.body_timeout_s
+        body_timeout_s = http.body_timeout_s
+    protocol = limited_protocol(http.header_timeout_s, connection_cap(http.max_connections))
     return uvicorn.Config(
-        BodyReadTimeout(app, body_timeout_s), host=host, port=port, loop="uvloop", http="httptools",
-        log_config=None, access_log=False, timeout_graceful_shutdown=5,
+        BodyReadTimeout(app, body_timeout_s), host=host, port=port, loop="uvloop", http=protocol,
+        timeout_keep_alive=http.keepalive_timeout_s, log_config=None, access_log=False, timeout_graceful_shutdown=5,
     )
 
 
@@ -186,16 +205,34 @@ async def _serve_all(servers: list[uvicorn.Server]) -> None:
     await asyncio.gather(*tasks)
 
 
-def serve(cfg: AppConfig) -> int:
-    """Run ``cfg.serve.role`` until interrupted; returns the exit code."""
+def with_keys(cfg: AppConfig) -> AppConfig:
+    """``cfg`` with the keys resolved once for every worker: the cloud API key (role all: a random one if unset) and
+    the device's operator key (its own, else role all's API key, else a random one; the CLI refused an open bind
+    without it)."""
     s = cfg.serve
     api_key = s.resolved_api_key()
-    if s.role in ("device", "all"):  # for people: where the device's demo page is (logs are JSON)
-        print(f"Persona demo page: http://{s.host}:{s.port}/  (Ctrl-C stops)", file=sys.stderr, flush=True)
+    if s.role == "all" and not api_key:
+        api_key = secrets.token_urlsafe(16)
+        log.warning(f"no ${API_KEY_ENV}: generated a cloud API key for this run", extra={"api_key": api_key})
+    operator_key = s.device_operator_key() or (api_key if s.role == "all" else None)
+    if s.role in ("device", "all") and not operator_key:
+        operator_key = secrets.token_urlsafe(16)
+        log.warning(f"no ${OPERATOR_KEY_ENV}: generated the device's operator key for this run (printed with the URL)")
+    keys = s.model_copy(update={"api_key": api_key, "operator_key": operator_key})
+    return cfg.model_copy(update={"serve": keys})
+
+
+def serve(cfg: AppConfig) -> int:
+    """Run ``cfg.serve.role`` until interrupted; returns the exit code."""
+    cfg = with_keys(cfg)
+    s = cfg.serve
+    api_key = s.api_key
+    if s.role in ("device", "all"):  # for people: the demo page, signed in with the operator key (docs/security.md)
+        print(f"Persona demo page: http://{s.host}:{s.port}/#key={quote(s.operator_key)}  (Ctrl-C stops)",
+              file=sys.stderr, flush=True)
     if s.role == "all":
-        if not api_key:
-            api_key = secrets.token_urlsafe(16)
-            log.warning(f"no ${API_KEY_ENV}: generated a cloud API key for this run", extra={"api_key": api_key})
+        # two servers, one process: make room for both caps (connection_cap reserves for one server at a time)
+        raise_nofile_limit(2 * s.http.max_connections + HEADROOM_FDS)
         cloud = build_app(cfg, "cloud", api_key)
         device = build_app(cfg, "device", api_key)
         log.info("serving", extra={"device": f"http://{s.host}:{s.port}", "cloud": f"http://{s.host}:{s.cloud_port}"})

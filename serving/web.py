@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import inspect
 import json
 import logging
 import sys
@@ -191,16 +192,42 @@ def api_key_dependency(get_key):
     return check
 
 
+def caller_dependency(resolve):
+    """A dependency returning who calls: ``resolve(request, credential)`` (None → 401) on ``Authorization: Bearer X``
+    or ``X-API-Key: X``. Used with :func:`key_first_route`, it runs once per request, before the body is read."""
+
+    async def caller(
+        request: Request,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+        header: Annotated[str | None, Security(_header)],
+    ):
+        if hasattr(request.state, "caller"):  # resolved by the route class already
+            return request.state.caller
+        given = bearer.credentials if bearer is not None else header
+        if not given:
+            raise HTTPException(401, "missing credential (Authorization: Bearer <key or token> or X-API-Key)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        who = resolve(request, given)
+        if who is None:
+            raise HTTPException(401, "invalid or expired credential", headers={"WWW-Authenticate": "Bearer"})
+        request.state.caller = who
+        return who
+
+    return caller
+
+
 def key_first_route(check) -> type[APIRoute]:
-    """A route class that runs ``check`` (an :func:`api_key_dependency`) before FastAPI reads the body, so an
-    unauthenticated request gets 401 whatever it sends (malformed JSON included)."""
+    """A route class that runs ``check`` (an :func:`api_key_dependency` or :func:`caller_dependency`) before
+    FastAPI reads the body, so an unauthenticated request gets 401 whatever it sends (malformed JSON included)."""
+    takes_request = "request" in inspect.signature(check).parameters
 
     class KeyFirstRoute(APIRoute):
         def get_route_handler(self):
             handler = super().get_route_handler()
 
             async def route(request: Request):
-                await check(await _bearer(request), await _header(request))
+                args = (request,) if takes_request else ()
+                await check(*args, await _bearer(request), await _header(request))
                 return await handler(request)
 
             return route

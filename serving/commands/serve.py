@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from serving.commands import CliError, add_common
 from serving.config import load_app_config
-from serving.serve_config import API_KEY_ENV
+from serving.http_guards import is_loopback, is_wildcard
+from serving.serve_config import API_KEY_ENV, OPERATOR_KEY_ENV, ServeConfig
 
 
 def add_parser(sub) -> None:
@@ -29,5 +30,20 @@ def run_serve(args) -> int:
     cfg = load_app_config(args.config, [*args.overrides, *overrides])
     if cfg.serve.role == "cloud" and not cfg.serve.resolved_api_key():
         raise CliError(f"the cloud service needs an API key: set ${API_KEY_ENV} or serve.api_key=...")
+    refuse_open_bind(cfg.serve)
     setup_json_logging()
     return serve(cfg)
+
+
+def refuse_open_bind(s: ServeConfig) -> None:
+    """Off loopback, every service started needs its credential, and a wildcard bind its host names
+    (docs/security.md); on loopback a device without an operator key gets a random one."""
+    if is_loopback(s.host):
+        return
+    where = f"refusing to serve on {s.host or '0.0.0.0'} (not loopback)"
+    if s.role in ("cloud", "all") and not s.resolved_api_key():
+        raise CliError(f"{where} without the cloud's API key: set serve.api_key or ${API_KEY_ENV}")
+    if s.role in ("device", "all") and not s.device_operator_key():
+        raise CliError(f"{where} without the device's operator key: set serve.operator_key or ${OPERATOR_KEY_ENV}")
+    if is_wildcard(s.host) and s.http.allowed_hosts is None:
+        raise CliError(f"{where} without host names: set serve.http.allowed_hosts=[name,...] (the Host clients send)")

@@ -19,7 +19,8 @@ from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
 from serving.config import AppConfig, load_app_config
 from serving.server import bind, uvicorn_config
 
-API_KEY = "test-key"
+API_KEY = "test-key"  # the cloud API key, and the device operator key in these tests (as in `make serve`)
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="session")
@@ -166,7 +167,8 @@ def device_and_cloud(checkpoint, runtime, tmp_path: Path, *overrides: str):
     cloud = LiveServer(create_cloud_app(CloudService(cfg, cfg.serve.checkpoint, lambda: RandomEditor(dim, n_layers)),
                                         API_KEY))  # fmt: skip
     try:
-        with LiveServer(create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY))) as device:
+        service = DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY)
+        with LiveServer(create_device_app(service, API_KEY)) as device:
             yield device, cloud
     finally:
         cloud.stop()

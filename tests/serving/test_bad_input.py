@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
 
-from tests.serving.conftest import API_KEY, RandomEditor, device_and_cloud
+from tests.serving.conftest import API_KEY, AUTH, RandomEditor, device_and_cloud
 
 
 @pytest.fixture(scope="module")
 def services(checkpoint, runtime, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad-input")
     with device_and_cloud(checkpoint, runtime, tmp, "serve.http.max_body_bytes=200000") as (device, cloud):
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, auth=OperatorOn(device.url)) as client:
             yield device.url, cloud.url, client
+
+
+class OperatorOn(httpx.Auth):
+    """The device's operator key on requests to ``url`` that carry no credential of their own (the cloud's routes
+    here are called with or without the cloud key, as each test says)."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def auth_flow(self, request: httpx.Request):
+        if str(request.url).startswith(self.url) and not {"authorization", "x-api-key"} & set(request.headers):
+            request.headers.update(AUTH)
+        yield request
 
 
 def catalogue(runtime) -> int:
@@ -185,11 +199,17 @@ def test_absurd_timestamps_are_422(services, ts):
     assert_names(resp, 422, "events.0.timestamp")
 
 
-def test_timestamps_up_to_2200_are_accepted(services):
+def test_past_and_present_timestamps_are_accepted_the_future_beyond_the_skew_is_not(services):
     device, _, c = services
+    now = time.time()
     events = [{"event_id": f"ts-{t}", "user_id": "ts-user", "item_id": "50", "timestamp": t}
-              for t in (0, 1_700_000_000, 4_102_444_800.5, 7_258_118_400)]
+              for t in (0, 1_700_000_000, now, now + 60)]  # 60 s ahead: within serve.max_clock_skew_s (300 s)
     assert c.post(f"{device}/v1/events", json={"events": events}).json()["accepted"] == 4
+    for ahead in (4_102_444_800.5, 7_258_118_400, now + 3600):  # 2100, 2200, an hour ahead: each would pin its item
+        late = {"event_id": f"late-{ahead}", "user_id": "ts-user", "item_id": "51", "timestamp": ahead}
+        resp = c.post(f"{device}/v1/events", json={"events": [events[0], late]})
+        assert_names(resp, 422, "events.1.timestamp")
+    assert c.post(f"{device}/v1/rank", json={"user_id": "ts-user", "k": 1}).json()["history_length"] == 4
 
 
 def assert_openai_error(resp: httpx.Response, status: int, param: str | None = None) -> dict:

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.serving.conftest import API_KEY, device_and_cloud
+from tests.serving.conftest import API_KEY, AUTH, device_and_cloud
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,8 @@ def half_open(port: int, path: str, n: int = 1) -> list[tuple[bytes, bool]]:
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)  # generous: no timing asserts
-        s.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-api-key: {API_KEY}\r\n"
-                  "content-length: 100\r\n\r\n{\"user_id\": ".encode())
+        s.sendall(f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                  f"x-api-key: {API_KEY}\r\ncontent-length: 100\r\n\r\n{{\"user_id\": ".encode())
         socks.append(s)
     out = []
     for s in socks:
@@ -64,7 +64,7 @@ def test_half_open_body_gets_408_and_close(servers, service, path):
 
 
 def test_complete_bodies_and_keep_alive_are_unaffected(servers):
-    with httpx.Client(timeout=30) as c:
+    with httpx.Client(timeout=30, headers=AUTH) as c:
         for _ in range(3):  # one kept-alive connection, idle between requests longer than the body timeout
             r = c.post(f"{servers['device'].url}/v1/rank", json={"history": ["50"], "k": 3})
             assert r.status_code == 200, r.text

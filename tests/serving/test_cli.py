@@ -127,3 +127,19 @@ def test_config_prints_the_resolved_yaml(tmp_path, capsys):
     (tmp_path / "all.yaml").write_text(out)  # everything spelt out: loading it back gives the same config
     assert load_app_config(str(tmp_path / "all.yaml")) == load_app_config(None, args)
     _one_line_error(persona("config", "serve.nope=1"), "persona config: error: config field 'serve.nope'")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "setting"),
+    [
+        (["--role", "device", "--host", "0.0.0.0"], {}, "serve.operator_key"),
+        (["--role", "all", "--host", "0.0.0.0"], {}, "serve.api_key"),
+        (["--role", "cloud", "--host", "192.0.2.7"], {}, "serve.api_key"),
+        (["--role", "device", "--host", "0.0.0.0"], {"PERSONA_OPERATOR_KEY": "k"}, "serve.http.allowed_hosts"),
+    ],
+)
+def test_serve_refuses_an_open_bind_without_credentials(tmp_path, args, env, setting):
+    """Before anything loads: no checkpoint is needed to be refused (docs/security.md)."""
+    clean = {"PERSONA_API_KEY": "", "PERSONA_OPERATOR_KEY": "", **env}
+    proc = persona("serve", *args, f"serve.checkpoint={tmp_path / 'none'}", env=clean, timeout=60)
+    _one_line_error(proc, setting)

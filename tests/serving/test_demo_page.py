@@ -16,7 +16,7 @@ from serving.artefacts import load_artefacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.demo import demo_page, headline_results
 from serving.device_app import DeviceService, create_device_app
-from tests.serving.conftest import API_KEY, LiveServer, real_editor_checkpoint, serve_config, wait_for
+from tests.serving.conftest import API_KEY, AUTH, LiveServer, real_editor_checkpoint, serve_config, wait_for
 from tests.serving.test_services import metric
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -91,12 +91,20 @@ def test_demo_page_clicks_adapt_the_ranking_and_cutting_the_cloud_shows_the_fall
     cfg = serve_config((ckpt, checkpoint[1]), tmp_path, f"reports_dir={reports}", "serve.budget_ms=2000")
     driver = chromium()
     try:
-        with LiveServer(create_cloud_app(CloudService(cfg, ckpt), API_KEY)) as cloud, httpx.Client(timeout=30) as c:
+        cloud_app = create_cloud_app(CloudService(cfg, ckpt), API_KEY)
+        with LiveServer(cloud_app) as cloud, httpx.Client(timeout=30, headers=AUTH) as c:
             device = DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY)
-            with LiveServer(create_device_app(device)) as dev:
+            with LiveServer(create_device_app(device, API_KEY)) as dev:
                 wait_for(lambda: device.runtime.edit_encoding_ready, timeout=30)
-                driver.get(f"{dev.url}/?user=web-1")
+                driver.get(f"{dev.url}/?user=nobody")  # no key: the page asks for one and shows no one's data
+                wait_for(lambda: driver.find_element("id", "signin").is_displayed(), timeout=30)
+                wait_for(lambda: "operator key" in _text(driver, "status"), timeout=30)
+                assert len(_ranking(driver)) == 0
+                # the key `make serve` prints, in the fragment (never sent to the server), then off the address bar;
+                # the page runs under its CSP (script and style by hash), so a ranking shows its script ran
+                driver.get(f"{dev.url}/?user=web-1#key={API_KEY}")
                 wait_for(lambda: len(_ranking(driver)) == 10, timeout=30)
+                assert "key=" not in driver.current_url
                 assert len(driver.find_elements("css selector", "#chart svg rect")) == 3  # the headline chart
                 wait_for(lambda: "cloud reachable" in _text(driver, "status"), timeout=30)
                 before = _ranking(driver)
@@ -136,7 +144,8 @@ def test_demo_page_clicks_adapt_the_ranking_and_cutting_the_cloud_shows_the_fall
 
 def test_cloud_switch_rejects_a_bad_body(checkpoint, tmp_path):
     cfg = serve_config(checkpoint, tmp_path)
-    with LiveServer(create_device_app(DeviceService(cfg, load_artefacts(cfg)))) as dev, httpx.Client() as c:
+    app = create_device_app(DeviceService(cfg, load_artefacts(cfg)), API_KEY)
+    with LiveServer(app) as dev, httpx.Client(headers=AUTH) as c:
         resp = c.put(f"{dev.url}/v1/cloud", json={"enabled": "maybe"})
         assert resp.status_code == 422 and "enabled" in resp.json()["message"]
         assert c.put(f"{dev.url}/v1/cloud", json={"enabled": False}).json()["cloud_enabled"] is None  # no cloud

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, free_port, free_ports
-from tests.serving.conftest import wait_for
+from tests.serving.conftest import API_KEY, AUTH, wait_for
 
 
 def start_device(checkpoint, tmp_path, port: int) -> subprocess.Popen:
@@ -27,6 +27,7 @@ def start_device(checkpoint, tmp_path, port: int) -> subprocess.Popen:
         sys.executable, "-m", "serving.cli", "serve", "--role", "device", "--port", str(port),
         f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'events.db'}",
         f"serve.prototype_cache={tmp_path / 'prototypes.json'}", "serve.http.access_log=false",
+        f"serve.operator_key={API_KEY}",
     ]
     log = open(tmp_path / f"device-{port}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
@@ -51,7 +52,7 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_event(checkpoint, tmp_path
     stop = threading.Event()
 
     def writer(w: int) -> None:
-        with httpx.Client(timeout=5) as c:
+        with httpx.Client(timeout=5, headers=AUTH) as c:
             for batch in range(10_000):
                 if stop.is_set():
                     return
@@ -87,10 +88,11 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_event(checkpoint, tmp_path
 
         # the restarted service serves from the recovered log and keeps appending
         user0 = sum(1 for e in stored if e.startswith("w0-"))
-        r = httpx.post(f"{url}/v1/rank", json={"user_id": "user0", "k": 5, "exclude_seen": False}, timeout=10).json()
+        r = httpx.post(f"{url}/v1/rank", json={"user_id": "user0", "k": 5, "exclude_seen": False}, timeout=10,
+                       headers=AUTH).json()
         assert r["history_length"] == user0 >= 1
         more = [{"event_id": "after-restart", "user_id": "user0", "item_id": "7"}]
-        assert httpx.post(f"{url}/v1/events", json={"events": more}, timeout=10).json()["accepted"] == 1
+        assert httpx.post(f"{url}/v1/events", json={"events": more}, timeout=10, headers=AUTH).json()["accepted"] == 1
     finally:
         stop.set()
         if proc.poll() is None:
@@ -138,11 +140,13 @@ def test_role_all_serves_device_and_cloud_in_one_process(checkpoint, tmp_path):
 
         wait_for(up, timeout=90, interval=0.1)
         version = httpx.get(f"{cloud}/healthz").json()["version"]
-        body = httpx.post(f"{device}/v1/rank", json={"history": ["50", "172"], "k": 3}, timeout=10).json()
+        role_all = {"Authorization": "Bearer k"}  # role all: the device's operator key is the cloud's API key
+        body = httpx.post(f"{device}/v1/rank", json={"history": ["50", "172"], "k": 3}, timeout=10, headers=role_all)
+        body = body.json()
         # today's editor (BaseEditor) answers "no edit": the cloud was asked, and its version is reported
         assert body["version"] == version and len(body["items"]) == 3
         assert httpx.get(f"{cloud}/v1/prototypes", headers={"X-API-Key": "k"}).json()["version"] == version
-        assert 'endpoint="edits",outcome="ok"' in httpx.get(f"{device}/metrics").text
+        assert 'endpoint="edits",outcome="ok"' in httpx.get(f"{device}/metrics", headers=role_all).text
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
@@ -157,7 +161,7 @@ def test_two_workers_share_port_event_log_and_metrics(checkpoint, tmp_path):
     cmd = [
         sys.executable, "-m", "serving.cli", "serve", "--role", "device", "--workers", "2", "--port", str(port),
         f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'e.db'}",
-        f"serve.prototype_cache={tmp_path / 'p.json'}", "serve.http.access_log=false",
+        f"serve.prototype_cache={tmp_path / 'p.json'}", "serve.http.access_log=false", f"serve.operator_key={API_KEY}",
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -171,12 +175,12 @@ def test_two_workers_share_port_event_log_and_metrics(checkpoint, tmp_path):
 
         wait_for(up, timeout=120, interval=0.1)
         events = [{"event_id": f"e{i}", "user_id": "w", "item_id": str(1 + i)} for i in range(5)]
-        with httpx.Client(timeout=10) as c:
+        with httpx.Client(timeout=10, headers=AUTH) as c:
             for i in range(5):  # separate requests: may land on either worker
                 assert c.post(f"{url}/v1/events", json={"events": events[i : i + 1]}).status_code == 200
             lengths = set()
             for _ in range(30):  # new connections spread over both workers; each sees every event
-                with httpx.Client(timeout=10) as fresh:
+                with httpx.Client(timeout=10, headers=AUTH) as fresh:
                     lengths.add(fresh.post(f"{url}/v1/rank", json={"user_id": "w", "k": 3}).json()["history_length"])
             assert lengths == {5}
             text = c.get(f"{url}/metrics").text

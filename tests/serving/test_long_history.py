@@ -12,7 +12,7 @@ import pytest
 from serving.artefacts import load_artefacts
 from serving.device_app import DeviceService, create_device_app
 from serving.event_store import EventStore
-from tests.serving.conftest import LiveServer, serve_config
+from tests.serving.conftest import API_KEY, AUTH, LiveServer, serve_config
 
 N_EVENTS = 200_000
 
@@ -79,7 +79,7 @@ def test_rank_for_a_200k_event_user_uses_the_last_window(checkpoint, runtime, tm
     t2i, window = runtime.token_to_id, runtime.model.max_seq_len
     last = [t2i[r[2]] for r in rows[-window:]]
     seen = {t2i[r[2]] for r in rows}
-    with LiveServer(create_device_app(service)) as dev, httpx.Client(timeout=60) as c:
+    with LiveServer(create_device_app(service, API_KEY)) as dev, httpx.Client(timeout=60, headers=AUTH) as c:
         for exclude_seen, exclude in ((True, seen), (False, set())):
             body = c.post(f"{dev.url}/v1/rank", json={"user_id": "heavy", "k": 10, "exclude_seen": exclude_seen})
             assert body.status_code == 200, body.text

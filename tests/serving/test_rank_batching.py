@@ -17,7 +17,7 @@ from serving.artefacts import load_artefacts
 from serving.device_app import DeviceService, create_device_app
 from serving.event_store import EventStore
 from serving.rank_batcher import Choice, Encoded, RankBatcher, Ranked, RankJob
-from tests.serving.conftest import LiveServer, RandomEditor, random_edit, serve_config, wait_for
+from tests.serving.conftest import API_KEY, AUTH, LiveServer, RandomEditor, random_edit, serve_config, wait_for
 
 TOL = 1e-4
 
@@ -215,7 +215,7 @@ def device(checkpoint, runtime, tmp_path):
     rng = random.Random(7)
     users = {f"user{u}": [rng.randrange(1, runtime.n_items) for _ in range(rng.randrange(1, 80))] for u in range(40)}
     tok = runtime.item_tokens
-    with LiveServer(create_device_app(service)) as srv, httpx.Client(timeout=60) as c:
+    with LiveServer(create_device_app(service, API_KEY)) as srv, httpx.Client(timeout=60, headers=AUTH) as c:
         for u, ids in users.items():
             events = [{"event_id": f"{u}-{i}", "user_id": u, "item_id": str(tok[j])} for i, j in enumerate(ids)]
             assert c.post(f"{srv.url}/v1/events", json={"events": events}).status_code == 200
@@ -266,7 +266,7 @@ def test_http_concurrent_requests_are_all_answered_for_the_right_user(device, ba
     answers: dict[int, httpx.Response] = {}
 
     async def client(worker: int, queue: asyncio.Queue) -> None:
-        async with httpx.AsyncClient(timeout=60) as c:
+        async with httpx.AsyncClient(timeout=60, headers=AUTH) as c:
             while not queue.empty():
                 i = queue.get_nowait()
                 answers[i] = await c.post(f"{srv.url}/v1/rank", json=bodies[i])
@@ -298,7 +298,7 @@ def test_http_requests_that_arrive_together_are_scored_in_one_batch(device, bank
     answers: list[httpx.Response] = []
 
     async def go():
-        async with httpx.AsyncClient(timeout=60) as c:
+        async with httpx.AsyncClient(timeout=60, headers=AUTH) as c:
             tasks = [asyncio.ensure_future(c.post(f"{srv.url}/v1/rank", json=b)) for b in bodies]
             await asyncio.to_thread(wait_for, lambda: batcher.queued == len(bodies), 60)
             assert batcher.expected == 1  # the queued requests gave their admission back
@@ -315,7 +315,7 @@ def test_http_lone_request_answered_at_once(device, banked):
     srv, service, users = device
     service.batcher.wait_s = 3600.0  # a request that waited for company would hang the test
     body = {"user_id": "user3", "k": 10}
-    with httpx.Client(timeout=60) as c:
+    with httpx.Client(timeout=60, headers=AUTH) as c:
         resp = c.post(f"{srv.url}/v1/rank", json=body)
         bad = c.post(f"{srv.url}/v1/rank", json={"user_id": "user3", "k": 0})  # a 422 gives its admission back
     check_response(banked, users, body, resp)

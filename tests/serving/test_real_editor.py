@@ -9,7 +9,7 @@ from llm_cloud.editor import AdapterEditor, load_editor
 from serving.artefacts import load_artefacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.device_app import DeviceService, create_device_app
-from tests.serving.conftest import API_KEY, LiveServer, rank, real_editor_checkpoint, serve_config, wait_for
+from tests.serving.conftest import API_KEY, AUTH, LiveServer, rank, real_editor_checkpoint, serve_config, wait_for
 
 
 def test_device_serves_the_real_editors_code_edits_and_the_bytes_are_small(checkpoint, runtime, tmp_path):
@@ -20,9 +20,9 @@ def test_device_serves_the_real_editors_code_edits_and_the_bytes_are_small(check
     cloud = CloudService(cfg, ckpt)  # the default factory: the real editor from the artefacts
     items = [str(t) for t in runtime.item_tokens[[5, 17, 99, 120, 3]]]
     ids = [runtime.token_to_id[t] for t in items]
-    with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=30) as c:
+    with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=30, headers=AUTH) as c:
         device = DeviceService(cfg, load_artefacts(cfg), cl.url, API_KEY)
-        with LiveServer(create_device_app(device)) as dev:
+        with LiveServer(create_device_app(device, API_KEY)) as dev:
             wait_for(lambda: device.runtime.edit_encoding_ready == editor.version, timeout=30)
             events = [{"event_id": f"e{i}", "user_id": "ann", "item_id": t} for i, t in enumerate(items)]
             assert c.post(f"{dev.url}/v1/events", json={"events": events}).status_code == 200
@@ -55,9 +55,9 @@ def test_a_dynamic_cloud_publishes_its_learnt_bank_and_the_device_takes_it(check
     first = cloud.state.editor.version
     items = [str(t) for t in runtime.item_tokens[[5, 17, 99, 120, 3, 42, 7]]]
     auth = {"Authorization": f"Bearer {API_KEY}"}
-    with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=30) as c:
+    with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=30, headers=AUTH) as c:
         device = DeviceService(cfg, load_artefacts(cfg), cl.url, API_KEY)
-        with LiveServer(create_device_app(device)) as dev:
+        with LiveServer(create_device_app(device, API_KEY)) as dev:
             wait_for(lambda: device.runtime.prototypes is not None and device.runtime.prototypes.version == first,
                      timeout=30)
             for i, t in enumerate(items):  # one event at a time: each new history asks the cloud

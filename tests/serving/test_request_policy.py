@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from serving.request_policy import RequestPolicy
-from tests.serving.conftest import RandomEditor, rank, serve_config, wait_for
+from tests.serving.conftest import AUTH, RandomEditor, rank, serve_config, wait_for
 from tests.serving.test_services import LiveServer, cloud_app, device_app, post_events
 
 
@@ -57,7 +57,8 @@ def _events_through_a_live_device(checkpoint, runtime, tmp_path, n_items: int, *
     cfg = serve_config(checkpoint, tmp_path, "serve.request_policy=drift", "serve.budget_ms=2000", *overrides)
     capp, _ = cloud_app(cfg, lambda: editor)
     items = [str(t) for t in runtime.item_tokens[1 : 1 + n_items]]
-    with LiveServer(capp) as cloud, LiveServer(device_app(cfg, cloud.url)) as dev, httpx.Client(timeout=10) as c:
+    client = httpx.Client(timeout=10, headers=AUTH)
+    with LiveServer(capp) as cloud, LiveServer(device_app(cfg, cloud.url)) as dev, client as c:
         wait_for(lambda: c.get(f"{dev.url}/healthz").json()["prototypes"] == 3)
         kinds = []
         for n, item in enumerate(items):

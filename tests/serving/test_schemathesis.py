@@ -31,12 +31,12 @@ def test_schemathesis_finds_no_server_error(checkpoint, runtime, tmp_path):
     dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
     cloud = LiveServer(create_cloud_app(CloudService(cfg, cfg.serve.checkpoint, lambda: RandomEditor(dim, n_layers)),
                                         API_KEY))
-    device = LiveServer(create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY)))
+    device = LiveServer(create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY), API_KEY))
     common = ["--checks", "not_a_server_error", "--max-time", "8", "--max-examples", "40", "--seed", "7", "-w", "1",
               "--no-color"]
     try:
         runs = [
-            [ST, "run", f"{device.url}/openapi.json", *common],
+            [ST, "run", f"{device.url}/openapi.json", "-H", f"Authorization: Bearer {API_KEY}", *common],
             # /v1/embeddings is the embeddings module's (tested there); fuzzing it would load the LLM backbone
             [ST, "run", f"{cloud.url}/openapi.json", "-H", f"Authorization: Bearer {API_KEY}",
              "--exclude-path", "/v1/embeddings", *common],

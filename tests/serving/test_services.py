@@ -13,11 +13,11 @@ from serving.artefacts import load_artefacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.device_app import DeviceService, create_device_app
 from serving.metrics import read_samples
-from tests.serving.conftest import API_KEY, LiveServer, RandomEditor, random_edit, rank, serve_config, wait_for
+from tests.serving.conftest import API_KEY, AUTH, LiveServer, RandomEditor, random_edit, rank, serve_config, wait_for
 
 
 def device_app(cfg, cloud_url=None):
-    return create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud_url, API_KEY))
+    return create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud_url, API_KEY), API_KEY)
 
 
 def cloud_app(cfg, editor_factory):
@@ -47,7 +47,7 @@ def ids_of(runtime, tokens):
 def test_events_then_rank_reflects_the_new_events(checkpoint, runtime, tmp_path):
     cfg = serve_config(checkpoint, tmp_path)
     tokens = [str(t) for t in runtime.item_tokens[[50, 172, 181, 7, 300]]]
-    with LiveServer(device_app(cfg)) as dev, httpx.Client(timeout=10) as c:
+    with LiveServer(device_app(cfg)) as dev, httpx.Client(timeout=10, headers=AUTH) as c:
         before = rank(c, dev.url, user_id="alice", k=10).json()
         assert before["adaptation"] == "base" and before["history_length"] == 0
         cold_ids, _ = runtime.rank([], 10)
@@ -100,7 +100,7 @@ def test_cloud_edit_fallback_to_prototype_cache_and_resume(checkpoint, runtime, 
 
     cloud_srv = LiveServer(capp)
     try:
-        with LiveServer(device_app(cfg, cloud_srv.url)) as dev, httpx.Client(timeout=10) as c:
+        with LiveServer(device_app(cfg, cloud_srv.url)) as dev, httpx.Client(timeout=10, headers=AUTH) as c:
             wait_for(lambda: c.get(f"{dev.url}/healthz").json()["prototypes"] == 3)
             cache = tmp_path / "prototypes.json"  # written to disk just after the bank is taken into memory
             wait_for(lambda: cache.is_file() and PrototypeSnapshot.load(cache).version == editor.version)
@@ -175,7 +175,7 @@ def test_device_without_cloud_uses_its_cached_bank(checkpoint, runtime, tmp_path
     bank = RandomEditor(dim, n_layers, version="cached-v7").snapshot()
     bank.save(tmp_path / "prototypes.json")
     cfg = serve_config(checkpoint, tmp_path)
-    with LiveServer(device_app(cfg, "http://127.0.0.1:9")) as dev, httpx.Client(timeout=10) as c:
+    with LiveServer(device_app(cfg, "http://127.0.0.1:9")) as dev, httpx.Client(timeout=10, headers=AUTH) as c:
         body = rank(c, dev.url, history=["50", "172"], k=5).json()
         assert body["adaptation"] == "prototype-cache" and body["version"] == "cached-v7"
         assert c.get(f"{dev.url}/healthz").json()["cloud_available"] is False
@@ -304,7 +304,8 @@ def test_one_slow_answer_does_not_trip_the_breaker_a_slow_cloud_does(checkpoint,
                        "serve.cloud_retry_s=30")  # fmt: skip
     capp, cloud = cloud_app(cfg, lambda: RandomEditor(dim, n_layers))
     items = [str(t) for t in runtime.item_tokens[1:30]]
-    with LiveServer(capp) as srv, LiveServer(device_app(cfg, srv.url)) as dev, httpx.Client(timeout=10) as c:
+    client = httpx.Client(timeout=10, headers=AUTH)
+    with LiveServer(capp) as srv, LiveServer(device_app(cfg, srv.url)) as dev, client as c:
         wait_for(lambda: c.get(f"{dev.url}/healthz").json()["prototypes"] == 3)
         cloud.delay_s = 1.0  # every answer misses the 100 ms budget
         kinds = []
