@@ -5,7 +5,12 @@ wraps it in a tiny FastAPI app (tests, or a stand-alone embeddings server). Requ
 follow OpenAI's embeddings API, so the ``openai-http`` backbone (and any OpenAI client) talks to it
 exactly as to vLLM: text or token-id input (decoded with the backbone's tokenizer), ``model`` one of the
 served names (else 404). The API key is checked before the body is read. Every error, including the
-shared middleware's (413), uses OpenAI's ``{"error": {"message", "type", "param", "code"}}`` shape.
+shared middleware's (413), uses OpenAI's ``{"error": {"message", "type", "param", "code"}}`` shape; a string
+that is not valid Unicode (a lone surrogate such as JSON ``"\\ud800"``) is a 400 naming its parameter.
+
+``dimensions`` works as for OpenAI's text-embedding-3 models: any ``1 <= dimensions <= width`` returns the
+first ``dimensions`` components of each vector, L2-renormalised; a larger value is a 400. The schema states
+``minimum: 1`` and, when the backbone's width is known as the router is built, ``maximum: width``.
 """
 
 import base64
@@ -13,6 +18,7 @@ import json
 import threading
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -44,25 +50,31 @@ def _input_schema(vocab: int | None = None) -> dict:
             "description": "text, texts, token ids or lists of token ids (decoded with the model's tokenizer)"}
 
 
+def _dimensions_schema(dim: int | None = None) -> dict:
+    """What ``dimensions`` may be: 1 up to the model's width (stated as ``maximum`` when known)."""
+    bounds = {"type": "integer", "minimum": 1, **({"maximum": dim} if dim else {})}
+    width = f"{dim}, the model's width" if dim else "the model's width (larger: 400)"
+    return {"anyOf": [bounds, {"type": "null"}], "default": None,
+            "description": f"return the first `dimensions` components, L2-renormalised; 1 to {width}"}
+
+
 class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     input: Annotated[Input, WithJsonSchema(_input_schema())]
     model: str | None = Field(None, description="a served model name (see GET /healthz); omitted: the served one")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, description="must equal the model's width when given")
+    dimensions: Annotated[StrictInt | None, WithJsonSchema(_dimensions_schema())] = Field(None, ge=1)
     user: str | None = None
 
 
 def _request_model(backbone: Backbone) -> type[EmbeddingsRequest]:
     """:class:`EmbeddingsRequest` whose schema names this backbone's token-id range and width."""
     vocab = len(backbone.tokenizer) if backbone.tokenizer is not None else None
-    dim = backbone.dim
     return create_model(
         "EmbeddingsRequest", __base__=EmbeddingsRequest,
         input=(Annotated[Input, WithJsonSchema(_input_schema(vocab))], ...),
-        dimensions=(Annotated[int | None, WithJsonSchema({"anyOf": [{"enum": [dim]}, {"type": "null"}]})]
-                    if dim else int | None, Field(None, ge=1, description="must equal the model's width")),
+        dimensions=(Annotated[StrictInt | None, WithJsonSchema(_dimensions_schema(backbone.dim))], Field(None, ge=1)),
     )
 
 
@@ -98,7 +110,8 @@ class ErrorBody(BaseModel):
 RESPONSES = {
     200: {"model": EmbeddingsResponse},
     **{status: {"model": ErrorBody, "description": what} for status, what in [
-        (400, "invalid input (empty text, unknown token id, wrong `dimensions`, unreadable body); `param` names it"),
+        (400, "invalid input (empty or non-Unicode text, unknown token id, `dimensions` above the model's width, "
+              "unreadable body); `param` names it"),
         (401, "missing or wrong API key"),
         (404, "`model` is not served here"),
         (408, "the request body did not arrive within serve.http.body_timeout_s"),
@@ -152,16 +165,48 @@ def _texts(req: EmbeddingsRequest, backbone: Backbone) -> tuple[list[str], int |
     return texts, sum(map(len, seqs))
 
 
+def _check_unicode(value: str | None, where: str, param: str) -> None:
+    """A 400 naming ``param`` when ``value`` cannot be encoded (a lone UTF-16 surrogate, as JSON allows)."""
+    try:
+        (value or "").encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = ascii(value[exc.start])  # escaped: the message itself must stay encodable
+        raise APIError(400, f"'{where}' is not valid Unicode: lone surrogate {bad} at position {exc.start}",
+                       param) from exc
+
+
+def _check_fields(req: EmbeddingsRequest) -> None:
+    for field in ("model", "user"):
+        _check_unicode(getattr(req, field), field, field)
+
+
 def _validate(req: EmbeddingsRequest, texts: list[str], dim: int | None) -> None:
     if not texts:
         raise APIError(400, "'input' must not be empty", "input")
     if len(texts) > MAX_INPUTS:
         raise APIError(400, f"'input' has {len(texts)} items, at most {MAX_INPUTS} allowed", "input")
     for i, text in enumerate(texts):
+        where = "input" if isinstance(req.input, str) else f"input[{i}]"
         if not text.strip():
-            raise APIError(400, f"'input[{i}]' is an empty string", "input")
-    if req.dimensions is not None and dim is not None and req.dimensions != dim:
-        raise APIError(400, f"'dimensions' {req.dimensions} is not supported; this model returns {dim}", "dimensions")
+            raise APIError(400, f"'{where}' is an empty string", "input")
+        _check_unicode(text, where, "input")
+    if req.dimensions is not None and dim is not None:
+        _check_dimensions(req.dimensions, dim)
+
+
+def _check_dimensions(dimensions: int, dim: int) -> None:
+    if dimensions > dim:
+        raise APIError(400, f"'dimensions' {dimensions} is above this model's width {dim}", "dimensions")
+
+
+def _fit_dimensions(emb: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """OpenAI's text-embedding-3 ``dimensions``: the first ``dimensions`` components, L2-renormalised."""
+    if dimensions is None:
+        return emb
+    _check_dimensions(dimensions, emb.shape[1])  # the width of a backbone that only knows it after encoding
+    cut = emb[:, :dimensions]
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return cut / np.where(norms > 0, norms, 1)
 
 
 def _route_class(check):
@@ -197,12 +242,13 @@ def embeddings_router(
     lock = threading.Lock()  # one encode at a time: torch already uses every core for one batch
     served_name = model_name or DEFAULT_MODEL
     served = {served_name, backbone.name}
-    Request = _request_model(backbone) if describe else EmbeddingsRequest
+    Request = _request_model(backbone) if describe else EmbeddingsRequest  # not described: 1 ≤ dimensions only
 
     # the dependency documents the key in OpenAPI (the route class has already checked it)
     @router.post(PATH, responses=RESPONSES, dependencies=[Depends(check)] if check else [],
                  summary="OpenAI-compatible embeddings of texts or token ids")
     def create_embeddings(req: Request):  # the annotation is evaluated here (no __future__ import)
+        _check_fields(req)
         if req.model is not None and req.model not in served:
             raise APIError(404, f"The model `{req.model}` does not exist; served: {sorted(served)}", "model",
                            code="model_not_found")
@@ -213,6 +259,7 @@ def embeddings_router(
                 emb = backbone.encode(texts)
         except BackboneError as exc:
             raise APIError(500, f"backbone failed: {exc}") from exc
+        emb = _fit_dimensions(emb, req.dimensions)
         b64 = req.encoding_format == "base64"
         data = [
             {"object": "embedding", "index": i,

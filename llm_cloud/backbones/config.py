@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BACKBONE_NAMES = ("sentence-transformers", "hf", "openai-http")
+CACHE_MAX_ENTRIES = 10_000  # default bound of the embedding cache: .npy entries under cache_dir ...
+CACHE_MAX_BYTES = 2 << 30  # ... and their total size (2 GiB)
 
 
 class _Strict(BaseModel):
@@ -48,6 +50,10 @@ class BackboneConfig(_Strict):
     progress: bool = True  # tqdm bar when encoding more than one batch
     cache: bool = True  # cache embeddings on disk, keyed by backbone identity + content hash
     cache_dir: str = ".cache/embeddings"
+    # bound of cache_dir, least recently used entries evicted first; None = unbounded. An entry larger than
+    # cache_max_bytes is not cached.
+    cache_max_entries: int | None = Field(CACHE_MAX_ENTRIES, ge=1)
+    cache_max_bytes: int | None = Field(CACHE_MAX_BYTES, ge=1)
     sentence_transformers: SentenceTransformersConfig = Field(default_factory=SentenceTransformersConfig)
     hf: HFConfig = Field(default_factory=HFConfig)
     openai_http: OpenAIHTTPConfig = Field(default_factory=OpenAIHTTPConfig)

@@ -23,4 +23,6 @@ def build_backbone(cfg: BackboneConfig, cached: bool | None = None) -> Backbone:
         raise BackboneError(f"unknown backbone '{cfg.name}' (known: {', '.join(BACKBONES)})")
     backbone = builder(cfg)
     use_cache = cfg.cache if cached is None else cached
-    return CachedBackbone(backbone, cfg.cache_dir) if use_cache else backbone
+    if not use_cache:
+        return backbone
+    return CachedBackbone(backbone, cfg.cache_dir, cfg.cache_max_entries, cfg.cache_max_bytes)
