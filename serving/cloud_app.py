@@ -28,7 +28,7 @@ from recsys.checkpoint import load_checkpoint
 from recsys.runtime import EditPayload, PrototypeSnapshot
 from serving.config import AppConfig
 from serving.edit_batcher import EditBatcher
-from serving.embeddings_api import DEFAULT_MODEL, OpenAIErrorBodies, embeddings_router
+from serving.embeddings_api import DEFAULT_MODEL, OpenAIErrorBodies, describe_backbone, embeddings_router
 from serving.http_guards import app_options, install_http_guards
 from serving.metrics import Metrics
 from serving.schemas import AUTH_ERRORS, ERRORS, EditRequest, Health
@@ -274,6 +274,13 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
     app.include_router(keyed)
     backbone = backbone or LazyBackbone(service.cfg.backbone)
     app.include_router(embeddings_router(backbone, served_model_name(service.cfg.backbone), api_key, describe=False))
+
+    def openapi() -> dict:  # the schema states the backbone's width and token ids (the first call builds it)
+        if app.openapi_schema is None:
+            app.openapi_schema = describe_backbone(FastAPI.openapi(app), backbone)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     app.add_middleware(
         ServiceMiddleware,

@@ -43,6 +43,7 @@ from serving.metrics import Metrics
 from serving.rank_batcher import AdmitRank, Choice, Encoded, RankBatcher, RankJob
 from serving.request_policy import RequestPolicy
 from serving.schemas import (
+    EVENTS_ERRORS,
     MAX_UNKNOWN_LISTED,
     OPERATOR_ERRORS,
     USER_ERRORS,
@@ -173,10 +174,12 @@ class DeviceService:
     async def add_events(self, req: EventsRequest) -> EventsResponse:
         now = time.time()
         latest = now + self.s.max_clock_skew_s
-        for i, e in enumerate(req.events):  # a future time would pin its item last in the history for good
+        # a future time would pin its item last in the history for good; a refusal that depends on the server's
+        # state (its clock, what the user stores) is a 409, not a 422: the request itself is well-formed
+        for i, e in enumerate(req.events):
             if e.timestamp is not None and e.timestamp > latest:
-                raise field_error(f"events.{i}.timestamp",
-                                  f"is later than server time + serve.max_clock_skew_s ({self.s.max_clock_skew_s:g} s)")
+                raise field_error(f"events.{i}.timestamp", "is later than server time + serve.max_clock_skew_s "
+                                  f"({self.s.max_clock_skew_s:g} s; nothing of this request was stored)", 409)
         rows = [(e.event_id, e.user_id, e.item_id, e.timestamp) for e in req.events]  # None: the commit's time
         try:
             result = await self.store.append(rows)
@@ -186,8 +189,8 @@ class DeviceService:
                               "item or timestamp (nothing of this request was stored)", 409) from exc
         except TooManyUnknownItems as exc:
             raise field_error(f"events.{exc.index}.item_id", f"the user already stores {exc.cap} distinct item ids "
-                              "outside the catalogue (serve.max_unknown_items; nothing of this request was stored)"
-                              ) from exc
+                              "outside the catalogue (serve.max_unknown_items; nothing of this request was stored)",
+                              409) from exc
         self.metrics.events.labels("inserted").inc(result.inserted)
         self.metrics.events.labels("duplicate").inc(result.duplicates)
         self.metrics.event_batch.observe(len(rows))
@@ -437,7 +440,7 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
         token, expires = creds.issue(body.user_id, body.ttl_s or service.s.user_token_ttl_s)
         return TokenResponse(token=token, user_id=body.user_id, expires_at=expires)
 
-    @keyed.post("/v1/events", response_model=EventsResponse, responses=USER_ERRORS,
+    @keyed.post("/v1/events", response_model=EventsResponse, responses=EVENTS_ERRORS,
                 summary="append user events (durable: acknowledged after commit; idempotent per user and event_id)")
     async def events(body: EventsRequest, caller: CallerDep) -> EventsResponse:
         for i, event in enumerate(body.events):

@@ -68,6 +68,16 @@ class EmbeddingsRequest(BaseModel):
     user: str | None = None
 
 
+def describe_backbone(schema: dict, backbone: Backbone) -> dict:
+    """``schema`` (an app's OpenAPI dict) with ``EmbeddingsRequest`` stating ``backbone``'s token-id range and width:
+    for an app whose backbone is built lazily, called when the schema is first asked for (that builds it)."""
+    vocab = len(backbone.tokenizer) if backbone.tokenizer is not None else None
+    props = schema["components"]["schemas"]["EmbeddingsRequest"]["properties"]
+    props["input"] = {**props["input"], **_input_schema(vocab)}
+    props["dimensions"] = {**props["dimensions"], **_dimensions_schema(backbone.dim)}
+    return schema
+
+
 def _request_model(backbone: Backbone) -> type[EmbeddingsRequest]:
     """:class:`EmbeddingsRequest` whose schema names this backbone's token-id range and width."""
     vocab = len(backbone.tokenizer) if backbone.tokenizer is not None else None

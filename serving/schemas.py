@@ -18,6 +18,7 @@ from pydantic import (
     Strict,
     StrictBool,
     StringConstraints,
+    WithJsonSchema,
 )
 
 from recsys.runtime import Encoding
@@ -152,10 +153,16 @@ class EditRequest(_Body):
     model_config = ConfigDict(json_schema_extra={"examples": [{"items": ["50", "172", "181"]}]})
 
 
+MAX_TOKEN_TTL_S = 30 * 86_400
+# stated by hand: pydantic writes a BeforeValidator'd int's bounds as "ge"/"le", which JSON Schema does not know
+TokenTtl = Annotated[StrictInt, Field(ge=60, le=MAX_TOKEN_TTL_S),
+                     WithJsonSchema({"type": "integer", "minimum": 60, "maximum": MAX_TOKEN_TTL_S})]
+
+
 class TokenRequest(_Body):
     user_id: Token = Field(..., description="the one user the token covers")
-    ttl_s: StrictInt | None = Field(
-        None, ge=60, le=30 * 86_400, description="lifetime in seconds (default serve.user_token_ttl_s)"
+    ttl_s: TokenTtl | None = Field(
+        None, description="lifetime in seconds, 60 s to 30 days (default serve.user_token_ttl_s)"
     )
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"user_id": "u1", "ttl_s": 3600}]})
@@ -188,6 +195,12 @@ USER_ERRORS = {
     **ERRORS,
     401: {"model": ErrorResponse, "description": "missing, invalid or expired credential"},
     403: {"model": ErrorResponse, "description": "the credential does not cover this user (`message` names the field)"},
+}
+EVENTS_ERRORS = {
+    **USER_ERRORS,
+    409: {"model": ErrorResponse, "description": "refused for the server's state, nothing stored: an event id of this "
+          "user stored with another item or timestamp, a timestamp beyond server time + serve.max_clock_skew_s, or "
+          "the user's serve.max_unknown_items reached (`message` names the field)"},
 }
 OPERATOR_ERRORS = {
     **USER_ERRORS,

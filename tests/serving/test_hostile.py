@@ -121,7 +121,7 @@ def test_future_timestamps_cannot_pin_an_item(live):
     user = token(c, device, "pinned")
     pin = {"events": [{"event_id": "p", "user_id": "pinned", "item_id": "50", "timestamp": 7_258_118_400}]}
     resp = c.post(f"{device}/v1/events", json=pin, headers=user)
-    assert resp.status_code == 422 and resp.json()["message"].startswith("events.0.timestamp:")
+    assert resp.status_code == 409 and resp.json()["message"].startswith("events.0.timestamp:")
 
 
 def test_unknown_items_are_bounded_per_user_and_in_answers(live, runtime):
@@ -130,7 +130,7 @@ def test_unknown_items_are_bounded_per_user_and_in_answers(live, runtime):
     fill = [f"my-private-note-{i}" for i in range(MAX_UNKNOWN)]
     assert c.post(f"{device}/v1/events", json=events("hoarder", *fill), headers=user).json()["accepted"] == MAX_UNKNOWN
     over = c.post(f"{device}/v1/events", json=events("hoarder", "50", "one-too-many", prefix="x"), headers=user)
-    assert over.status_code == 422 and over.json()["message"].startswith("events.1.item_id:"), over.text
+    assert over.status_code == 409 and over.json()["message"].startswith("events.1.item_id:"), over.text
     # known items and already-stored unknown ones still go in
     ok = c.post(f"{device}/v1/events", json=events("hoarder", "50", fill[0], prefix="y"), headers=user)
     assert ok.status_code == 200 and ok.json()["accepted"] == 2
