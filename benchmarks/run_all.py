@@ -15,6 +15,7 @@ SCRIPTS = [
     "train_speed.py",
     "serve_load.py",
     "serve_load_cloud.py",
+    "hostile.py",
     "edit_bytes.py",
 ]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from recsys.models import HeadEdit
@@ -41,6 +41,7 @@ from serving.event_store import EventConflict, EventStore, TooManyUnknownItems, 
 from serving.http_guards import app_options, install_http_guards
 from serving.metrics import Metrics
 from serving.rank_batcher import AdmitRank, Choice, Encoded, RankBatcher, RankJob
+from serving.rate_limit import UserRateLimit, request_cost
 from serving.request_policy import RequestPolicy
 from serving.schemas import (
     EVENTS_ERRORS,
@@ -402,8 +403,20 @@ def _consume(task: asyncio.Task) -> None:
         task.exception()
 
 
-# who calls (serving.auth): the operator key or a user token, checked before the body is read (key_first_route)
-check_caller = caller_dependency(lambda request, credential: request.app.state.credentials.caller(credential))
+def _caller(request: Request, credential: str) -> Caller | None:
+    """Who calls (serving.auth): the operator key or a user token; a user past its rate gets 429 (rate_limit)."""
+    caller = request.app.state.credentials.caller(credential)
+    if caller is not None and not caller.operator:
+        wait = request.app.state.rate_limit.wait_s(caller.user_id, request_cost(request.headers.get("content-length")))
+        if wait > 0:  # closing: the refused body is never read nor parsed
+            headers = {"Retry-After": UserRateLimit.retry_after(wait), "Connection": "close"}
+            raise field_error("authorization", "this user's request rate is over serve.user_rate_per_s / "
+                              "serve.user_burst", 429, headers=headers)
+    return caller
+
+
+# checked before the body is read (key_first_route), once per request
+check_caller = caller_dependency(_caller)
 CallerDep = Annotated[Caller, Depends(check_caller)]
 
 
@@ -430,6 +443,7 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
     )
     app.state.service = service
     app.state.credentials = creds = Credentials(operator_key)
+    app.state.rate_limit = UserRateLimit(service.s.user_rate_per_s, service.s.user_burst)
     install_error_handlers(app)
     keyed = APIRouter(route_class=key_first_route(check_caller))
 

@@ -190,7 +190,8 @@ def _check_fields(req: EmbeddingsRequest) -> None:
         _check_unicode(getattr(req, field), field, field)
 
 
-def _validate(req: EmbeddingsRequest, texts: list[str], dim: int | None) -> None:
+def _validate(req: EmbeddingsRequest, texts: list[str], backbone: Backbone) -> None:
+    """The texts first (no model is loaded to refuse bad text), then ``dimensions`` against the width."""
     if not texts:
         raise APIError(400, "'input' must not be empty", "input")
     if len(texts) > MAX_INPUTS:
@@ -200,8 +201,8 @@ def _validate(req: EmbeddingsRequest, texts: list[str], dim: int | None) -> None
         if not text.strip():
             raise APIError(400, f"'{where}' is an empty string", "input")
         _check_unicode(text, where, "input")
-    if req.dimensions is not None and dim is not None:
-        _check_dimensions(req.dimensions, dim)
+    if req.dimensions is not None and backbone.dim is not None:
+        _check_dimensions(req.dimensions, backbone.dim)
 
 
 def _check_dimensions(dimensions: int, dim: int) -> None:
@@ -263,7 +264,7 @@ def embeddings_router(
             raise APIError(404, f"The model `{req.model}` does not exist; served: {sorted(served)}", "model",
                            code="model_not_found")
         texts, n_tokens = _texts(req, backbone)
-        _validate(req, texts, backbone.dim)
+        _validate(req, texts, backbone)
         try:
             with lock:
                 emb = backbone.encode(texts)

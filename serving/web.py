@@ -164,10 +164,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
-def field_error(field: str, msg: str, status: int = 422) -> HTTPException:
+def field_error(field: str, msg: str, status: int = 422, headers: dict | None = None) -> HTTPException:
     """A 4xx shaped like the validation errors: ``{"detail": [{"field", "msg"}], "message"}``."""
     return HTTPException(status, {"detail": [{"field": field, "msg": msg, "type": "value_error"}],
-                                  "message": f"{field}: {msg}"})
+                                  "message": f"{field}: {msg}"}, headers=headers)
 
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <PERSONA_API_KEY>`")

@@ -182,3 +182,16 @@ def test_openapi_states_who_may_call(live):
     for path, method in [("/v1/events", "post"), ("/v1/rank", "post"), ("/v1/tokens", "post"), ("/v1/cloud", "put")]:
         op = spec["paths"][path][method]
         assert op.get("security") and {"401", "403"} <= set(op["responses"]), (path, json.dumps(op)[:300])
+
+
+def test_one_user_cannot_take_the_worker_429_before_the_body(live):
+    device, _, c = live
+    spammer, other = token(c, device, "spammer"), token(c, device, "bystander")
+    codes = [c.post(f"{device}/v1/rank", json={"history": ["50"], "k": 1}, headers=spammer).status_code
+             for _ in range(60)]  # burst 40 at 20/s: these 60 come far faster
+    assert codes.count(200) >= 40 and codes.count(429) >= 10, codes
+    refused = c.post(f"{device}/v1/events", content=b"\xff not even json", headers={**spammer,
+                                                                                 "content-type": "application/json"})
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1  # refused before the body
+    assert c.post(f"{device}/v1/rank", json={"user_id": "bystander", "k": 1}, headers=other).status_code == 200
+    assert c.post(f"{device}/v1/rank", json={"history": ["50"], "k": 1}, headers=AUTH).status_code == 200
