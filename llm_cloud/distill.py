@@ -1,0 +1,80 @@
+"""The per-request distilled edit: the device reproduces the cloud teacher for the current history.
+
+For each row the cloud solves, in the device's item space, for the query shift ``δ`` that minimises the
+cross-entropy from the teacher's distribution to ``softmax(item_table · (q + δ))`` — convex in ``δ`` — and
+ships ``δ`` as the bias edit of the head's last layer (D floats): the last layer is linear, so its bias edit
+moves the query by exactly ``δ``. The solve runs the device's own edit application
+(:meth:`EditableHead.forward` with a :class:`HeadEdit`, then :meth:`EditableSeqRec.logits`), ``δ`` is the
+only tensor with a gradient (``torch.autograd.grad``: nothing accumulates in the models), and each step
+projects ``δ`` into the edit's clip box, so the device applies exactly the solved edit.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from recsys.models import EditableSeqRec, HeadEdit
+
+
+class DistillConfig(BaseModel):
+    """Solver settings: a fixed number of batched Adam steps (on the CPU) and the edit's clip."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(60, ge=1, description="Adam steps per batch")
+    lr: float = Field(0.05, gt=0, description="Adam learning rate")
+    clip: float = Field(1.0, gt=0, description="the edit's clip (HeadEdit.clip): δ stays in [-clip, clip]")
+
+
+def last_bias_edit(delta: torch.Tensor, n_layers: int, clip: float) -> HeadEdit:
+    """``delta`` ``[B, D]`` as a head edit whose only entry is the last layer's bias (the rest ``None``)."""
+    return HeadEdit([None] * n_layers, [None] * (n_layers - 1) + [delta], clip=clip)
+
+
+def _cross_entropy(target: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Sum over rows of ``H(target, softmax(scores))`` over the real items (the padding id 0 left out)."""
+    return -(target[:, 1:] * torch.log_softmax(scores[:, 1:], dim=-1)).sum()
+
+
+def solve_query_delta(
+    model: EditableSeqRec, states: torch.Tensor, teacher_log_probs: torch.Tensor, cfg: DistillConfig
+) -> torch.Tensor:
+    """``[B, D]`` query shifts for user ``states`` ``[B, D]`` that bring the device to the teacher."""
+    if teacher_log_probs.shape != (len(states), model.n_items):
+        raise ValueError(f"teacher log-probs of shape {tuple(teacher_log_probs.shape)}, the device scores "
+                         f"{len(states)} rows × {model.n_items} items")  # fmt: skip
+    n_layers = len(model.head.layers)
+    with torch.no_grad():
+        target = torch.softmax(teacher_log_probs.float(), dim=-1).clone()
+        items = model.item_embeddings.detach().clone()
+    states = states.detach().clone()
+    delta = torch.zeros_like(states, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=cfg.lr)
+    for _ in range(cfg.steps):
+        query = model.head(states, last_bias_edit(delta, n_layers, cfg.clip))
+        (delta.grad,) = torch.autograd.grad(_cross_entropy(target, model.logits(query, items)), [delta])
+        opt.step()
+        with torch.no_grad():
+            delta.clamp_(-cfg.clip, cfg.clip)
+    return delta.detach()
+
+
+def distilled_edit(
+    model: EditableSeqRec,
+    item_seq: torch.Tensor,
+    item_len: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    cfg: DistillConfig | None = None,
+) -> HeadEdit:
+    """The per-row edit ``[B, D]`` (last layer's bias only) that makes the device reproduce the teacher."""
+    cfg = cfg or DistillConfig()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            states = model.user_state(item_seq, item_len)
+        delta = solve_query_delta(model, states, teacher_log_probs, cfg)
+    finally:
+        model.train(was_training)
+    return last_bias_edit(delta, len(model.head.layers), cfg.clip)
