@@ -415,9 +415,21 @@ def _caller(request: Request, credential: str) -> Caller | None:
     return caller
 
 
-# checked before the body is read (key_first_route), once per request
+# checked before the body is read, once per request (key_first_route); the route reads what it found, with no
+# security sub-dependencies to solve again on the ranking path (OpenAPI states the scheme: BEARER)
 check_caller = caller_dependency(_caller)
-CallerDep = Annotated[Caller, Depends(check_caller)]
+
+
+async def _checked_caller(request: Request) -> Caller:
+    return request.state.caller
+
+
+CallerDep = Annotated[Caller, Depends(_checked_caller)]
+BEARER = {"security": [{"HTTPBearer": []}, {"APIKeyHeader": []}]}
+SECURITY_SCHEMES = {
+    "HTTPBearer": {"type": "http", "scheme": "bearer", "description": "the operator key or a user token"},
+    "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "the same, as a header"},
+}
 
 
 def require_operator(caller: Caller) -> None:
@@ -447,14 +459,14 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
     install_error_handlers(app)
     keyed = APIRouter(route_class=key_first_route(check_caller))
 
-    @keyed.post("/v1/tokens", response_model=TokenResponse, responses=OPERATOR_ERRORS,
+    @keyed.post("/v1/tokens", response_model=TokenResponse, responses=OPERATOR_ERRORS, openapi_extra=BEARER,
                 summary="issue a token that covers one user (operator key)")
     async def tokens(body: TokenRequest, caller: CallerDep) -> TokenResponse:
         require_operator(caller)
         token, expires = creds.issue(body.user_id, body.ttl_s or service.s.user_token_ttl_s)
         return TokenResponse(token=token, user_id=body.user_id, expires_at=expires)
 
-    @keyed.post("/v1/events", response_model=EventsResponse, responses=EVENTS_ERRORS,
+    @keyed.post("/v1/events", response_model=EventsResponse, responses=EVENTS_ERRORS, openapi_extra=BEARER,
                 summary="append user events (durable: acknowledged after commit; idempotent per user and event_id)")
     async def events(body: EventsRequest, caller: CallerDep) -> EventsResponse:
         for i, event in enumerate(body.events):
@@ -466,6 +478,7 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
         response_model=RankResponse,
         summary="rank the full catalogue for a user and/or an explicit history",
         responses=USER_ERRORS,
+        openapi_extra=BEARER,
     )
     async def rank(body: RankRequest, caller: CallerDep) -> Response:
         if body.user_id is not None:
@@ -475,7 +488,7 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
         payload = json.dumps(await service.rank_dict(body), separators=(",", ":"))
         return Response(payload, media_type="application/json")
 
-    @keyed.put("/v1/cloud", response_model=Health, responses=OPERATOR_ERRORS,
+    @keyed.put("/v1/cloud", response_model=Health, responses=OPERATOR_ERRORS, openapi_extra=BEARER,
                summary="stop calling the cloud (serve from the cached bank / base model) or call it again (operator)")
     async def cloud_switch(body: CloudSwitch, caller: CallerDep) -> Health:
         require_operator(caller)
@@ -484,7 +497,7 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
         return service.health()
 
     @keyed.get("/metrics", summary="Prometheus metrics (operator)", response_class=PlainTextResponse,
-               responses=OPERATOR_ERRORS)
+               responses=OPERATOR_ERRORS, openapi_extra=BEARER)
     async def metrics(caller: CallerDep):
         require_operator(caller)
         return metrics_response(service.metrics)
@@ -506,6 +519,7 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
         if app.openapi_schema is None:  # k's upper bound is the loaded catalogue
             schema = FastAPI.openapi(app)
             schema["components"]["schemas"]["RankRequest"]["properties"]["k"]["maximum"] = service.catalogue
+            schema["components"]["securitySchemes"] = SECURITY_SCHEMES
         return app.openapi_schema
 
     app.openapi = openapi
