@@ -47,7 +47,7 @@ class ServeConfig(BaseModel):
     # for every user; None → $PERSONA_OPERATOR_KEY, else (role all) the cloud API key, else a random one on loopback
     operator_key: str | None = None
     user_token_ttl_s: int = Field(86_400, ge=60, le=30 * 86_400)  # default lifetime of an issued user token
-    max_clock_skew_s: float = Field(300.0, ge=0)  # event timestamps later than server time + this: 422
+    max_clock_skew_s: float = Field(300.0, ge=0)  # event timestamps later than server time + this: 409
     max_unknown_items: int = Field(1000, ge=0)  # distinct item ids outside the catalogue a user may store
     user_rate_per_s: float = Field(20.0, gt=0)  # requests per second one user token may make (per worker; 429 past it)
     user_burst: int = Field(40, ge=1)  # ... in bursts of up to this many

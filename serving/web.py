@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import inspect
 import json
 import logging
 import sys
@@ -178,6 +177,7 @@ def api_key_dependency(get_key):
     """A dependency that accepts ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; 401 otherwise."""
 
     async def check(
+        request: Request,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
         header: Annotated[str | None, Security(_header)],
     ) -> None:
@@ -193,16 +193,14 @@ def api_key_dependency(get_key):
 
 
 def caller_dependency(resolve):
-    """A dependency returning who calls: ``resolve(request, credential)`` (None → 401) on ``Authorization: Bearer X``
-    or ``X-API-Key: X``. Used with :func:`key_first_route`, it runs once per request, before the body is read."""
+    """A check for :func:`key_first_route` that finds who calls: ``resolve(request, credential)`` (None → 401) on
+    ``Authorization: Bearer X`` or ``X-API-Key: X``, kept in ``request.state.caller`` for the route."""
 
     async def caller(
         request: Request,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
         header: Annotated[str | None, Security(_header)],
     ):
-        if hasattr(request.state, "caller"):  # resolved by the route class already
-            return request.state.caller
         given = bearer.credentials if bearer is not None else header
         if not given:
             raise HTTPException(401, "missing credential (Authorization: Bearer <key or token> or X-API-Key)",
@@ -217,17 +215,16 @@ def caller_dependency(resolve):
 
 
 def key_first_route(check) -> type[APIRoute]:
-    """A route class that runs ``check`` (an :func:`api_key_dependency` or :func:`caller_dependency`) before
-    FastAPI reads the body, so an unauthenticated request gets 401 whatever it sends (malformed JSON included)."""
-    takes_request = "request" in inspect.signature(check).parameters
+    """A route class that runs ``check(request, bearer, header)`` (an :func:`api_key_dependency` or
+    :func:`caller_dependency`) before FastAPI reads the body, so an unauthenticated request gets 401 whatever it
+    sends (malformed JSON included)."""
 
     class KeyFirstRoute(APIRoute):
         def get_route_handler(self):
             handler = super().get_route_handler()
 
             async def route(request: Request):
-                args = (request,) if takes_request else ()
-                await check(*args, await _bearer(request), await _header(request))
+                await check(request, await _bearer(request), await _header(request))
                 return await handler(request)
 
             return route
