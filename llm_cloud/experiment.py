@@ -7,20 +7,17 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from llm_cloud.artifacts import ArtifactError
 from llm_cloud.evaluation import METHODS, RowRecord
-from recsys import run_layout
+from recsys import metrics, run_layout
 from recsys.atomic_io import atomic_write_text
 from recsys.report import markdown_table, slice_table, write_report
 
 log = logging.getLogger(__name__)
 TABLE_KEYS = ["ndcg@10", "hit@10", "mrr@10", "auc", "uauc"]
 N_TIME_WINDOWS = 8
-
-
-def ndcg_at_10(rank: np.ndarray) -> np.ndarray:
-    return np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0)
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -46,7 +43,7 @@ def time_windows(rows) -> tuple[np.ndarray, list[float]]:
 
 
 def ndcg_over_time(record: RowRecord, window_of: np.ndarray) -> list[float]:
-    nd = ndcg_at_10(record.cat("rank"))
+    nd = metrics.ndcg(torch.as_tensor(record.cat("rank"))).numpy()
     return [float(nd[window_of == w].mean()) for w in range(N_TIME_WINDOWS)]
 
 

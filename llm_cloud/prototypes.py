@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from llm_cloud.adapter import Adapter
 from llm_cloud.adapter_config import PrototypeConfig
 from llm_cloud.adapter_data import TrainingSamples
-from recsys import ood
+from recsys import metrics, ood
 from recsys.models import EditableSeqRec, HeadEdit
 from recsys.runtime import EditDecoder, EditPayload, PrototypeSnapshot, prototype_plus_residual
 
@@ -45,10 +45,8 @@ def sample_codes(
     return torch.cat(out)
 
 
-def ndcg_at(logits: torch.Tensor, target: torch.Tensor, k: int = 10) -> torch.Tensor:
-    """``[B]`` NDCG@k of each row's single target (ties counted against it; padding column at ``-inf``)."""
-    rank = (logits > logits.gather(1, target.view(-1, 1))).sum(1)
-    return torch.where(rank < k, 1.0 / torch.log2(rank.float() + 2), torch.zeros_like(rank, dtype=torch.float))
+def _ndcg(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return metrics.ndcg(metrics.target_rank(logits, target)).float()
 
 
 def clipped_parts(edit: HeadEdit, c: float) -> list[torch.Tensor]:
@@ -207,7 +205,7 @@ class PrototypeBank:
             for start in range(0, len(idx), batch):
                 sel = idx[start : start + batch]
                 edited = base.logits(base.head(state[sel], self.prototype_edit(p)))
-                gain[p] += (ndcg_at(edited, target[sel]) - ndcg_at(logits[sel], target[sel])).sum()
+                gain[p] += (_ndcg(edited, target[sel]) - _ndcg(logits[sel], target[sel])).sum()
             rows[p] = len(idx)
         self.cache_gain = gain / rows.clamp(min=1)
 

@@ -163,7 +163,7 @@ def fit(
     loss_sum: nn.Module,
     batch_of: BatchFn,
     weights: np.ndarray,
-    validate: Callable[[], dict[str, float]],
+    validate: Callable[[], dict[str, float]] | None,
     opt: torch.optim.Optimizer,
     settings: LoopSettings,
     seed: int,
@@ -177,7 +177,8 @@ def fit(
     ``weights[i]`` is the number of loss terms of sample ``i`` (positions, targets); ``lengths[i]`` its
     length for bucketing (``settings.bucket_batches``). ``validate`` runs
     on rank 0 only; its result and the stop decision are broadcast, so all ranks stop together and end
-    with the same weights. ``model`` is left in eval mode holding the best state.
+    with the same weights. ``model`` is left in eval mode holding the best state. ``validate=None`` runs
+    ``settings.epochs`` epochs and keeps the last state (a refresh with a fixed schedule chosen elsewhere).
     """
     rank, world = distributed.rank(), distributed.world_size()
     parts = _parts(settings, world)
@@ -230,6 +231,10 @@ def fit(
             train_s = time.perf_counter() - t_epoch
             loss_sum.eval()
             valid, over_budget = None, False
+            if validate is None:
+                history.append({"epoch": epoch, "loss": train_loss, "train_s": round(train_s, 3)})
+                bar.set_postfix(loss=f"{train_loss:.3f}")
+                continue
             if rank == 0:  # rank 0 validates and decides on the budget; every rank applies the decision
                 valid = validate()
                 if metric not in valid:
@@ -253,6 +258,9 @@ def fit(
             if over_budget:
                 stopped_by = "time_budget"
                 break
+    if validate is None:
+        model.eval()
+        return FitResult(len(history) - 1, {}, history, time.perf_counter() - t0)
     model.load_state_dict(best_state)
     model.eval()
     converged = stopped_by == "patience"

@@ -108,3 +108,13 @@ def test_unknown_validation_metric_names_the_setting():
 def test_micro_batches_must_fit_the_batch():
     with pytest.raises(ConfigError, match="micro_batches"):
         _run([0.1], micro_batches=32)
+
+
+def test_without_validation_runs_every_epoch_and_keeps_the_last_state():
+    model, loss, batch_of, weights = _task()
+    settings = LoopSettings(epochs=3, batch_size=16, grad_clip=10.0, patience=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = loss(*batch_of(torch.arange(64))).item()
+    res = fit(model, loss, batch_of, weights, None, opt, settings, seed=0, progress=False)
+    assert len(res.history) == 3 and res.best_epoch == 2 and res.stopped_by == "epochs"
+    assert loss(*batch_of(torch.arange(64))).item() < before  # it trained, and kept the trained state

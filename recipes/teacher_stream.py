@@ -1,0 +1,203 @@
+"""The cloud teacher over the stream (issue 30): frozen vs fresh teacher, distilled edits, request policies.
+
+For one dataset (shift protocol) and device seeds: the frozen teacher (the ensemble of trained
+checkpoints) and the fresh teacher (:class:`llm_cloud.fresh_teacher.FreshTeacher`, its refresh settings
+chosen on the validation period) serve every validation and test event; for every event the cloud solves
+the device's distilled edit (:func:`llm_cloud.distill.distilled_edit`) and keeps the teacher's top-k list.
+Then each request policy at each rate decides which test events ask; the device holds the last answer
+between asks (:mod:`llm_cloud.request_sim`). Metrics are per row (:mod:`recsys.metrics`, RecBole's full
+ranking) so every policy is scored on the same rows.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from llm_cloud.distill import DistillConfig, distilled_edit
+from llm_cloud.fresh_teacher import FreshTeacher, RefreshConfig, TeacherVersion
+from llm_cloud.request_sim import (
+    Detector,
+    DeviceView,
+    before_asking,
+    detector_holders,
+    holders,
+    oracle_asks,
+    random_asks,
+    training_set,
+)
+from llm_cloud.stream import StreamRows
+from llm_cloud.teacher import EnsembleTeacher
+from recsys import metrics
+from recsys.evaluate import target_slices
+from recsys.models import EditableSeqRec
+from recsys.splits import SplitData
+
+RATES = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
+POLICIES = ("random", "oracle", "detector")
+
+
+@dataclass
+class TeacherPass:
+    """Per stream row from ``first``: the teacher's target rank, its top-k list, each device's fresh edit."""
+
+    first: int
+    ranks: torch.Tensor  # [N]
+    lists: torch.Tensor  # [N, k]
+    deltas: list[torch.Tensor]  # per device [N, D]
+    versions: list[dict] = field(default_factory=list)  # start, valid_from, trained_until of each version
+
+
+def stream_of(split: SplitData, limit: int = 0) -> tuple[StreamRows, int]:
+    """Validation then test events as one stream (the first ``limit`` of each; 0 = all), and the index of the
+    first test row."""
+    uid, tf = split.config["USER_ID_FIELD"], split.config["TIME_FIELD"]
+    valid = StreamRows.from_rows(split.eval_rows("valid"), uid, tf)
+    test = StreamRows.from_rows(split.eval_rows("test"), uid, tf)
+    if limit:
+        valid, test = part(valid, 0, limit), part(test, 0, limit)
+    return StreamRows.concat([valid, test]), len(valid)
+
+
+def frozen_versions(teacher: EnsembleTeacher, stream: StreamRows, first: int) -> list[TeacherVersion]:
+    return [TeacherVersion(first, len(stream), float(stream.time[first]), None, teacher)]
+
+
+def teacher_pass(versions, stream: StreamRows, first: int, devices: list[EditableSeqRec], cfg: DistillConfig,
+                 k: int, batch: int = 512, solve: bool = True) -> TeacherPass:  # fmt: skip
+    """Every row from ``first`` scored by the version serving it, with each device's fresh edit (``solve``)."""
+    ranks, lists, deltas, seen = [], [], [[] for _ in devices], []
+    for v in versions:
+        seen.append({"start": v.start, "valid_from": v.valid_from, "trained_until": v.trained_until})
+        for i in tqdm(range(v.start, v.stop, batch), desc=f"teacher rows {v.start}-{v.stop}", leave=False):
+            rows = slice(i, min(i + batch, v.stop))
+            seq, length = stream.seq[rows], stream.length[rows]
+            with torch.no_grad():
+                lp = v.teacher.log_probs(seq, length)
+            ranks.append(metrics.target_rank(lp, stream.target[rows]))
+            lists.append(lp[:, 1:].topk(k, dim=-1).indices + 1)
+            for d, model in enumerate(devices if solve else []):
+                deltas[d].append(distilled_edit(model, seq, length, lp, cfg).db[-1])
+    return TeacherPass(first, torch.cat(ranks), torch.cat(lists), [torch.cat(d) for d in deltas if d], seen)
+
+
+def fresh_teacher_valid_score(members: EnsembleTeacher, split: SplitData, cfg: RefreshConfig | None,
+                              limit: int = 0) -> float:  # fmt: skip
+    """Teacher NDCG@10 on the validation period, refreshing inside it with ``cfg`` (None: frozen; selection only)."""
+    stream, n_valid = stream_of(split, limit)
+    valid = StreamRows(stream.seq[:n_valid], stream.length[:n_valid], stream.target[:n_valid],
+                       stream.time[:n_valid], stream.user[:n_valid])  # fmt: skip
+    if cfg is None:
+        versions = frozen_versions(members, valid, 0)
+    else:
+        versions = FreshTeacher(copy.deepcopy(members), split.train_sequences, cfg).versions(valid, 0)
+    tp = teacher_pass(versions, valid, 0, [], DistillConfig(), k=10, solve=False)
+    return float(metrics.ndcg(tp.ranks).mean())
+
+
+def row_metrics(ranks: torch.Tensor, targets: torch.Tensor, train_counts: np.ndarray) -> dict[str, float]:
+    """Means over rows, and over the new / seen / tail slices (with their row counts)."""
+    out = {}
+    for key, fn in (("ndcg@10", metrics.ndcg), ("hit@10", metrics.hit), ("mrr@10", metrics.mrr)):
+        out[key] = float(fn(ranks).mean())
+    for name, mask in target_slices(targets, train_counts).items():
+        out[f"{name}/rows"] = float(mask.sum())
+        if mask.any():
+            out[f"{name}/ndcg@10"] = float(metrics.ndcg(ranks[mask]).mean())
+            out[f"{name}/hit@10"] = float(metrics.hit(ranks[mask]).mean())
+    return out
+
+
+Curves = dict[str, dict[float, dict]]
+
+
+def policy_curves(view: DeviceView, deltas: torch.Tensor, lists: torch.Tensor, previous: np.ndarray,
+                  detector: Detector, seed: int) -> Curves:  # fmt: skip
+    """``{policy: {rate: {"ndcg@10", "rate"}}}`` for edits under random / oracle / detector and the top-k list."""
+    fresh_hold = before_asking(np.arange(len(previous)), previous)  # the oracle's reference: the previous row's edit
+    gain = (metrics.ndcg(view.ranks(deltas)) - metrics.ndcg(view.ranks(deltas, fresh_hold))).numpy()
+    curves: dict[str, dict[float, dict]] = {p: {} for p in (*POLICIES, "top-k list, random")}
+    for rate in RATES:
+        plans = {"random": holders(random_asks(len(previous), rate, seed), previous),
+                 "oracle": holders(oracle_asks(gain, rate, seed), previous),
+                 "detector": detector_holders(view, deltas, detector, rate, previous)}  # fmt: skip
+        for name, holder in plans.items():
+            curves[name][rate] = _point(metrics.ndcg(view.ranks(deltas, holder)), holder)
+        holder = plans["random"]
+        curves["top-k list, random"][rate] = _point(metrics.ndcg(view.list_ranks(lists, holder)), holder)
+    return curves
+
+
+def _point(ndcg: torch.Tensor, holder: np.ndarray) -> dict:
+    return {"ndcg@10": float(ndcg.mean()), "rate": float(np.mean(holder == np.arange(len(holder))))}
+
+
+def fit_detector(view: DeviceView, deltas: torch.Tensor, previous: np.ndarray) -> Detector:
+    """The detector, fitted on the validation period (the rows of a random 20 % policy)."""
+    return Detector.fit(*training_set(view, deltas, previous))
+
+
+def part(view_rows: StreamRows, lo: int, hi: int) -> StreamRows:
+    return StreamRows(view_rows.seq[lo:hi], view_rows.length[lo:hi], view_rows.target[lo:hi],
+                      view_rows.time[lo:hi], view_rows.user[lo:hi])  # fmt: skip
+
+
+def miss_aurocs(view: DeviceView, detector: Detector) -> dict[str, float]:
+    """AUROC at flagging the device's own misses (target outside its top 10), no edit held: the detector's
+    score beside the entropy of the device's distribution."""
+    from llm_cloud.experiment import auroc
+    from llm_cloud.request_sim import FEATURES, features
+
+    n = len(view.targets)
+    none = np.full(n, -1)
+    x = np.concatenate([features(view, None, rows, none[rows.numpy()], np.zeros(n, dtype=np.int64))
+                        for rows in torch.arange(n).split(view.batch)])  # fmt: skip
+    missed = (view.ranks(None) >= 10).numpy().astype(np.int64)
+    return {"detector": auroc(detector.score(x), missed), "entropy": auroc(x[:, FEATURES.index("entropy")], missed)}
+
+
+@dataclass
+class StreamResults:
+    table: dict[str, list[dict]]  # method -> per-seed metrics (test period)
+    curves: dict[str, dict[int, dict]]  # teacher kind -> seed -> policy -> rate -> point
+    aurocs: dict[int, dict[str, float]]
+    versions: list[dict]
+    detector_weights: dict[int, list[float]]
+
+
+def evaluate_stream(split: SplitData, devices: dict[int, EditableSeqRec], members: EnsembleTeacher,
+                    refresh: RefreshConfig, dcfg: DistillConfig, k: int, limit: int = 0) -> StreamResults:  # fmt: skip
+    stream, n_valid = stream_of(split, limit)
+    valid, test = part(stream, 0, n_valid), part(stream, n_valid, len(stream))
+    models = list(devices.values())
+    frozen = teacher_pass(frozen_versions(members, stream, 0), stream, 0, models, dcfg, k)
+    fresh_teacher = FreshTeacher(copy.deepcopy(members), split.train_sequences, refresh)
+    fresh = teacher_pass(fresh_teacher.versions(stream, n_valid), stream, n_valid, models, dcfg, k)
+    seen = torch.as_tensor(split.train_counts > 0)
+    prev_valid, prev_test = valid.previous(), test.previous()
+    table: dict[str, list[dict]] = {}
+    curves: dict[str, dict[int, dict]] = {"frozen": {}, "fresh": {}}
+    aurocs, weights = {}, {}
+
+    def add(method: str, ranks: torch.Tensor) -> None:
+        table.setdefault(method, []).append(row_metrics(ranks, test.target, split.train_counts))
+
+    for d, (seed, model) in enumerate(tqdm(devices.items(), desc="device seeds")):
+        vview = DeviceView.build(model, valid.seq, valid.length, valid.target, seen)
+        tview = DeviceView.build(model, test.seq, test.length, test.target, seen)
+        detector = fit_detector(vview, frozen.deltas[d][:n_valid], prev_valid)
+        add("device alone", tview.ranks(None))
+        add("teacher, frozen (upper bound)", frozen.ranks[n_valid:])
+        add("teacher, fresh (upper bound)", fresh.ranks)
+        add("device + fresh edit, frozen teacher", tview.ranks(frozen.deltas[d][n_valid:]))
+        add("device + fresh edit, fresh teacher", tview.ranks(fresh.deltas[d]))
+        for kind, tp, lists in (("frozen", frozen.deltas[d][n_valid:], frozen.lists[n_valid:]),
+                                ("fresh", fresh.deltas[d], fresh.lists)):  # fmt: skip
+            curves[kind][seed] = policy_curves(tview, tp, lists, prev_test, detector, seed)
+        aurocs[seed] = miss_aurocs(tview, detector)
+        weights[seed] = detector.weights.tolist()
+    return StreamResults(table, curves, aurocs, fresh.versions, weights)
