@@ -1,13 +1,15 @@
 """Bytes on the wire per adaptation, measured from the cloud's HTTP responses, per edit encoding.
 
-Starts the real cloud service (``persona serve --role cloud``) on 127.0.0.1 with a trained adapter +
-prototype bank, fetches the bank snapshot as a device does (``GET /v1/prototypes``, once, then cached),
-and asks ``POST /v1/edits`` for the same real histories (the last 20 items of test-split rows) in each
-encoding. For each encoding: response bytes (mean / max, the whole HTTP body the device receives), the
-largest absolute difference of the device-decoded edit from the ``json`` edit, and the share of rows
-whose device top-10 equals the one under the ``json`` edit. Writes ``reports/benchmarks/edit_bytes.{json,md}``.
+Starts the real cloud service (``persona serve --role cloud``) on 127.0.0.1 serving the edit source
+``--source`` (``cloud.edit_source``: ``adapter``, the trained adapter + prototype bank; ``distilled``, the edit
+distilled from the teacher, by default the main job's checkpoints), fetches the bank snapshot as a device does
+(``GET /v1/prototypes``, once, then cached), and asks ``POST /v1/edits`` for the same real histories (the last
+20 items of test-split rows) in each encoding. For each encoding: response bytes (mean / max, the whole HTTP
+body the device receives; the response head beside it), the largest absolute difference of the device-decoded
+edit from the ``json`` edit, and the share of rows whose device top-10 equals the one under the ``json`` edit.
+Writes ``reports/benchmarks/edit_bytes.{json,md}`` (``--source distilled``: ``edit_bytes-distilled-<dataset>``).
 
-    python benchmarks/edit_bytes.py [--dataset ml-100k] [--model sasrec] [--rows 200]
+    python benchmarks/edit_bytes.py [--dataset ml-100k] [--model sasrec] [--rows 200] [--source adapter]
 """
 
 from __future__ import annotations
@@ -34,15 +36,22 @@ from recsys.runtime import ENCODINGS, DeviceRuntime, EditPayload, PrototypeSnaps
 API_KEY = "bench-bytes-key"
 
 
+def head_bytes(r: httpx.Response) -> int:
+    """The response head as sent: status line, headers, blank line (HTTP/1.1)."""
+    status = len(f"HTTP/1.1 {r.status_code} {r.reason_phrase}\r\n")
+    return status + sum(len(k) + len(v) + 4 for k, v in r.headers.raw) + 2
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--model", default="sasrec")
     parser.add_argument("--rows", type=int, default=200)
+    parser.add_argument("--source", choices=["adapter", "distilled"], default="adapter", help="cloud.edit_source")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     args = parser.parse_args()
     ckpt = run_layout.seed_dir(ROOT / "runs", args.dataset, args.model, 0)
-    if not run_layout.adapter_dir(ckpt).is_dir():
+    if args.source == "adapter" and not run_layout.adapter_dir(ckpt).is_dir():
         print(f"no adapter at {run_layout.adapter_dir(ckpt)}:"
               f" run `make run` (or `persona adapter dataset={args.dataset}`)")
         return 2
@@ -62,6 +71,7 @@ def main() -> int:
         port = free_port()
         cmd = [sys.executable, "-m", "serving.cli", "serve", "--role", "cloud", "--cloud-port", str(port),
                f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}", f"data.workdir={ROOT / 'data' / 'atomic'}",
+               f"output_dir={ROOT / 'runs'}", f"cloud.edit_source={args.source}",
                "serve.http.access_log=false"]  # fmt: skip
         proc = start_service(cmd, port, Path(tmp) / "cloud.log", "cloud")
         try:
@@ -75,14 +85,14 @@ def main() -> int:
                         body = {"items": items, "encoding": e, "bank_version": snapshot.version}
                         r = c.post("/v1/edits", json=body)
                         r.raise_for_status()
-                        answers[e].append(r.content)
+                        answers[e].append((r.content, head_bytes(r)))
         finally:
             stop(proc)
     results = {}
     reference = []
     for e in ENCODINGS:
         sizes, errs, same = [], [], []
-        for i, raw in enumerate(answers[e]):
+        for i, (raw, _) in enumerate(answers[e]):
             payload = EditPayload.model_validate_json(raw)
             edit = runtime.decode_edit(payload)
             ids = [runtime.token_to_id[t] for t in histories[i] if t in runtime.token_to_id]
@@ -90,19 +100,25 @@ def main() -> int:
             if e == "json":
                 reference.append((edit, top))
             ref_edit, ref_top = reference[i]
-            errs.append(max(float((a - b).abs().max()) for a, b in zip(edit.dW + edit.db, ref_edit.dW + ref_edit.db)))
+            errs.append(max(float((a - b).abs().max()) for a, b in zip(edit.dW + edit.db, ref_edit.dW + ref_edit.db)
+                            if a is not None))  # fmt: skip
             same.append(top == ref_top)
             sizes.append(len(raw))
+        first = EditPayload.model_validate_json(answers[e][0][0])
         results[e] = {
-            "encoding_used": EditPayload.model_validate_json(answers[e][0]).encoding,
+            "encoding_used": first.encoding,
+            "parts": first.parts,
             "bytes_mean": sum(sizes) / len(sizes),
             "bytes_max": max(sizes),
+            "head_bytes_mean": sum(h for _, h in answers[e]) / len(answers[e]),
             "max_abs_error_vs_json": max(errs),
             "same_top10_share": sum(same) / len(same),
         }
     meta = {
         "dataset": args.dataset,
         "model": args.model,
+        "source": args.source,
+        "version": snapshot.version,
         "rows": len(histories),
         "snapshot_bytes": len(snap_resp.content),
         "prototypes": snapshot.size,
@@ -112,28 +128,33 @@ def main() -> int:
         "command": "python " + " ".join(["benchmarks/edit_bytes.py", *sys.argv[1:]]),
     }
     lines = [
-        f"# Bytes per adaptation on the wire ({args.dataset}, {args.model} seed 0, {len(histories)} test histories)",
+        f"# Bytes per adaptation on the wire ({args.dataset}, {args.model} seed 0, {len(histories)} test histories, "
+        f"cloud.edit_source={args.source})",
         "",
         "Measured as the HTTP response bodies of `POST /v1/edits` that a device receives from the real cloud "
-        f"service; the bank snapshot (`GET /v1/prototypes`, fetched once and cached, with the decoder) is "
-        f"{meta['snapshot_bytes']:,} bytes ({snapshot.size} prototypes, D={snapshot.dim}).",
+        f"service (`{snapshot.version}`; the response head, status line and headers, beside it); the bank snapshot "
+        f"(`GET /v1/prototypes`, fetched once and cached) is {meta['snapshot_bytes']:,} bytes ({snapshot.size} "
+        f"prototypes, D={snapshot.dim}).",
         "",
-        "| encoding | bytes per edit (mean) | max | × fewer than json | max abs error vs json | same top-10 as json |",
-        "|---|---|---|---|---|---|",
+        "| encoding asked | sent as | bytes per edit (mean) | max | × fewer than json | response head bytes "
+        "| max abs error vs json | same top-10 as json |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     base = results["json"]["bytes_mean"]
     for e, r in results.items():
+        sent = r["encoding_used"] + (f" ({', '.join(r['parts'])} only)" if r["parts"] else "")
         lines.append(
-            f"| {e} | {r['bytes_mean']:,.0f} | {r['bytes_max']:,} | {base / r['bytes_mean']:.0f} | "
-            f"{r['max_abs_error_vs_json']:.2e} | {100 * r['same_top10_share']:.1f} % |"
+            f"| {e} | {sent} | {r['bytes_mean']:,.0f} | {r['bytes_max']:,} | {base / r['bytes_mean']:.0f} | "
+            f"{r['head_bytes_mean']:,.0f} | {r['max_abs_error_vs_json']:.2e} | {100 * r['same_top10_share']:.1f} % |"
         )
     lines += ["", f"Command: `{meta['command']}`.", ""]
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "edit_bytes.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    (out / "edit_bytes.md").write_text(text)
+    stem = "edit_bytes" if args.source == "adapter" else f"edit_bytes-distilled-{args.dataset}"
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(text)
     return 0
 
 

@@ -22,7 +22,12 @@ every cached prototype's edit served, also those that did not beat the base head
 (the cloud answers after 100 ms, past the 50 ms budget) and
 ``throttled`` (the default config over a link with +20 ms each way and 1 Mbit/s), ``exact-dynamic``
 (``exact`` against a cloud whose bank learns from the replayed traffic, ``serve.dynamic_bank=true``: what
-``served-dyn`` measures offline; not in the default set, nor are the ``-ungated`` ones). Then the request-rate
+``served-dyn`` measures offline; not in the default set, nor are the ``-ungated`` ones). Those clouds serve the
+adapter (``cloud.edit_source=adapter``); ``exact-distilled`` and ``default-distilled`` are ``exact`` and
+``default`` against a cloud serving the edit distilled from the teacher (``cloud.edit_source=distilled``, the
+teacher the main job's checkpoints: what ``make serve`` serves), beside the offline ``distilled_edit`` of each
+row (:func:`llm_cloud.distill.distilled_edit`, as ``benchmarks/distill.py``); ``every-event-distilled`` (not
+by default) asks it on every event within the default budget. Then the request-rate
 curve: policy ``drift`` against ``random`` (``serve.request_policy``)
 at each ``--rates`` value, budget 10 s so that only the policy decides what is served (rate 0 is the
 cached bank alone; rate 1 is ``exact``). Each condition reports the adaptation-source shares, cloud
@@ -63,9 +68,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from serve_load import free_port, percentile, start_service, stop  # noqa: E402
 
 from llm_cloud.adapter import edited_logits  # noqa: E402
+from llm_cloud.distill import distilled_edit  # noqa: E402
 from llm_cloud.editor import AdapterEditor, load_editor, served_edit  # noqa: E402
+from llm_cloud.teacher import EnsembleTeacher  # noqa: E402
 from recsys import run_layout  # noqa: E402
 from recsys.experiment import load_dataset_split  # noqa: E402
+from serving.cloud_app import teacher_dirs  # noqa: E402
 from serving.config import load_app_config  # noqa: E402
 from serving.metrics import read_samples  # noqa: E402
 
@@ -83,15 +91,21 @@ CONDITIONS = {
     "slow": {"device": [], "cloud": "slow"},
     "throttled": {"device": [], "link": (0.020, 1_000_000)},
     "exact-dynamic": {"device": ["serve.refresh_every=1", *LONG_BUDGET], "cloud": "dynamic"},
+    "exact-distilled": {"device": ["serve.refresh_every=1", *LONG_BUDGET], "cloud": "distilled"},
+    "default-distilled": {"device": [], "cloud": "distilled"},
+    "every-event-distilled": {"device": ["serve.refresh_every=1"], "cloud": "distilled"},  # asks per event, 50 ms
 }
-OPTIONAL = ("exact-dynamic", "cloud-down-ungated", "default-ungated")  # not in the default set
+OPTIONAL = ("exact-dynamic", "cloud-down-ungated", "default-ungated", "every-event-distilled")  # not by default
 SLOW_MS = 100
+ADAPTER = "cloud.edit_source=adapter"
 CLOUDS = {  # cloud processes by kind: the overrides each is started with
-    "live": [],
-    "slow": [f"serve.inject_delay_ms={SLOW_MS}"],
-    "unbatched": ["serve.max_batch=1"],  # a forward pass per edit request (no serving.edit_batcher batches)
-    "dynamic": ["serve.dynamic_bank=true"],  # the bank learns from the replayed traffic (served-dyn)
+    "live": [ADAPTER],
+    "slow": [ADAPTER, f"serve.inject_delay_ms={SLOW_MS}"],
+    "unbatched": [ADAPTER, "serve.max_batch=1"],  # a forward pass per edit request (no serving.edit_batcher batches)
+    "dynamic": [ADAPTER, "serve.dynamic_bank=true"],  # the bank learns from the replayed traffic (served-dyn)
+    "distilled": ["cloud.edit_source=distilled"],  # the teacher's distilled edit (default teacher: the main job's)
 }
+DISTILLED = [name for name, spec in CONDITIONS.items() if spec.get("cloud") == "distilled"]
 
 
 # ---------------------------------------------------------------- data and the offline reference
@@ -106,13 +120,15 @@ class Rows:
     history: dict[str, list[str]]  # user → items stored before its first replayed row
     static_rank: np.ndarray  # offline rank of each target (0 = top) by the static base model
     served_rank: np.ndarray  # … by the ``served`` method (what the cloud serves)
+    distilled_rank: np.ndarray | None  # … by the base model with the row's offline distilled edit (when asked)
     dataset: str
     n_users: int
     consistent: float  # share of rows whose history is the previous row's history + target
 
 
-def load_rows(dataset: str, ckpt: Path, share: float, seed: int) -> Rows:
-    cfg = load_app_config(overrides=[f"dataset={dataset}", f"data.workdir={ROOT / 'data' / 'atomic'}"])
+def load_rows(dataset: str, ckpt: Path, share: float, seed: int, runs: Path, distilled: bool = False) -> Rows:
+    cfg = load_app_config(overrides=[f"dataset={dataset}", f"data.workdir={ROOT / 'data' / 'atomic'}",
+                                     f"output_dir={runs}"])  # fmt: skip
     split = load_dataset_split(cfg)
     test = split.eval_rows("test")
     uid = test["user_id"].numpy()
@@ -149,10 +165,26 @@ def load_rows(dataset: str, ckpt: Path, share: float, seed: int) -> Rows:
             out = served_edit(base, editor.adapter, editor.bank, editor.code_table, s, n, editor.context)
             served_rank.append(_ranks(edited_logits(base, out.state, out.edit), t))
     n_rest = len(idx) - len(history)
+    distilled_rank = distilled_ranks(cfg, ckpt, base, seq, length, target) if distilled else None
     return Rows(
         users_of, [tokens[int(i)] for i in target], history, np.concatenate(static_rank), np.concatenate(served_rank),
-        dataset, len(history), consistent / n_rest if n_rest else 1.0,
+        distilled_rank, dataset, len(history), consistent / n_rest if n_rest else 1.0,
     )  # fmt: skip
+
+
+def distilled_ranks(cfg, ckpt: Path, base, seq: torch.Tensor, length: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    """Each row's target rank with its offline distilled edit (the teacher the cloud loads: ``cloud.teacher``,
+    default the main job's checkpoints; solved 512 rows at a time, as ``benchmarks/distill.py``)."""
+    teacher = EnsembleTeacher.load(teacher_dirs(cfg, ckpt))
+    out = []
+    for lo in tqdm(range(0, len(seq), 512), desc="offline distilled edits", leave=False):
+        s, n, t = seq[lo : lo + 512], length[lo : lo + 512], target[lo : lo + 512]
+        with torch.no_grad():
+            target_lp = teacher.log_probs(s, n)
+        edit = distilled_edit(base, s, n, target_lp, cfg.cloud.distill)
+        with torch.no_grad():
+            out.append(_ranks(base.score(s, n, edit), t))
+    return np.concatenate(out)
 
 
 def _find(tree, key: str):
@@ -354,6 +386,17 @@ def run_condition(name: str, extra: list[str], cloud_port: int | None, link_cfg,
 # ---------------------------------------------------------------- reports
 
 
+def row_by_row(replayed: list[int], offline: np.ndarray) -> dict:
+    """A replayed condition against its offline method on the same rows: NDCG@10 difference and the share of
+    rows whose target got the same rank (within the top 10; ``K`` = outside)."""
+    replayed, offline = np.array(replayed), np.minimum(offline, K)
+    gain = lambda r: np.where(r < K, 1 / np.log2(r + 2), 0)  # noqa: E731
+    d = gain(replayed) - gain(offline)
+    return {"ndcg_diff": float(d.mean()), "ndcg_diff_se": float(d.std(ddof=1) / math.sqrt(len(d))),
+            "same_rank": float((replayed == offline).mean()), "same_rows": int((replayed == offline).sum()),
+            "rows": len(d)}  # fmt: skip
+
+
 def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
 
@@ -425,15 +468,17 @@ def write_reports(
         "## Offline reference on the same rows", "",
         "| method | NDCG@10 | HR@10 | MRR@10 |", "|---|---|---|---|",
     ]  # fmt: skip
-    for method in ("static", "served"):
+    for method in [m for m in ("static", "served", "distilled") if m in per_seed[0]["offline"]]:
         vals = [s["offline"][method] for s in per_seed]
         cells = [mean_std([v[m] for v in vals]) for m in ("ndcg@10", "hit@10", "mrr@10")]
         lines.append(f"| {method} (offline) | " + " | ".join(cells) + " |")
-    if "exact" in per_seed[0]["conditions"]:
-        diffs = [s["exact_vs_served"] for s in per_seed]
-        lines += ["", "Replay `exact` against offline `served`, row by row: " + "; ".join(
-            f"seed {s['seed']}: NDCG@10 difference {d['ndcg_diff']:+.5f} (paired s.e. {d['ndcg_diff_se']:.5f}), "
-            f"same target rank on {d['same_rank']:.2%} of rows" for s, d in zip(per_seed, diffs)) + "."]  # fmt: skip
+    for condition, key, method in (("exact", "exact_vs_served", "served"),
+                                   ("exact-distilled", "exact_distilled_vs_offline", "distilled")):  # fmt: skip
+        if condition in per_seed[0]["conditions"]:
+            lines += ["", f"Replay `{condition}` against offline `{method}`, row by row: " + "; ".join(
+                f"seed {s['seed']}: NDCG@10 difference {s[key]['ndcg_diff']:+.5f} (paired s.e. "
+                f"{s[key]['ndcg_diff_se']:.5f}), same target rank on {s[key]['same_rows']:,} of {s[key]['rows']:,} "
+                f"rows ({s[key]['same_rank']:.2%})" for s in per_seed) + "."]  # fmt: skip
     lines += [
         "", "## Conditions", "",
         "| condition | NDCG@10 | HR@10 | cloud-edit | prototype-cache | base | cloud requests / event "
@@ -511,13 +556,16 @@ def main() -> int:
         ckpt = Path(args.runs) / args.dataset / args.model / f"seed{seed}"
         if run_layout.MAIN_ADAPTER not in run_layout.read_manifest(ckpt).adapters:
             raise SystemExit(f"{run_layout.adapter_dir(ckpt)} is missing: run `make run` (or `persona run`) first")
-        rows = load_rows(args.dataset, ckpt, args.users, seed=0)
+        rows = load_rows(args.dataset, ckpt, args.users, seed=0, runs=Path(args.runs),
+                         distilled=any(n in DISTILLED for n in names))  # fmt: skip
         print(f"[seed {seed}] {len(rows.user)} rows, {rows.n_users} users; histories consistent on "
               f"{rows.consistent:.2%} of the later rows", flush=True)  # fmt: skip
         side = yaml.safe_load((ckpt / run_layout.CHECKPOINT_MARK).read_text())
         result = {"seed": seed, "dataset": args.dataset, "model": args.model, "conditions": {},
                   "base": f"item_side={_find(side, 'item_side')}",
                   "offline": {"static": metrics_of(rows.static_rank), "served": metrics_of(rows.served_rank)}}
+        if rows.distilled_rank is not None:
+            result["offline"]["distilled"] = metrics_of(rows.distilled_rank)
         with tempfile.TemporaryDirectory(prefix="persona-replay-") as tmpdir:
             tmp = Path(tmpdir)
             clouds = {}
@@ -529,15 +577,17 @@ def main() -> int:
                 cmd = [
                     sys.executable, "-m", "serving.cli", "serve", "--role", "cloud", "--cloud-port", str(port),
                     f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}", f"data.workdir={ROOT / 'data' / 'atomic'}",
-                    "serve.http.access_log=false", *extra,
+                    f"output_dir={args.runs}", "serve.http.access_log=false", *extra,
                 ]  # fmt: skip
                 clouds[kind] = (start_service(cmd, port, tmp / f"cloud-{kind}.log", "cloud"), port)
             try:
-                snapshot = tmp / "snapshot.json"
-                resp = httpx.get(f"http://127.0.0.1:{clouds['live'][1]}/v1/prototypes", timeout=60,
-                                 headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
-                resp.raise_for_status()
-                snapshot.write_bytes(resp.content)
+                snapshots = {}  # the bank each cloud serves, cached on the device first (a dead cloud: live's)
+                for kind, (_, port) in clouds.items():
+                    snapshots[kind] = tmp / f"snapshot-{kind}.json"
+                    resp = httpx.get(f"http://127.0.0.1:{port}/v1/prototypes", timeout=60,
+                                     headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
+                    resp.raise_for_status()
+                    snapshots[kind].write_bytes(resp.content)
                 for name in names + curve:
                     if name in CONDITIONS:
                         spec = CONDITIONS[name]
@@ -548,6 +598,7 @@ def main() -> int:
                                  *args.curve_extra]
                         cloud, link_cfg = "live", None
                     cloud_port = None if cloud is None else clouds[cloud][1]
+                    snapshot = snapshots[cloud or "live"]
                     res = run_condition(name, extra, cloud_port, link_cfg, ckpt, rows, snapshot, tmp, args.lanes)
                     result["conditions"][name] = res
                     print(f"[seed {seed}] {name:>12}: NDCG@10 {res['ndcg@10']:.4f}  adaptation {res['adaptation']}  "
@@ -558,14 +609,10 @@ def main() -> int:
                 for proc, _ in clouds.values():
                     stop(proc)
         if "exact" in result["conditions"]:
-            replayed = np.array(result["conditions"]["exact"]["ranks"])
-            offline = np.minimum(rows.served_rank, K)
-            gain = lambda r: np.where(r < K, 1 / np.log2(r + 2), 0)  # noqa: E731
-            d = gain(replayed) - gain(offline)
-            result["exact_vs_served"] = {
-                "ndcg_diff": float(d.mean()), "ndcg_diff_se": float(d.std(ddof=1) / math.sqrt(len(d))),
-                "same_rank": float((replayed == offline).mean()),
-            }  # fmt: skip
+            result["exact_vs_served"] = row_by_row(result["conditions"]["exact"]["ranks"], rows.served_rank)
+        if "exact-distilled" in result["conditions"]:
+            result["exact_distilled_vs_offline"] = row_by_row(result["conditions"]["exact-distilled"]["ranks"],
+                                                              rows.distilled_rank)  # fmt: skip
         result["rows"], result["users"], result["consistent"] = len(rows.user), rows.n_users, rows.consistent
         per_seed.append(result)
     meta = {

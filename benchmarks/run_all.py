@@ -17,6 +17,7 @@ SCRIPTS = [
     "serve_load_cloud.py",
     "hostile.py",
     "edit_bytes.py",
+    "device_runtime.py",
 ]
 
 

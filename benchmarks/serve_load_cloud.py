@@ -1,4 +1,6 @@
-"""Loopback load benchmark of the cloud service's ``POST /v1/edits``: 1 vs N uvicorn workers, batch-1 vs batched.
+"""Loopback load benchmark of the cloud service's ``POST /v1/edits``: 1 vs N uvicorn workers, batch-1 vs batched,
+per edit source (``cloud.edit_source``: ``adapter``, the adapter + prototype bank; ``distilled``, the teacher's
+distilled edit: one teacher pass and one batched solve per batch).
 
 The cloud role holds no per-request state (every worker loads the same read-only adapter + prototype
 bank), so replicas behind any load balancer answer identically; here the replicas are uvicorn worker
@@ -11,9 +13,12 @@ ml-100k-style histories of 20 item ids) from the asyncio keep-alive client of ``
 (the cloud's ``persona_edit_batch_size``) and the throughput ratio against the first row; writes
 ``reports/benchmarks/serve_load_cloud.{json,md}``.
 
-Needs the main job's artefacts (``make run``: ``runs/<dataset>/sasrec/seed0`` with ``adapter-main``).
+Needs the main job's artefacts (``make run``: ``runs/<dataset>/sasrec/seed0`` with ``adapter-main``, and the
+other checkpoints the distilled edit's default teacher is made of). ``ms / edit`` is the cloud's time per answered
+edit at that concurrency (1000 / req/s: the batch's compute shared by its requests).
 
     python benchmarks/serve_load_cloud.py [--workers 1,2] [--max-batch 1,64] [--requests 3000] [--concurrency 8]
+                                          [--sources adapter] [--name serve_load_cloud]
 """
 
 from __future__ import annotations
@@ -43,12 +48,13 @@ from serving.metrics import read_samples  # noqa: E402
 API_KEY = "bench-cloud-key"
 
 
-def start_cloud(ckpt: Path, workers: int, max_batch: int, tmp: Path) -> tuple[subprocess.Popen, int]:
+def start_cloud(ckpt: Path, workers: int, max_batch: int, tmp: Path, source: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
     cmd = [
         sys.executable, "-m", "serving.cli", "serve", "--role", "cloud", "--cloud-port", str(port),
         "--workers", str(workers), f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}",
         f"data.workdir={ROOT / 'data' / 'atomic'}", "serve.http.access_log=false", f"serve.max_batch={max_batch}",
+        f"output_dir={ROOT / 'runs'}", f"cloud.edit_source={source}",
     ]  # fmt: skip
     return start_service(cmd, port, tmp / "cloud.log", "cloud"), port
 
@@ -77,10 +83,13 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=30.0)
     parser.add_argument("--max-batch", default="1,64", help="serve.max_batch values (1 = a forward pass each)")
     parser.add_argument("--concurrency", type=int, default=8, help="connections")
+    parser.add_argument("--sources", default="adapter", help="cloud.edit_source values: adapter and/or distilled")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
+    parser.add_argument("--name", default="serve_load_cloud", help="report file stem under --out")
     args = parser.parse_args()
     ckpt = run_layout.seed_dir(ROOT / "runs", args.dataset, "sasrec", 0)
-    if not run_layout.adapter_dir(ckpt).is_dir():
+    sources = args.sources.split(",")
+    if "adapter" in sources and not run_layout.adapter_dir(ckpt).is_dir():
         print(f"no adapter at {run_layout.adapter_dir(ckpt)}:"
               f" run `make run` (or `persona adapter dataset={args.dataset}`)")
         return 2
@@ -98,10 +107,10 @@ def main() -> int:
         "dataset": args.dataset,
     }
     rows = []
-    grid = [(int(w), int(b)) for w in args.workers.split(",") for b in args.max_batch.split(",")]
-    for workers, max_batch in grid:
+    grid = [(s, int(w), int(b)) for s in sources for w in args.workers.split(",") for b in args.max_batch.split(",")]
+    for source, workers, max_batch in grid:
         with tempfile.TemporaryDirectory() as tmp:
-            proc, port = start_cloud(ckpt, workers, max_batch, Path(tmp))
+            proc, port = start_cloud(ckpt, workers, max_batch, Path(tmp), source)
             try:
                 uvloop.run(load(port, bodies, 100 * workers, 2 * workers, 30, "/v1/edits", header))  # warm-up
                 phase = uvloop.run(load(port, bodies, args.requests, args.concurrency, args.max_seconds,
@@ -110,45 +119,51 @@ def main() -> int:
                 versions = versions_seen(port, bodies[0], 20)
             finally:
                 stop(proc)
-        rows.append({"workers": workers, "max_batch": max_batch, **phase, "mean_batch": batch,
+        rows.append({"source": source, "workers": workers, "max_batch": max_batch, **phase, "mean_batch": batch,
+                     "ms_per_edit": round(1000 / phase["req_per_s"], 2) if phase["req_per_s"] else None,
                      "versions": sorted(versions)})
     base = rows[0]["req_per_s"]
     for r in rows:
         r["ratio_vs_first"] = round(r["req_per_s"] / base, 2) if base else None
         print(
-            f"cloud workers={r['workers']} max_batch={r['max_batch']} conc={r['concurrency']} n={r['requests']} "
+            f"cloud {r['source']} workers={r['workers']} max_batch={r['max_batch']} conc={r['concurrency']} "
+            f"n={r['requests']} "
             f"err={r['errors']} p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms {r['req_per_s']:.0f} req/s "
-            f"mean batch {r['mean_batch']} x{r['ratio_vs_first']} vs the first row; versions {r['versions']}",
+            f"mean batch {r['mean_batch']} {r['ms_per_edit']} ms/edit x{r['ratio_vs_first']} vs the first row; "
+            f"versions {r['versions']}",
             flush=True,
         )
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_load_cloud.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         f"# Cloud service load benchmark (`POST /v1/edits`, {args.dataset}, loopback): workers × edit batching",
         "",
         f"{meta['machine']}; load average at start {meta['loadavg_start']}, end {meta['loadavg_end']}; uvicorn "
-        "workers on one port, one torch thread each; each request = adapter forward + prototype assignment + "
-        "residual edit for a 20-item history; `max_batch` = `serve.max_batch` (1: a forward pass per request; "
+        "workers on one port, one torch thread each; each request = for a 20-item history, `adapter`: adapter "
+        "forward + prototype assignment + residual edit; `distilled`: the teacher's log-probabilities + the "
+        "distilled edit's solve (`cloud.distill`); `max_batch` = `serve.max_batch` (1: a forward pass per request; "
         "else concurrent requests share one); mean batch = requests per forward pass (the cloud's "
-        "`persona_edit_batch_size`); client = asyncio HTTP/1.1 keep-alive on the same machine.",
+        "`persona_edit_batch_size`); ms / edit = 1000 / req/s; client = asyncio HTTP/1.1 keep-alive on the same "
+        "machine.",
         "",
-        "| workers | max_batch | connections | requests | errors | p50 ms | p99 ms | req/s | mean batch "
-        "| × vs first row | versions served |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| source | workers | max_batch | connections | requests | errors | p50 ms | p99 ms | req/s | ms / edit "
+        "| mean batch | × vs first row | versions served |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['workers']} | {r['max_batch']} | {r['concurrency']} | {r['requests']} | {r['errors']} "
-            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['req_per_s']:.0f} | {r['mean_batch']} "
-            f"| {r['ratio_vs_first']} | {', '.join(r['versions'])} |"
+            f"| {r['source']} | {r['workers']} | {r['max_batch']} | {r['concurrency']} | {r['requests']} "
+            f"| {r['errors']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['req_per_s']:.0f} | {r['ms_per_edit']} "
+            f"| {r['mean_batch']} | {r['ratio_vs_first']} | {', '.join(r['versions'])} |"
         )
     lines += ["", f"Command: `{meta['command']}`.", ""]
-    (out / "serve_load_cloud.md").write_text("\n".join(lines))
+    (out / f"{args.name}.md").write_text("\n".join(lines))
     errors = sum(r["errors"] for r in rows)
-    mixed = any(len(r["versions"]) != 1 for r in rows) or len({v for r in rows for v in r["versions"]}) != 1
-    print(f"wrote {out}/serve_load_cloud.{{json,md}}; errors: {errors}; one version everywhere: {not mixed}")
+    mixed = any(len(r["versions"]) != 1 for r in rows) or any(
+        len({v for r in rows if r["source"] == s for v in r["versions"]}) != 1 for s in sources)
+    print(f"wrote {out}/{args.name}.{{json,md}}; errors: {errors}; one version per source: {not mixed}")
     return 1 if errors or mixed else 0
 
 

@@ -129,7 +129,7 @@ class AdapterEditor:
         payloads: list[EditPayload | None] = [None] * len(asks)
         for version, rows in groups.items():
             bank = self._published[version]
-            seq, lengths = self._padded([histories[r][-base.max_seq_len :] for r in rows])
+            seq, lengths = padded([histories[r][-base.max_seq_len :] for r in rows], base.max_seq_len)
             out = served_edit(base, self.adapter, bank, self.code_table, seq, lengths, self.context)
             for i, r in enumerate(rows):
                 payloads[r] = self._payload(out, i, asks[r], version)
@@ -152,12 +152,6 @@ class AdapterEditor:
             self._published.popitem(last=False)
         self.bank, self._snapshot, self.version = bank, snapshot, version
 
-    def _padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        seq = torch.zeros(len(rows), self.base.max_seq_len, dtype=torch.long)
-        for row, ids in enumerate(rows):
-            seq[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return seq, torch.tensor([len(ids) for ids in rows])
-
     def _count(self, histories: list[list[int]]) -> None:
         """Count the outcome of each history's last item (from the state before it), once per history."""
         T, done = self.base.max_seq_len, []
@@ -171,7 +165,7 @@ class AdapterEditor:
             done.append(ids)
         if not done:
             return
-        seq, lengths = self._padded([ids[:-1][-T:] for ids in done])
+        seq, lengths = padded([ids[:-1][-T:] for ids in done], T)
         state = self.base.user_state(seq, lengths)
         count_outcomes(self.base, self.live, state, torch.tensor([ids[-1] for ids in done]))
         self.outcomes += len(done)
@@ -185,7 +179,7 @@ class AdapterEditor:
             if self._snapshot.decoder is not None and ask.bank_version == version:
                 return EditPayload.from_code(out.codes[row], version, proto, out.edit.clip, self.base.head.dim)
             encoding = "fp32"
-        return EditPayload.from_head_edit(_row(out.edit, row), version, proto, encoding)
+        return EditPayload.from_head_edit(edit_row(out.edit, row), version, proto, encoding)
 
     def snapshot(self) -> PrototypeSnapshot:
         return self._snapshot
@@ -271,8 +265,18 @@ def edit_decoder(adapter: Adapter, bank: PrototypeBank) -> EditDecoder | None:
     )  # fmt: skip
 
 
-def _row(edit: HeadEdit, row: int) -> HeadEdit:
-    return HeadEdit([w[row] for w in edit.dW], [b[row] for b in edit.db], clip=edit.clip)
+def edit_row(edit: HeadEdit, row: int) -> HeadEdit:
+    """Row ``row`` of a batched edit (parts that are ``None`` stay ``None``)."""
+    pick = lambda t: None if t is None else t[row]  # noqa: E731
+    return HeadEdit([pick(w) for w in edit.dW], [pick(b) for b in edit.db], clip=edit.clip)
+
+
+def padded(rows: list[list[int]], max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``[B, max_seq_len]`` item ids of histories of at most that many items, and their lengths."""
+    seq = torch.zeros(len(rows), max_seq_len, dtype=torch.long)
+    for row, ids in enumerate(rows):
+        seq[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return seq, torch.tensor([len(ids) for ids in rows])
 
 
 def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None, dynamic: bool = False,

@@ -51,6 +51,8 @@ class HeadEdit:
 
     def clipped(self) -> HeadEdit:
         c = self.clip
+        if c == float("inf"):  # already clipped (a batch of per-row edits, an exported graph's input)
+            return self
         return HeadEdit(
             [None if w is None else w.clamp(-c, c) for w in self.dW],
             [None if b is None else b.clamp(-c, c) for b in self.db],
@@ -373,11 +375,21 @@ class EditableSeqRec(nn.Module):
 
         Trailing padding columns are dropped first (unless a row is empty): with right padding and causal
         attention (SASRec) or a left-to-right GRU they cannot change the state, and they cost as much as
-        real positions.
+        real positions. The trim depends on the data, so an exported graph calls :meth:`last_state`.
         """
         if item_seq.numel() and bool((item_seq[:, 0] != 0).all()):  # an empty row attends over padding only
             item_seq = item_seq[:, : max(int(item_len.max()), 1)]
-        items = self.item_embeddings
+        return self.last_state(item_seq, item_len)
+
+    def last_state(
+        self, item_seq: torch.Tensor, item_len: torch.Tensor, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B, D]`` state at position ``item_len − 1`` of each row (a gather), for any width of ``item_seq``.
+
+        No shape depends on the data, so a traced graph (``recsys.onnx_export``) holds for every batch
+        and width; ``items``: the item table to embed with, default :attr:`item_embeddings`.
+        """
+        items = self.item_embeddings if items is None else items
         if self.spec.last is not None:
             return self.spec.last(self.encoder, item_seq, item_len, items)
         states = self.position_states(item_seq, items)

@@ -42,6 +42,11 @@ def unpack(data: str, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(a.astype(np.float32).reshape(shape))
 
 
+def part_names(n_layers: int) -> list[str]:
+    """A head edit's parts in wire order: ``dW.0, db.0, dW.1, db.1, …`` (:attr:`EditPayload.parts`)."""
+    return [f"{kind}.{layer}" for layer in range(n_layers) for kind in ("dW", "db")]
+
+
 def prototype_plus_residual(
     proto: list[torch.Tensor], mine: list[torch.Tensor], theirs: list[torch.Tensor], residual_clip: float
 ) -> list[torch.Tensor]:
@@ -98,8 +103,10 @@ class EditPayload(BaseModel):
     """What the cloud sends a device for one adaptation (``POST /v1/edits``).
 
     The edit itself is, by ``encoding``: ``json`` per-layer number lists (``layers``); ``fp32`` / ``fp16``
-    the dense ``[dW_0, db_0, dW_1, …]`` as base64 (``data``); ``code`` the per-layer code ``[L, code_dim]``
-    fp32 (``data``), decoded with the :class:`EditDecoder` of the cached snapshot of the same ``version``.
+    the edit's parts ``[dW_0, db_0, dW_1, …]`` as base64 (``data``): every part (``parts`` None, dense) or only
+    those ``parts`` names (a sparse edit, e.g. ``["db.1"]``: the last layer's bias alone, D floats; the parts
+    left out are not edited); ``code`` the per-layer code ``[L, code_dim]`` fp32 (``data``), decoded with the
+    :class:`EditDecoder` of the cached snapshot of the same ``version``.
     Whatever the encoding, it is the whole edit of the base head (prototype + residual included).
     """
 
@@ -112,6 +119,21 @@ class EditPayload(BaseModel):
     dim: int = Field(0, ge=0, description="head width D (binary encodings)")
     data: str | None = Field(None, description="base64 edit or code (binary encodings)")
     layers: list[LayerEdit] = Field(default_factory=list, description="edit per head layer (json); empty = none")
+    parts: list[str] | None = Field(
+        None, description="fp32 / fp16: the parts in ``data``, in order, named ``dW.<layer>`` / ``db.<layer>`` "
+        "(None: every layer's dW and db); a part left out is not edited"
+    )
+
+    @model_validator(mode="after")
+    def _known_parts(self) -> EditPayload:
+        if self.parts is None:
+            return self
+        if self.encoding not in ("fp32", "fp16"):
+            raise ValueError(f"parts are for fp32 / fp16 edits, not {self.encoding!r}")
+        names = part_names(self.n_layers)
+        if not self.parts or [n for n in names if n in self.parts] != self.parts:
+            raise ValueError(f"parts must be some of {names}, in that order, each once")
+        return self
 
     def head_edit(self, decoder: EditDecoder | None = None, prototypes: list[HeadEdit | None] = ()) -> HeadEdit | None:
         """The edit as tensors; ``code`` needs the snapshot's ``decoder`` and decoded prototype edits."""
@@ -126,14 +148,18 @@ class EditPayload(BaseModel):
             if decoder is None:
                 raise ValueError("a code-encoded edit needs the prototype snapshot's decoder")
             return _decode_code(self, decoder, prototypes)
-        flat = unpack(self.data, "<f4" if self.encoding == "fp32" else "<f2", (n, d * d + d))
-        return HeadEdit([f[: d * d].view(d, d) for f in flat], [f[d * d :] for f in flat], clip=self.clip)
+        names = part_names(n) if self.parts is None else self.parts
+        sizes = [d * d if name.startswith("dW") else d for name in names]
+        flat = unpack(self.data, "<f4" if self.encoding == "fp32" else "<f2", (sum(sizes),))
+        got = {name: part.view(d, d) if name.startswith("dW") else part for name, part in zip(names, flat.split(sizes))}
+        return HeadEdit([got.get(f"dW.{i}") for i in range(n)], [got.get(f"db.{i}") for i in range(n)], clip=self.clip)
 
     @staticmethod
     def from_head_edit(
         edit: HeadEdit, version: str, prototype_id: int | None = None, encoding: Encoding = "json"
     ) -> EditPayload:
-        """A single-sample ``HeadEdit`` (``[D, D]`` / ``[D]`` tensors) as a dense payload (not ``code``)."""
+        """A single-sample ``HeadEdit`` (``[D, D]`` / ``[D]`` tensors, ``None`` where a part is not edited) as a
+        payload (not ``code``); fp32 / fp16 carry only the edited parts (``parts`` names them unless all are)."""
         if encoding == "json":
             layers = [
                 LayerEdit(
@@ -145,11 +171,16 @@ class EditPayload(BaseModel):
             return EditPayload(version=version, prototype_id=prototype_id, clip=edit.clip, layers=layers)
         if encoding not in ("fp32", "fp16"):
             raise ValueError(f"from_head_edit makes json, fp32 or fp16 payloads, not {encoding!r}")
-        d = edit.dW[0].shape[-1]
-        flat = torch.cat([torch.cat([w.reshape(-1), b.reshape(-1)]) for w, b in zip(edit.dW, edit.db)])
-        data = pack(flat, "<f4" if encoding == "fp32" else "<f2")
+        names = part_names(len(edit.dW))
+        tensors = [t for pair in zip(edit.dW, edit.db) for t in pair]  # in part_names order
+        present = [(name, t) for name, t in zip(names, tensors) if t is not None]
+        if not present:  # nothing edited: the base head
+            return EditPayload(version=version, prototype_id=prototype_id, clip=edit.clip, encoding=encoding,
+                               n_layers=len(edit.dW))  # fmt: skip
+        data = pack(torch.cat([t.reshape(-1) for _, t in present]), "<f4" if encoding == "fp32" else "<f2")
+        parts = None if len(present) == len(names) else [name for name, _ in present]
         return EditPayload(version=version, prototype_id=prototype_id, clip=edit.clip, encoding=encoding,
-                           n_layers=len(edit.dW), dim=d, data=data)  # fmt: skip
+                           n_layers=len(edit.dW), dim=present[0][1].shape[-1], data=data, parts=parts)  # fmt: skip
 
     @staticmethod
     def from_code(codes: torch.Tensor, version: str, prototype_id: int | None, clip: float, dim: int) -> EditPayload:

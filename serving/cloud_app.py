@@ -1,8 +1,10 @@
 """The cloud service: edits for devices, the prototype bank snapshot, embeddings; API key on all but health.
 
-The editor (adapter + prototype bank, :func:`llm_cloud.editor.load_editor`) is held in one immutable
-:class:`CloudState`. A reload (``POST /admin/reload``, or a changed file in the checkpoint or adapter
-dir, polled every ``serve.reload_poll_s``) builds the new state in a thread and swaps the reference,
+The editor is chosen by ``cloud.edit_source`` (:func:`edit_source`): the edit distilled from a teacher
+(:class:`llm_cloud.distill_editor.DistilledEditor`) or the adapter + prototype bank
+(:func:`llm_cloud.editor.load_editor`); it is held in one immutable :class:`CloudState`. A reload
+(``POST /admin/reload``, or a changed file in the checkpoint, adapter or teacher dirs, polled every
+``serve.reload_poll_s``) builds the new state in a thread and swaps the reference,
 so requests in flight finish on the state they started with and none is dropped. Concurrent edit requests
 are answered together, one forward pass per batch (:mod:`serving.edit_batcher`, up to ``serve.max_batch``).
 """
@@ -18,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException
 from fastapi.responses import PlainTextResponse, Response
 
 from llm_cloud.backbones import Backbone, BackboneConfig, build_backbone
+from llm_cloud.distill_editor import DistilledEditor
 from llm_cloud.editor import EditAsk, Editor, load_editor
 from recsys import run_layout
 from recsys.checkpoint import load_checkpoint
@@ -91,9 +95,7 @@ class CloudService:
     def _build_state(self) -> CloudState:
         model, meta, tokens = load_checkpoint(self.checkpoint_dir)
         dim = model.head.dim
-        editor = self._factory() if self._factory else load_editor(
-            self.checkpoint_dir, dim, self.adapter_dir, self.s.dynamic_bank, self.s.bank_publish_every,
-            self.s.bank_keep)
+        editor = self._factory() if self._factory else self._load_editor(dim)
         t2i = {str(t): i for i, t in enumerate(np.asarray(tokens)) if i > 0}
         return CloudState(
             editor,
@@ -104,8 +106,23 @@ class CloudService:
             dim,
         )
 
+    def _load_editor(self, dim: int) -> Editor:
+        teachers = teacher_dirs(self.cfg, self.checkpoint_dir)
+        source = edit_source(self.cfg, teachers)
+        log.info("cloud edit source", extra={"source": source, "teacher": [str(t) for t in teachers]})
+        if source == "distilled":
+            return DistilledEditor.load(self.checkpoint_dir, teachers, self.cfg.cloud.distill)
+        return load_editor(self.checkpoint_dir, dim, self.adapter_dir, self.s.dynamic_bank, self.s.bank_publish_every,
+                           self.s.bank_keep)  # fmt: skip
+
+    def _watched_dirs(self) -> list[Path]:
+        """The checkpoint dir, and the teacher's dirs unless the adapter is the set source (``auto`` watches them:
+        a second checkpoint turns the distilled edit on)."""
+        teachers = [] if self.cfg.cloud.edit_source == "adapter" else teacher_dirs(self.cfg, self.checkpoint_dir)
+        return [self.checkpoint_dir, *teachers]
+
     def _files_fingerprint(self) -> tuple:
-        files = [p for p in self.checkpoint_dir.glob("*") if p.is_file()]
+        files = [p for d in self._watched_dirs() for p in d.glob("*") if p.is_file()]
         if self.adapter_dir is not None and self.adapter_dir.is_dir():
             files += [p for p in self.adapter_dir.rglob("*") if p.is_file()]
         out = []
@@ -165,6 +182,31 @@ class CloudService:
             version=st.editor.version,
             prototypes=st.snapshot.size,
         )
+
+
+def teacher_dirs(cfg: AppConfig, checkpoint_dir: Path) -> list[Path]:
+    """``cloud.teacher``, else the main job's checkpoints of the served checkpoint's dataset: every model's
+    ``<output_dir>/<dataset>/<model>/seed<k>`` for k in ``seeds`` that holds a complete checkpoint."""
+    if cfg.cloud.teacher is not None:
+        return [Path(p) for p in cfg.cloud.teacher]
+    mark = Path(checkpoint_dir) / run_layout.CHECKPOINT_MARK
+    if not mark.is_file():
+        return []
+    dataset = yaml.safe_load(mark.read_text())["dataset"]
+    root = run_layout.dataset_dir(cfg.output_dir, dataset)
+    models = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    dirs = [run_layout.seed_dir(cfg.output_dir, dataset, m, k) for m in models for k in cfg.seeds]
+    return [d for d in dirs if (d / run_layout.CHECKPOINT_MARK).is_file()]
+
+
+def edit_source(cfg: AppConfig, teachers: list[Path]) -> str:
+    """``cloud.edit_source``; ``auto``: ``distilled`` when the teacher knows more than the device — it was set
+    (``cloud.teacher``), or the default one has two checkpoints or more (one of them is the device's own) —
+    else ``adapter``."""
+    source = cfg.cloud.edit_source
+    if source != "auto":
+        return source
+    return "distilled" if cfg.cloud.teacher is not None or len(teachers) >= 2 else "adapter"
 
 
 class LazyBackbone(Backbone):
@@ -232,6 +274,7 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
     @keyed.post(
         "/v1/edits",
         response_model=EditPayload,
+        response_model_exclude_none=True,  # an absent field is its default (None): fewer bytes on the wire
         dependencies=auth,
         responses=unauthorized,
         summary="an edit of the device head for a recent item history",

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm_cloud.distill import DistillConfig
 from recsys.runtime import Encoding
 
 API_KEY_ENV = "PERSONA_API_KEY"
@@ -29,6 +30,21 @@ class HttpConfig(BaseModel):
     keepalive_timeout_s: float = Field(5.0, gt=0)  # an idle kept-alive connection: closed after this long
     max_connections: int = Field(4096, ge=16)  # open connections per worker; more are closed at once
     access_log: bool = True  # one JSON log line per request
+
+
+class CloudConfig(BaseModel):
+    """What the cloud sends devices (``cloud:``): the edit source, and the teacher the distilled edit follows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # distilled: the per-request edit distilled from the teacher (llm_cloud.distill_editor); adapter: the adapter +
+    # prototype bank beside the checkpoint (or no edit without one); auto: distilled when there is a teacher that
+    # knows more than the device (cloud.teacher set, or two checkpoints or more by default), else adapter
+    edit_source: Literal["auto", "adapter", "distilled"] = "auto"
+    # checkpoint dirs, one item vocabulary (the device's); None → the main job's: every model's
+    # <output_dir>/<dataset>/<model>/seed<k> for k in `seeds`, the dataset being the served checkpoint's
+    teacher: list[str] | None = None
+    distill: DistillConfig = Field(default_factory=DistillConfig)  # the solver (steps, lr, the edit's clip)
 
 
 class ServeConfig(BaseModel):

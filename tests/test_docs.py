@@ -72,7 +72,7 @@ def test_every_library_module_has_a_test_or_a_reason():
         if m := re.match(r"- `([a-z_.]+)\.\*` \(([^)]*)\)", line):
             reasons |= {f"{m.group(1)}.{name}" for name in re.findall(r"`([a-z_]+)`", m.group(2))}
     missing = []
-    for pkg in ("recsys", "codebook", "llm_cloud", "serving", "recipes"):
+    for pkg in ("recsys", "codebook", "llm_cloud", "serving", "recipes", "persona_device"):
         for path in sorted((ROOT / pkg).rglob("*.py")):
             if path.name == "__init__.py":
                 continue

@@ -120,3 +120,23 @@ def test_trailing_padding_changes_neither_states_nor_loss(name):
 def test_importing_the_models_leaves_autograd_anomaly_detection_off():
     """RecBole's SINE module turns anomaly detection on at import (≈ 2× slower training); we turn it off."""
     assert not torch.is_anomaly_enabled()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_last_state_is_the_trimmed_user_state_at_any_width(name):
+    """``user_state`` drops trailing padding (data-dependent: eager only) and reads ``last_state``, the gather at
+    ``length − 1`` that an exported graph runs at any width: the same state, whatever padding follows."""
+    torch.manual_seed(3)
+    model = EditableSeqRec(name, _id_only(hidden_size=16, inner_size=32), n_items=60, max_seq_len=12).eval()
+    seq, lengths = _batch(batch=4, max_len=12)
+    lengths = lengths.clamp(max=7)
+    seq[torch.arange(12).view(1, -1) >= lengths.view(-1, 1)] = 0  # the longest row has 7 items
+    with torch.no_grad():
+        trimmed = model.user_state(seq, lengths)
+        assert torch.equal(trimmed, model.last_state(seq[:, :7], lengths))
+        assert torch.allclose(model.last_state(seq, lengths), trimmed, atol=1e-5)  # 5 padding columns more
+
+
+def test_an_edit_clipped_already_is_not_clipped_again():
+    edit = HeadEdit([torch.full((2, 2), 5.0)], [None], clip=float("inf"))
+    assert edit.clipped() is edit and HeadEdit(edit.dW, edit.db, clip=1.0).clipped().dW[0].max() == 1.0

@@ -54,6 +54,7 @@ def serve_config(checkpoint, tmp_path: Path, *overrides: str) -> AppConfig:
         overrides=[
             f"serve.checkpoint={ckpt}",
             f"data.workdir={workdir}",
+            f"output_dir={tmp_path / 'runs'}",  # nothing read from the repo's runs/ (e.g. a default teacher)
             f"serve.db_path={tmp_path / 'events.db'}",
             f"serve.prototype_cache={tmp_path / 'prototypes.json'}",
             f"serve.api_key={API_KEY}",

@@ -126,7 +126,7 @@ def test_role_all_serves_device_and_cloud_in_one_process(checkpoint, tmp_path):
     cmd = [
         sys.executable, "-m", "serving.cli", "serve", "--role", "all", "--port", str(port), "--cloud-port",
         str(cloud_port), f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'e.db'}",
-        f"serve.prototype_cache={tmp_path / 'p.json'}", "serve.api_key=k",
+        f"serve.prototype_cache={tmp_path / 'p.json'}", "serve.api_key=k", f"output_dir={tmp_path / 'runs'}",
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     device, cloud = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{cloud_port}"

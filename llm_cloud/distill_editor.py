@@ -1,0 +1,88 @@
+"""The cloud's distilled edit as an :class:`~llm_cloud.editor.Editor` (``cloud.edit_source=distilled``).
+
+It holds the device's model (the served checkpoint) and the teacher (:class:`~llm_cloud.teacher.EnsembleTeacher`)
+and answers each batch of devices with one teacher pass and one batched solve
+(:func:`llm_cloud.distill.distilled_edit`, the function ``benchmarks/distill.py`` measures offline): each
+history gets the last head layer's bias edit that brings the device to the teacher, ``D`` floats. On the wire
+it is a sparse ``fp32`` / ``fp16`` payload (``parts=["db.<L-1>"]``; a device that asks for ``code`` gets
+``fp32``: there is no code to send) or ``json``. The bank is empty: a device without the cloud serves its base
+head (no cached edit was measured to beat it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from llm_cloud.distill import DistillConfig, distilled_edit
+from llm_cloud.editor import EditAsk, edit_one, edit_row, padded
+from llm_cloud.teacher import EnsembleTeacher
+from recsys.checkpoint import CheckpointError, load_checkpoint
+from recsys.models import EditableSeqRec, HeadEdit
+from recsys.runtime import EditPayload, PrototypeSnapshot
+
+
+class DistilledEditor:
+    """Per-request distilled edits of ``device`` toward ``teacher`` (which must read the device's whole window)."""
+
+    def __init__(self, device: EditableSeqRec, teacher: EnsembleTeacher, cfg: DistillConfig, version: str):
+        if teacher.n_items != device.n_items:
+            raise ValueError(f"the teacher scores {teacher.n_items} items, the device {device.n_items}")
+        short = [name for m, name in zip(teacher.models, teacher.names) if m.max_seq_len < device.max_seq_len]
+        if short:
+            raise ValueError(f"teacher members {short} read fewer items than the device ({device.max_seq_len})")
+        self.device, self.teacher, self.cfg, self.version = device.eval(), teacher, cfg, version
+        self._snapshot = PrototypeSnapshot(version=version, dim=device.head.dim)
+
+    @classmethod
+    def load(cls, device_dir: Path, teacher_dirs: Sequence[Path], cfg: DistillConfig) -> DistilledEditor:
+        """The served checkpoint and the teacher's; a teacher that cannot teach this device (another vocabulary,
+        a shorter window, a missing checkpoint) is a :class:`CheckpointError` naming it."""
+        device_dir = Path(device_dir)
+        teacher_dirs = [Path(p) for p in teacher_dirs]
+        if not teacher_dirs:
+            raise CheckpointError("the distilled edit needs a teacher: set cloud.teacher=[DIR,...] or train one "
+                                  "(`make run`)")  # fmt: skip
+        device, _, tokens = load_checkpoint(device_dir)
+        try:
+            teacher = EnsembleTeacher.load(teacher_dirs)
+            teacher.check_serves(tokens, f"the served checkpoint {device_dir}")
+            return cls(device, teacher, cfg, version(device_dir, teacher_dirs, cfg))
+        except ValueError as exc:
+            raise CheckpointError(f"cloud.teacher cannot teach this device: {exc}") from exc
+
+    def solve(self, seq: torch.Tensor, length: torch.Tensor) -> HeadEdit:
+        """The batched edit (last layer's bias ``[B, D]``) for right-padded histories ``seq`` of ``length`` items."""
+        with torch.no_grad():
+            target = self.teacher.log_probs(seq, length)
+        with torch.enable_grad():  # the solve differentiates in δ, whatever the caller's mode
+            return distilled_edit(self.device, seq, length, target, self.cfg)
+
+    def edit_many(self, asks: list[EditAsk]) -> list[EditPayload]:
+        """One teacher pass and one solve for every ask (each row the edit its history gets alone)."""
+        n, T = self.device.n_items, self.device.max_seq_len
+        seq, length = padded([[i for i in ask.item_ids if 0 < i < n][-T:] for ask in asks], T)
+        edit = self.solve(seq, length.clamp(min=1))  # an empty history reads as the device's: padding, length 1
+        return [EditPayload.from_head_edit(edit_row(edit, row), self.version, None, wire_encoding(ask.encoding))
+                for row, ask in enumerate(asks)]  # fmt: skip
+
+    edit = edit_one
+
+    def snapshot(self) -> PrototypeSnapshot:
+        return self._snapshot
+
+
+def wire_encoding(asked: str) -> str:
+    """What a distilled edit is sent as: as asked, except ``code`` (nothing to decode it with) → ``fp32``."""
+    return "fp32" if asked == "code" else asked
+
+
+def version(device_dir: Path, teacher_dirs: Sequence[Path], cfg: DistillConfig) -> str:
+    """``distilled-<digest>`` of the device's and the teacher's weights and the solver settings."""
+    h = hashlib.sha256(cfg.model_dump_json().encode())
+    for path in [Path(device_dir), *teacher_dirs]:
+        h.update((Path(path) / "model.pt").read_bytes())
+    return "distilled-" + h.hexdigest()[:12]
