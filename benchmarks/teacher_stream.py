@@ -97,6 +97,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="the first N validation and test rows (0 = all)")
     parser.add_argument("--top-k", type=int, default=64, help="the teacher's list length (64 ids = 256 B)")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
+    parser.add_argument("--reuse-selection", action="store_true",
+                        help="take the refresh settings chosen on validation from the existing report's JSON")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     start, loadavg = time.perf_counter(), os.getloadavg()
@@ -106,7 +108,12 @@ def main() -> int:
     members = EnsembleTeacher.load([run_layout.seed_dir(runs, args.dataset, m, int(s))
                                     for m in args.teacher_models.split(",")
                                     for s in args.teacher_seeds.split(",")])  # fmt: skip
-    refresh, selection = select_refresh(members, split, args.limit)
+    stem = f"teacher_stream-{args.dataset}"
+    if args.reuse_selection:
+        selection = json.loads((Path(args.out) / f"{stem}.json").read_text())["selection"]
+        refresh = RefreshConfig(**max(selection[1:], key=lambda s: s["valid_ndcg@10"])["config"])
+    else:
+        refresh, selection = select_refresh(members, split, args.limit)
     devices = {}
     for s in args.seeds.split(","):
         model, _, tokens = load_checkpoint(run_layout.seed_dir(runs, args.dataset, args.model, int(s)))
@@ -114,7 +121,6 @@ def main() -> int:
         devices[int(s)] = model
     dcfg = DistillConfig()
     res = evaluate_stream(split, devices, members, refresh, dcfg, args.top_k, args.limit)
-    stem = f"teacher_stream-{args.dataset}"
     meta = {
         "dataset": args.dataset, "protocol": split.protocol,
         "device": f"{args.model}, seeds {sorted(devices)}",

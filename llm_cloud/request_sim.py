@@ -24,12 +24,21 @@ FEATURES = ("log_age", "drift", "entropy", "margin", "top10_agreement", "new_ite
 NO_EDIT_AGE = 1000  # the age a device without any edit reports
 
 
-def holders(asks: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """``[N]`` the row whose answer the device holds at each row (itself if it asked; ``-1``: none yet)."""
+def holders(asks: np.ndarray, previous: np.ndarray, ttl: int | None = None) -> np.ndarray:
+    """``[N]`` the row whose answer the device holds at each row (itself if it asked; ``-1``: none yet), an
+    answer being kept for ``ttl`` more events of its user (None: until the next ask)."""
     out = np.full(len(asks), -1, dtype=np.int64)
     for j in range(len(asks)):
         out[j] = j if asks[j] else (out[previous[j]] if previous[j] >= 0 else -1)
-    return out
+    return expired(out, np.arange(len(out)), user_positions(previous), ttl)
+
+
+def expired(hold: np.ndarray, rows: np.ndarray, positions: np.ndarray, ttl: int | None) -> np.ndarray:
+    """``hold`` (answers held at ``rows``) with those older than ``ttl`` events of their user dropped (``-1``)."""
+    if ttl is None:
+        return hold
+    age = positions[rows] - positions[np.maximum(hold, 0)]
+    return np.where((hold >= 0) & (age <= ttl), hold, -1)
 
 
 def user_positions(previous: np.ndarray) -> np.ndarray:
@@ -162,18 +171,20 @@ def fresh_gain(view: DeviceView, deltas: torch.Tensor, hold: np.ndarray) -> np.n
     return (metrics.ndcg(view.ranks(deltas)) - metrics.ndcg(view.ranks(deltas, hold))).numpy()
 
 
-def training_set(view: DeviceView, deltas: torch.Tensor, previous: np.ndarray, rate: float = 0.2,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def training_set(view: DeviceView, deltas: torch.Tensor, previous: np.ndarray, ttl: int | None = None,
+                 rate: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Features and fresh-edit gains under a random policy at ``rate`` (held edits of every age occur)."""
-    hold = before_asking(holders(random_asks(len(previous), rate, seed), previous), previous)
     positions = user_positions(previous)
+    rows = np.arange(len(previous))
+    hold = expired(before_asking(holders(random_asks(len(previous), rate, seed), previous, ttl), previous), rows,
+                   positions, ttl)  # fmt: skip
     x = np.concatenate([features(view, deltas, rows, hold[rows.numpy()], positions)
                         for rows in torch.arange(len(previous)).split(view.batch)])  # fmt: skip
     return x, fresh_gain(view, deltas, hold)
 
 
 def detector_holders(view: DeviceView, deltas: torch.Tensor, detector: Detector, rate: float,
-                     previous: np.ndarray, window: int = 512) -> np.ndarray:  # fmt: skip
+                     previous: np.ndarray, ttl: int | None = None, window: int = 512) -> np.ndarray:  # fmt: skip
     """The holders under the detector policy, simulated in waves of each user's k-th event: a row asks when
     its score is above the ``1 - rate`` quantile of the last ``window`` scores (as the served drift policy)."""
     positions = user_positions(previous)
@@ -181,7 +192,7 @@ def detector_holders(view: DeviceView, deltas: torch.Tensor, detector: Detector,
     recent = np.zeros(0)
     for k in range(int(positions.max()) + 1 if len(positions) else 0):
         rows = np.flatnonzero(positions == k)
-        hold = before_asking(holder, previous)[rows]
+        hold = expired(before_asking(holder, previous)[rows], rows, positions, ttl)
         score = detector.score(features(view, deltas, torch.as_tensor(rows), hold, positions))
         recent = np.concatenate([recent, score])[-window:]
         ask = score > np.quantile(recent, 1 - rate) if 0 < rate < 1 else np.full(len(rows), rate >= 1)

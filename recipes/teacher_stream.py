@@ -38,7 +38,6 @@ from recsys.models import EditableSeqRec
 from recsys.splits import SplitData
 
 RATES = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
-POLICIES = ("random", "oracle", "detector")
 
 
 @dataclass
@@ -113,32 +112,42 @@ def row_metrics(ranks: torch.Tensor, targets: torch.Tensor, train_counts: np.nda
 
 
 Curves = dict[str, dict[float, dict]]
+TTLS = {"": None, ", for its event only": 0}  # how long a device keeps an answer: until the next ask, or 0 events
 
 
 def policy_curves(view: DeviceView, deltas: torch.Tensor, lists: torch.Tensor, previous: np.ndarray,
-                  detector: Detector, seed: int) -> Curves:  # fmt: skip
-    """``{policy: {rate: {"ndcg@10", "rate"}}}`` for edits under random / oracle / detector and the top-k list."""
-    fresh_hold = before_asking(np.arange(len(previous)), previous)  # the oracle's reference: the previous row's edit
-    gain = (metrics.ndcg(view.ranks(deltas)) - metrics.ndcg(view.ranks(deltas, fresh_hold))).numpy()
-    curves: dict[str, dict[float, dict]] = {p: {} for p in (*POLICIES, "top-k list, random")}
+                  detectors: dict[int | None, Detector], seed: int) -> Curves:  # fmt: skip
+    """``{policy: {rate: {"ndcg@10", "rate"}}}``: edits under random / oracle / detector, kept until the next ask
+    or for the asking event only, and the teacher's top-k list under random asks."""
+    curves: Curves = {}
+    for suffix, ttl in TTLS.items():
+        gain = oracle_gain(view, deltas, previous, ttl)
+        for rate in RATES:
+            plans = {"random": holders(random_asks(len(previous), rate, seed), previous, ttl),
+                     "oracle": holders(oracle_asks(gain, rate, seed), previous, ttl),
+                     "detector": detector_holders(view, deltas, detectors[ttl], rate, previous, ttl)}  # fmt: skip
+            for name, holder in plans.items():
+                curves.setdefault(name + suffix, {})[rate] = _point(metrics.ndcg(view.ranks(deltas, holder)), holder)
     for rate in RATES:
-        plans = {"random": holders(random_asks(len(previous), rate, seed), previous),
-                 "oracle": holders(oracle_asks(gain, rate, seed), previous),
-                 "detector": detector_holders(view, deltas, detector, rate, previous)}  # fmt: skip
-        for name, holder in plans.items():
-            curves[name][rate] = _point(metrics.ndcg(view.ranks(deltas, holder)), holder)
-        holder = plans["random"]
-        curves["top-k list, random"][rate] = _point(metrics.ndcg(view.list_ranks(lists, holder)), holder)
+        holder = holders(random_asks(len(previous), rate, seed), previous)
+        curves.setdefault("top-k list, random", {})[rate] = _point(metrics.ndcg(view.list_ranks(lists, holder)), holder)
     return curves
+
+
+def oracle_gain(view: DeviceView, deltas: torch.Tensor, previous: np.ndarray, ttl: int | None) -> np.ndarray:
+    """Per row, NDCG@10 of a fresh edit minus that of what the device would hold without asking: the previous
+    row's edit (kept answers) or none (answers for their event only). Known only afterwards."""
+    reference = before_asking(np.arange(len(previous)), previous) if ttl is None else np.full(len(previous), -1)
+    return (metrics.ndcg(view.ranks(deltas)) - metrics.ndcg(view.ranks(deltas, reference))).numpy()
 
 
 def _point(ndcg: torch.Tensor, holder: np.ndarray) -> dict:
     return {"ndcg@10": float(ndcg.mean()), "rate": float(np.mean(holder == np.arange(len(holder))))}
 
 
-def fit_detector(view: DeviceView, deltas: torch.Tensor, previous: np.ndarray) -> Detector:
-    """The detector, fitted on the validation period (the rows of a random 20 % policy)."""
-    return Detector.fit(*training_set(view, deltas, previous))
+def fit_detectors(view: DeviceView, deltas: torch.Tensor, previous: np.ndarray) -> dict[int | None, Detector]:
+    """A detector per answer lifetime, fitted on the validation period (the rows of a random 20 % policy)."""
+    return {ttl: Detector.fit(*training_set(view, deltas, previous, ttl)) for ttl in TTLS.values()}
 
 
 def part(view_rows: StreamRows, lo: int, hi: int) -> StreamRows:
@@ -189,7 +198,7 @@ def evaluate_stream(split: SplitData, devices: dict[int, EditableSeqRec], member
     for d, (seed, model) in enumerate(tqdm(devices.items(), desc="device seeds")):
         vview = DeviceView.build(model, valid.seq, valid.length, valid.target, seen)
         tview = DeviceView.build(model, test.seq, test.length, test.target, seen)
-        detector = fit_detector(vview, frozen.deltas[d][:n_valid], prev_valid)
+        detectors = fit_detectors(vview, frozen.deltas[d][:n_valid], prev_valid)
         add("device alone", tview.ranks(None))
         add("teacher, frozen (upper bound)", frozen.ranks[n_valid:])
         add("teacher, fresh (upper bound)", fresh.ranks)
@@ -197,7 +206,7 @@ def evaluate_stream(split: SplitData, devices: dict[int, EditableSeqRec], member
         add("device + fresh edit, fresh teacher", tview.ranks(fresh.deltas[d]))
         for kind, tp, lists in (("frozen", frozen.deltas[d][n_valid:], frozen.lists[n_valid:]),
                                 ("fresh", fresh.deltas[d], fresh.lists)):  # fmt: skip
-            curves[kind][seed] = policy_curves(tview, tp, lists, prev_test, detector, seed)
-        aurocs[seed] = miss_aurocs(tview, detector)
-        weights[seed] = detector.weights.tolist()
+            curves[kind][seed] = policy_curves(tview, tp, lists, prev_test, detectors, seed)
+        aurocs[seed] = miss_aurocs(tview, detectors[None])
+        weights[seed] = detectors[None].weights.tolist()
     return StreamResults(table, curves, aurocs, fresh.versions, weights)

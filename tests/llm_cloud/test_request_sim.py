@@ -26,6 +26,8 @@ def test_a_row_holds_its_users_last_ask():
     previous = np.array([-1, -1, 0, 1, 2, 4])  # user A: rows 0, 2, 4, 5; user B: rows 1, 3
     asks = np.array([False, True, True, False, False, False])
     assert holders(asks, previous).tolist() == [-1, 1, 2, 1, 2, 2]
+    assert holders(asks, previous, ttl=1).tolist() == [-1, 1, 2, 1, 2, -1]  # kept for one more event of A
+    assert holders(asks, previous, ttl=0).tolist() == [-1, 1, 2, -1, -1, -1]  # for the asking event only
     assert user_positions(previous).tolist() == [0, 0, 1, 1, 2, 3]
 
 
@@ -83,14 +85,16 @@ def test_a_held_list_ranks_first_in_its_order(view):
     assert torch.equal(v.list_ranks(lists, np.full(len(seq), -1)), v.ranks(None))
 
 
-@pytest.mark.parametrize("rate", [0.0, 0.2, 0.5, 1.0])
-def test_the_detector_asks_at_about_its_rate(view, rate):
+@pytest.mark.parametrize("rate,ttl", [(0.0, None), (0.2, None), (0.5, None), (1.0, None), (0.2, 0)])
+def test_the_detector_asks_at_about_its_rate(view, rate, ttl):
     v, seq, _ = view
     previous = stream_shape()
     deltas = torch.randn(len(seq), D, generator=torch.Generator().manual_seed(5)) * 0.5
-    x, gain = training_set(v, deltas, previous)
+    x, gain = training_set(v, deltas, previous, ttl)
     assert x.shape == (len(seq), 7) and np.isfinite(x).all()
     detector = Detector.fit(x, gain)
-    holder = detector_holders(v, deltas, detector, rate, previous)
+    holder = detector_holders(v, deltas, detector, rate, previous, ttl)
     realised = float(np.mean(holder == np.arange(len(holder))))
+    if ttl == 0:
+        assert set(holder[holder != np.arange(len(holder))]) <= {-1}  # nothing held past its event
     assert abs(realised - rate) <= 0.1, realised

@@ -33,7 +33,9 @@ def test_every_method_and_policy_on_the_same_rows(ml100k_split):
     for v in res.versions:  # no look-ahead: each version trained before the rows it serves
         assert v["trained_until"] is not None and v["trained_until"] < v["valid_from"]
     curves = res.curves["fresh"][0]
-    for policy in ("random", "oracle", "detector", "top-k list, random"):
+    assert set(curves) == {"random", "oracle", "detector", "random, for its event only", "oracle, for its event only",
+                           "detector, for its event only", "top-k list, random"}
+    for policy in curves:
         assert curves[policy][0.0]["rate"] == 0 and curves[policy][1.0]["rate"] == 1
         assert abs(curves[policy][0.2]["rate"] - 0.2) <= 0.1, policy
     fresh_all = curves["random"][1.0]["ndcg@10"]
