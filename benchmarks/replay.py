@@ -71,7 +71,7 @@ from llm_cloud.adapter import edited_logits  # noqa: E402
 from llm_cloud.distill import distilled_edit  # noqa: E402
 from llm_cloud.editor import AdapterEditor, load_editor, served_edit  # noqa: E402
 from llm_cloud.teacher import EnsembleTeacher  # noqa: E402
-from recsys import run_layout  # noqa: E402
+from recsys import metrics, run_layout  # noqa: E402
 from recsys.experiment import load_dataset_split  # noqa: E402
 from serving.cloud_app import teacher_dirs  # noqa: E402
 from serving.config import load_app_config  # noqa: E402
@@ -201,17 +201,11 @@ def _find(tree, key: str):
 def _ranks(logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     logits = logits.clone()
     logits[:, 0] = -torch.inf  # padding
-    pos = logits.gather(1, target.view(-1, 1))
-    return (logits > pos).sum(1).numpy()
+    return metrics.target_rank(logits, target).numpy()
 
 
 def metrics_of(ranks: np.ndarray) -> dict:
-    hit = ranks < K
-    return {
-        "ndcg@10": float(np.where(hit, 1 / np.log2(ranks + 2), 0).mean()),
-        "hit@10": float(hit.mean()),
-        "mrr@10": float(np.where(hit, 1 / (ranks + 1), 0).mean()),
-    }
+    return {key: float(v.mean()) for key, v in metrics.per_ranks(torch.as_tensor(ranks), K).items()}
 
 
 # ---------------------------------------------------------------- the link between device and cloud
@@ -390,8 +384,7 @@ def row_by_row(replayed: list[int], offline: np.ndarray) -> dict:
     """A replayed condition against its offline method on the same rows: NDCG@10 difference and the share of
     rows whose target got the same rank (within the top 10; ``K`` = outside)."""
     replayed, offline = np.array(replayed), np.minimum(offline, K)
-    gain = lambda r: np.where(r < K, 1 / np.log2(r + 2), 0)  # noqa: E731
-    d = gain(replayed) - gain(offline)
+    d = (metrics.ndcg(torch.as_tensor(replayed), K) - metrics.ndcg(torch.as_tensor(offline), K)).numpy()
     return {"ndcg_diff": float(d.mean()), "ndcg_diff_se": float(d.std(ddof=1) / math.sqrt(len(d))),
             "same_rank": float((replayed == offline).mean()), "same_rows": int((replayed == offline).sum()),
             "rows": len(d)}  # fmt: skip

@@ -30,7 +30,11 @@ def mrr(rank: torch.Tensor, k: int = 10) -> torch.Tensor:
     return torch.where(rank < k, 1.0 / (rank.double() + 1), torch.zeros((), dtype=torch.float64))
 
 
-def per_row(scores: torch.Tensor, targets: torch.Tensor, k: int = 10) -> dict[str, torch.Tensor]:
-    """``{"ndcg@k": [B], "hit@k": [B], "mrr@k": [B]}`` float64 per row."""
-    rank = target_rank(scores, targets)
+def per_ranks(rank: torch.Tensor, k: int = 10) -> dict[str, torch.Tensor]:
+    """``{"ndcg@k": [B], "hit@k": [B], "mrr@k": [B]}`` float64 per row, from 0-based target ranks."""
     return {f"{name}@{k}": fn(rank, k) for name, fn in zip(KEYS, (ndcg, hit, mrr))}
+
+
+def per_row(scores: torch.Tensor, targets: torch.Tensor, k: int = 10) -> dict[str, torch.Tensor]:
+    """:func:`per_ranks` of ``scores`` ``[B, n_items]`` for ``targets`` ``[B]``."""
+    return per_ranks(target_rank(scores, targets), k)

@@ -10,7 +10,7 @@ from llm_cloud.adapter import edited_logits, left_padded_windows
 from llm_cloud.adapter_config import PrototypeConfig
 from llm_cloud.editor import AdapterEditor, served_edit
 from llm_cloud.prototypes import clipped_parts
-from recsys import ood
+from recsys import metrics, ood
 from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
 from tests.llm_cloud.test_adapter import N_ITEMS, _bank
 
@@ -186,8 +186,7 @@ def test_a_dynamic_cloud_learns_what_served_dyn_learns_and_publishes_it():
 
 
 def _ndcg10(logits, target):
-    rank = (logits > logits.gather(1, target.view(-1, 1))).sum(1)
-    return torch.where(rank < 10, 1 / torch.log2(rank.float() + 2), torch.zeros(len(rank)))
+    return metrics.ndcg(metrics.target_rank(logits, target)).float()
 
 
 def test_a_device_serves_a_cached_edit_alone_only_where_it_beat_the_base_head_on_held_out_rows():
