@@ -175,7 +175,9 @@ def main() -> int:
     parser.add_argument("--teacher-models", default="sasrec,gru4rec")
     parser.add_argument("--seeds", default="0,1,2", help="the device's seeds")
     parser.add_argument("--teacher-seeds", default="0,1,2")
-    parser.add_argument("--rows", type=int, default=0, help="the first N test rows (0 = all)")
+    parser.add_argument("--rows", type=int, default=0, help="the first N rows (0 = all)")
+    parser.add_argument("--split", default="test", choices=["valid", "test"],
+                        help="valid: the number `make serve`'s default is chosen on (report distill-<dataset>-valid)")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--lr", type=float, default=0.05)
@@ -187,7 +189,7 @@ def main() -> int:
     cfg = DistillConfig(steps=args.steps, lr=args.lr, clip=args.clip)
     split = load_dataset_split(load_config(overrides=[f"dataset={args.dataset}",
                                                       f"data.workdir={ROOT / 'data' / 'atomic'}"]))  # fmt: skip
-    rows = indexed_rows(split.eval_rows("test"), args.rows)
+    rows = indexed_rows(split.eval_rows(args.split), args.rows)
     members = [run_layout.seed_dir(ROOT / "runs", args.dataset, m, s)
                for m in args.teacher_models.split(",") for s in args.teacher_seeds.split(",")]  # fmt: skip
     teacher = EnsembleTeacher.load(members)
@@ -209,7 +211,7 @@ def main() -> int:
     meta = {
         "dataset": args.dataset,
         "protocol": split.protocol,
-        "split": f"test, {len(rows):,} rows, RecBole full ranking over {split.n_items - 1:,} items",
+        "split": f"{args.split}, {len(rows):,} rows, RecBole full ranking over {split.n_items - 1:,} items",
         "device": f"{args.model}, seeds {seeds} (runs/{args.dataset}/{args.model}/seed*)",
         "teacher": f"mean log-softmax of {len(members)} checkpoints: "
         + ", ".join(p.relative_to(ROOT).as_posix() for p in members),
@@ -221,10 +223,11 @@ def main() -> int:
         "torch": torch.__version__,
         "command": "python " + " ".join(["benchmarks/distill.py", *sys.argv[1:]]),
     }
-    title = (f"A cloud teacher distilled into the device per request ({args.dataset}, {args.model} device, "
-             f"{len(seeds)} seeds)")  # fmt: skip
-    json_path, md = write_report(Path(args.out), f"distill-{args.dataset}", title, results, meta, KEYS,
-                         notes(extras, shares, dim, cfg, loadavg))  # fmt: skip
+    title = (f"A cloud teacher distilled into the device per request ({args.dataset}, {args.split} split, "
+             f"{args.model} device, {len(seeds)} seeds)")  # fmt: skip
+    stem = f"distill-{args.dataset}" + ("-valid" if args.split == "valid" else "")
+    json_path, md = write_report(Path(args.out), stem, title, results, meta, KEYS,
+                                 notes(extras, shares, dim, cfg, loadavg))  # fmt: skip
     payload = json.loads(json_path.read_text())
     payload["per_seed"] = {str(s): e for s, e in extras.items()}  # overlap, clipping, cost: the notes' numbers
     atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
