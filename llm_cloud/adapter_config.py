@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from recsys.config import StrictConfig
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class AdapterConfig(_Strict):
+class AdapterConfig(StrictConfig):
     """The cloud hypernetwork that turns a device's recent window into head edits."""
 
     window: int = Field(20, ge=1)  # last N items of the device's real-time data
@@ -43,7 +41,7 @@ class AdapterConfig(_Strict):
     time_budget_s: float | None = Field(None, gt=0)  # stop after the epoch that crosses it (CPU budgets)
 
 
-class PrototypeConfig(_Strict):
+class PrototypeConfig(StrictConfig):
     """The prototype bank built from adapter codes."""
 
     k: int = Field(8, ge=1)  # initial prototypes (k-means over layer-major codes)

@@ -33,11 +33,13 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the offending field."""
 
 
-class _Strict(BaseModel):
+class StrictConfig(BaseModel):
+    """The base of every config section: an unknown key is an error naming it."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictConfig):
     """Where the dataset comes from and how it is split."""
 
     mirror: str | None = None  # raw-data mirror dir; None → $PERSONA_DATA_MIRROR or ../shared/data
@@ -52,7 +54,7 @@ class DataConfig(_Strict):
     text_template: str | None = None
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictConfig):
     """Device model: a RecBole sequence encoder plus the editable head."""
 
     hidden_size: int = Field(64, ge=4)
@@ -72,7 +74,7 @@ class ModelConfig(_Strict):
     # softmax (False: left out of it, as items that did not exist yet; a full softmax only ever pushes them down)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictConfig):
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -89,13 +91,13 @@ class TrainConfig(_Strict):
     dist_timeout_s: float = Field(300.0, gt=0)  # collectives fail (not hang) when a rank is gone this long
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictConfig):
     topk: list[int] = Field(default_factory=lambda: [5, 10, 20])
     batch_size: int = Field(256, ge=1)
     valid_metric: str = "ndcg@10"
 
 
-class PersonaConfig(_Strict):
+class PersonaConfig(StrictConfig):
     dataset: str = "ml-100k"
     device: str = "cpu"  # torch device for training/evaluation: cpu, cuda, cuda:N, or auto
     model: str = "sasrec"

