@@ -13,22 +13,12 @@ from llm_cloud.artifacts import ArtifactError
 from llm_cloud.evaluation import METHODS, RowRecord
 from recsys import metrics, run_layout
 from recsys.atomic_io import atomic_write_text
+from recsys.metrics import auroc
 from recsys.report import markdown_table, slice_table, write_report
 
 log = logging.getLogger(__name__)
 TABLE_KEYS = ["ndcg@10", "hit@10", "mrr@10", "auc", "uauc"]
 N_TIME_WINDOWS = 8
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney), ties counted half."""
-    from scipy.stats import rankdata
-
-    pos, neg = labels.sum(), len(labels) - labels.sum()
-    if pos == 0 or neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def time_windows(rows) -> tuple[np.ndarray, list[float]]:

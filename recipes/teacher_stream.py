@@ -21,10 +21,12 @@ from tqdm import tqdm
 from llm_cloud.distill import DistillConfig, distilled_edit
 from llm_cloud.fresh_teacher import FreshTeacher, RefreshConfig, TeacherVersion
 from llm_cloud.request_sim import (
+    FEATURES,
     Detector,
     DeviceView,
     before_asking,
     detector_holders,
+    features,
     holders,
     oracle_asks,
     random_asks,
@@ -34,6 +36,7 @@ from llm_cloud.stream import StreamRows
 from llm_cloud.teacher import EnsembleTeacher
 from recsys import metrics
 from recsys.evaluate import target_slices
+from recsys.metrics import auroc
 from recsys.models import EditableSeqRec
 from recsys.splits import SplitData
 
@@ -158,9 +161,6 @@ def part(view_rows: StreamRows, lo: int, hi: int) -> StreamRows:
 def miss_aurocs(view: DeviceView, detector: Detector) -> dict[str, float]:
     """AUROC at flagging the device's own misses (target outside its top 10), no edit held: the detector's
     score beside the entropy of the device's distribution."""
-    from llm_cloud.experiment import auroc
-    from llm_cloud.request_sim import FEATURES, features
-
     n = len(view.targets)
     none = np.full(n, -1)
     x = np.concatenate([features(view, None, rows, none[rows.numpy()], np.zeros(n, dtype=np.int64))

@@ -8,7 +8,9 @@ full-ranking position whenever scores do not tie with the target's (tests check 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy.stats import rankdata
 
 KEYS = ("ndcg", "hit", "mrr")
 
@@ -38,3 +40,13 @@ def per_ranks(rank: torch.Tensor, k: int = 10) -> dict[str, torch.Tensor]:
 def per_row(scores: torch.Tensor, targets: torch.Tensor, k: int = 10) -> dict[str, torch.Tensor]:
     """:func:`per_ranks` of ``scores`` ``[B, n_items]`` for ``targets`` ``[B]``."""
     return per_ranks(target_rank(scores, targets), k)
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney), ties counted half; ``nan`` without both classes."""
+    labels = np.asarray(labels)
+    pos, neg = labels.sum(), len(labels) - labels.sum()
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
