@@ -39,9 +39,14 @@ TokenIds = list[Annotated[StrictInt, Field(ge=0)]]  # JSON integers (3 or 3.0, a
 Input = str | list[str] | TokenIds | list[TokenIds]
 
 
+# a character that is not white space to Python's str.strip() (the route's test for a blank text), spelt for JSON
+# Schema's ECMAScript regexes too: their ``\S`` would count U+001C..U+001F and U+0085 as text and U+FEFF as space
+NOT_BLANK = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+
 def _input_schema(vocab: int | None = None) -> dict:
     """What ``input`` may be (blank texts, empty lists and unknown token ids get 400, as documented)."""
-    text = {"type": "string", "pattern": r"\S"}
+    text = {"type": "string", "pattern": NOT_BLANK}
     token = {"type": "integer", "minimum": 0, **({"maximum": vocab - 1} if vocab else {})}
     tokens = {"type": "array", "items": token, "minItems": 1}
     many = {"minItems": 1, "maxItems": MAX_INPUTS}

@@ -51,7 +51,7 @@ class Metrics:
             registry=r,
         )
         self.rank_batch = Histogram(
-            f"{p}_rank_batch_size", "rank requests scored per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            f"{p}_rank_batch_size", "rank requests per encoder pass", buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
         self.edit_batch = Histogram(

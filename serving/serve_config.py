@@ -76,6 +76,10 @@ class ServeConfig(BaseModel):
     db_path: str | None = None  # device event log (SQLite)
     prototype_cache: str | None = None  # the device's cached bank snapshot
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"  # FULL: an ack survives power loss too
+    # what runs the device model: torch (recsys.runtime) or the torch-free runtime on its ONNX export (persona_device;
+    # `onnx_dir`, default <checkpoint>/device-onnx, exported there at start when missing or older than the checkpoint)
+    runtime: Literal["torch", "onnx"] = "torch"
+    onnx_dir: str | None = None
 
     budget_ms: float = Field(50.0, gt=0)  # wait at most this long for a cloud edit while ranking
     catchup_timeout_s: float = Field(5.0, gt=0)  # a late edit request keeps going this long in the background

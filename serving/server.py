@@ -38,6 +38,7 @@ from serving.config import AppConfig
 from serving.device_app import DeviceService, create_device_app
 from serving.embeddings_api import PATH as EMBEDDINGS_PATH
 from serving.embeddings_api import APIError
+from serving.engine import onnx_export_dir
 from serving.http_protocol import HEADROOM_FDS, connection_cap, limited_protocol, raise_nofile_limit
 from serving.metrics import MULTIPROC_ENV
 from serving.serve_config import API_KEY_ENV, OPERATOR_KEY_ENV, HttpConfig, ServeConfig
@@ -253,6 +254,8 @@ def serve(cfg: AppConfig) -> int:
         uvloop.run(_serve_all(servers))
         return 0
     port = s.port if s.role == "device" else s.cloud_port
+    if s.role == "device" and s.runtime == "onnx":
+        onnx_export_dir(cfg)  # once, before any worker loads it
     if s.workers > 1:
         return _supervise(cfg, s.role, api_key, port)
     app = build_app(cfg, s.role, api_key)

@@ -95,7 +95,7 @@ def test_demo_page_clicks_adapt_the_ranking_and_cutting_the_cloud_shows_the_fall
         with LiveServer(cloud_app) as cloud, httpx.Client(timeout=30, headers=AUTH) as c:
             device = DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY)
             with LiveServer(create_device_app(device, API_KEY)) as dev:
-                wait_for(lambda: device.runtime.edit_encoding_ready, timeout=30)
+                wait_for(lambda: device.engine.code_version, timeout=30)
                 driver.get(f"{dev.url}/?user=nobody")  # no key: the page asks for one and shows no one's data
                 wait_for(lambda: driver.find_element("id", "signin").is_displayed(), timeout=30)
                 wait_for(lambda: "operator key" in _text(driver, "status"), timeout=30)

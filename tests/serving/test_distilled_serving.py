@@ -79,7 +79,7 @@ def test_the_device_ranks_with_the_served_distilled_edit_as_offline_row_by_row(c
     with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=60, headers=AUTH) as c:
         device = DeviceService(cfg, load_artefacts(cfg), cl.url, API_KEY)
         with LiveServer(create_device_app(device, API_KEY)) as dev:
-            wait_for(lambda: device.runtime.prototypes is not None and device.runtime.prototypes.version == version)
+            wait_for(lambda: device.engine.bank_version == version)
             for u, items in enumerate(users):
                 events = [{"event_id": str(i), "user_id": f"u{u}", "item_id": t} for i, t in enumerate(items)]
                 assert c.post(f"{dev.url}/v1/events", json={"events": events}).status_code == 200

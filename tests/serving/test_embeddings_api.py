@@ -4,6 +4,8 @@ loaded MiniLM) and in the cloud app (backbone built lazily): text that is not va
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import numpy as np
 import pytest
@@ -64,6 +66,21 @@ def test_lone_surrogates_are_an_openai_400_naming_the_parameter(server, body, pa
     err = resp.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
     assert err["param"] == param and err["message"].startswith(f"{where} is not valid Unicode"), err
+
+
+def test_a_blank_text_is_what_the_schemas_pattern_calls_blank(standalone):
+    """The schema's text pattern and the route agree on a blank text, character by character: Python's white space
+    (U+001C..U+001F and U+0085 included, which ECMAScript's ``\\S`` would count as text) and nothing else."""
+    url, client, _, _ = standalone
+    spec = client.get(f"{url}/openapi.json").json()
+    request = spec["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    text = spec["components"]["schemas"][request["$ref"].rsplit("/", 1)[1]]["properties"]["input"]["anyOf"][0]
+    pattern = re.compile(text["pattern"])
+    assert all((pattern.search(chr(c)) is None) == chr(c).isspace() for c in range(0x3001))
+    for text in (" \t\n", "\x1c\x1e", "\u3000\x85"):
+        resp = embed(standalone, input=["ok", text])
+        assert resp.status_code == 400 and resp.json()["error"]["message"] == "'input[1]' is an empty string"
+    assert embed(standalone, input=["ok", "\ufeff"]).status_code == 200  # text to Python, as to the pattern
 
 
 def dimensions_schema(server) -> dict:

@@ -354,3 +354,21 @@ def test_concurrent_writers_on_one_file_keep_the_cap(path, stores):
         t.join()
     assert sum(isinstance(r, WriteResult) for r in results) == 5
     assert opened[0].unknown_items("u") == 5 and opened[1].count() == 5
+
+
+def test_a_cached_user_with_little_new_is_read_on_the_callers_thread(path, stores):
+    """``user_history_now``: the same answer as ``user_history`` when cheap; None (read it in a thread) for a user not
+    cached, more than ``max_fold`` new rows to fold in, or another reader at work."""
+    a, b = stores(path), stores(path)  # b stands for another worker writing to the same file
+    a.append_future([(f"e{i}", "ann", str(i % 50 + 1), float(i)) for i in range(5)]).result(timeout=30)
+    assert a.user_history_now("ann") is None  # not cached yet
+    first = a.user_history("ann")
+    assert a.user_history_now("ann") == first
+    b.append_future([("late", "ann", "7", 100.0)]).result(timeout=30)
+    now = a.user_history_now("ann")
+    assert now == a.user_history_uncached("ann") and now.items[-1] == "7" and now.n_events == 6
+    b.append_future([(f"x{i}", "bob", "3", float(i)) for i in range(10)]).result(timeout=30)
+    assert a.user_history_now("ann", max_fold=5) is None  # 10 rows to fold: in a thread
+    assert a.user_history_now("ann", max_fold=64) == a.user_history_uncached("ann")
+    with a._cache_lock:  # another reader at work: never wait for it on an event loop
+        assert a.user_history_now("ann") is None

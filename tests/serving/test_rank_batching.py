@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -15,8 +16,9 @@ from recsys import ood
 from recsys.runtime import DeviceRuntime
 from serving.artefacts import load_artefacts
 from serving.device_app import DeviceService, create_device_app
+from serving.engine import TorchEngine
 from serving.event_store import EventStore
-from serving.rank_batcher import Choice, Encoded, RankBatcher, Ranked, RankJob
+from serving.rank_batcher import RankBatcher
 from tests.serving.conftest import API_KEY, AUTH, LiveServer, RandomEditor, random_edit, serve_config, wait_for
 
 TOL = 1e-4
@@ -42,11 +44,19 @@ def banked(runtime) -> DeviceRuntime:
     return rt
 
 
-def mixed_jobs(rt: DeviceRuntime, n: int = 24, seed: int = 0):
+@dataclass
+class Job:
+    window: list[int]
+    k: int
+    exclude: set[int]
+    edit: object
+
+
+def mixed_jobs(rt: DeviceRuntime, n: int = 24, seed: int = 0) -> list[Job]:
     """``n`` jobs mixing empty/short/over-long windows, exclusions, k, and edits: none, shared, per-request."""
     rng = random.Random(seed)
     dim, n_layers = rt.model.head.dim, len(rt.model.head.layers)
-    jobs, edits = [], []
+    jobs = []
     for i in range(n):
         length = rng.choice([0, 1, 3, 20, rt.model.max_seq_len + 15])
         window = [rng.randrange(1, rt.n_items) for _ in range(length)]
@@ -59,32 +69,48 @@ def mixed_jobs(rt: DeviceRuntime, n: int = 24, seed: int = 0):
             edit = rt.prototype_edit(i % 3)  # the same object for every request of this prototype
         else:
             edit = random_edit(f"job{i}", dim, n_layers, "v").head_edit()  # this request's own edit
-        edits.append(edit)
-        jobs.append(RankJob(window, k, exclude, choose=lambda *_, e=edit: Choice("base", None, None, e)))
-    return jobs, edits
+        jobs.append(Job(window, k, exclude, edit))
+    return jobs
 
 
-def check_against_batch_one(rt, jobs, edits, results) -> None:
-    for job, edit, res in zip(jobs, edits, results):
-        assert isinstance(res, Ranked)
-        want_items, want_scores = rt.rank(job.window, job.k, job.exclude, edit)
-        assert_same_ranking(res.items, res.scores, want_items, want_scores)
-        assert not set(res.items) & job.exclude
+async def through_both_steps(batcher: RankBatcher, job: Job, ticket=None):
+    row = await batcher.encode(job.window, ticket=ticket)
+    return row, await batcher.score(row.state, job.edit, job.k, job.exclude)
+
+
+def check_against_batch_one(rt, jobs, results) -> None:
+    for job, (row, (items, scores)) in zip(jobs, results):
+        assert torch.allclose(row.state, rt.user_state(job.window), atol=TOL)
+        assert row.prototype == rt.assign(rt.user_state(job.window))[0]
+        want_items, want_scores = rt.rank(job.window, job.k, job.exclude, job.edit)
+        assert_same_ranking(items, scores, want_items, want_scores)
+        assert not set(items) & job.exclude
+
+
+def run_together(batcher: RankBatcher, jobs: list[Job]):
+    """Every job admitted first (as the HTTP middleware does), then each through both steps concurrently."""
+
+    async def go():
+        tickets = [batcher.admit() for _ in jobs]
+        return await asyncio.gather(*(through_both_steps(batcher, j, t) for j, t in zip(jobs, tickets)))
+
+    return asyncio.run(go())
 
 
 def test_a_batch_ranks_like_batch_one(banked):
     torch.set_num_threads(1)
-    jobs, edits = mixed_jobs(banked)
-    batcher = RankBatcher(banked, max_batch=64, wait_ms=3_600_000)  # only "idle" can run it
-    check_against_batch_one(banked, jobs, edits, batcher.score(jobs))
+    jobs = mixed_jobs(banked)
+    engine = TorchEngine(banked)
+    rows = engine.encode([j.window for j in jobs])
+    ranked = engine.rank([r.state for r in rows], [j.edit for j in jobs], [j.k for j in jobs],
+                         [j.exclude for j in jobs])  # fmt: skip
+    check_against_batch_one(banked, jobs, list(zip(rows, ranked)))
 
-    # the same through the queue: all admitted first, so they form one batch
-    async def go():
-        tickets = [batcher.admit() for _ in jobs]
-        return await asyncio.gather(*(batcher.rank(j, ticket=t) for j, t in zip(jobs, tickets)))
-
-    check_against_batch_one(banked, jobs, edits, asyncio.run(go()))
+    # the same through the queues: all admitted first, so they form one batch in each step
+    batcher = RankBatcher(engine, max_batch=64, wait_ms=3_600_000)  # only "idle" can run it
+    check_against_batch_one(banked, jobs, run_together(batcher, jobs))
     assert [(r.size, r.reason) for r in batcher.stats.recent] == [(len(jobs), "idle")]
+    assert [(r.size, r.reason) for r in batcher.scorer.stats.recent] == [(len(jobs), "idle")]
 
 
 def test_rows_the_banks_ood_score_flags_get_no_prototype(runtime, banked):
@@ -92,7 +118,7 @@ def test_rows_the_banks_ood_score_flags_get_no_prototype(runtime, banked):
     snap = banked.prototypes.model_copy(deep=True)
     rt = DeviceRuntime(runtime.model, runtime.item_tokens)  # its own copy: the fixture is shared
     rt.set_prototypes(snap)
-    jobs, _ = mixed_jobs(rt, n=16, seed=2)
+    jobs = mixed_jobs(rt, n=16, seed=2)
     states = rt.user_states([j.window for j in jobs])
     protos, _ = rt.assign_batch(states)
     with torch.inference_mode():
@@ -100,84 +126,72 @@ def test_rows_the_banks_ood_score_flags_get_no_prototype(runtime, banked):
     snap.ood = ood.OodScore(w_entropy=1.0, w_proto=0.0, bias=0.0, proto_logodds=[0.0] * snap.size,
                             threshold=float(ent.median()))  # about half the rows above it
     rt.set_prototypes(snap)
-    offered = {}
-
-    def ask(i):
-        def choose(proto, state):
-            offered[i] = proto
-            return None  # "ask the cloud": the job ends encoded
-
-        return choose
-
-    for i, j in enumerate(jobs):
-        j.choose = ask(i)
-    RankBatcher(rt).score(jobs)
+    rows = TorchEngine(rt).encode([j.window for j in jobs])
     flagged = (ent > float(ent.median())).tolist()
     assert any(flagged) and not all(flagged) and flagged == rt.ood_flags(states, protos)
-    assert [offered[i] for i in range(len(jobs))] == [None if f else p for f, p in zip(flagged, protos)]
+    assert [r.prototype for r in rows] == [None if f else p for f, p in zip(flagged, protos)]
 
 
-def test_prototypes_are_assigned_per_row_and_encoded_jobs_finish_later(banked):
-    jobs, _ = mixed_jobs(banked, n=12, seed=1)
-    for j in jobs:
-        j.choose = None  # no choice given: base head
-    asked = []
+def test_a_row_whose_edit_comes_later_is_scored_in_a_later_batch(banked):
+    """A request that waits between the steps (e.g. for its cloud edit) does not hold the others' scoring."""
+    jobs = mixed_jobs(banked, n=6, seed=1)
+    batcher = RankBatcher(TorchEngine(banked), max_batch=64, wait_ms=3_600_000)
+    late = asyncio.Event()
 
-    def later(proto, state):
-        asked.append((proto, state))
-        return None  # e.g. the cloud has to be asked
+    async def waits_for_its_edit(job, ticket):
+        row = await batcher.encode(job.window, ticket=ticket)
+        await late.wait()
+        return row, await batcher.score(row.state, job.edit, job.k, job.exclude)
 
-    jobs[3].choose = later
-    results = RankBatcher(banked).score(jobs)
-    state = banked.user_state(jobs[3].window)
-    assert isinstance(results[3], Encoded) and torch.allclose(results[3].state, state, atol=TOL)
-    (proto, seen_state), = asked
-    assert [proto] == [banked.assign(state)[0]] == [results[3].prototype]
-    assert torch.allclose(seen_state, state, atol=TOL)
-    edit = banked.prototype_edit(results[3].prototype)
-    (again,) = RankBatcher(banked).score(
-        [RankJob(jobs[3].window, jobs[3].k, jobs[3].exclude, state=results[3].state,
-                 choice=Choice("prototype-cache", "batch-v1", results[3].prototype, edit))]
-    )
-    assert_same_ranking(again.items, again.scores, *banked.rank(jobs[3].window, jobs[3].k, jobs[3].exclude, edit))
-    for i, res in enumerate(results):
-        if i != 3:
-            assert_same_ranking(res.items, res.scores, *banked.rank(jobs[i].window, jobs[i].k, jobs[i].exclude))
+    async def go():
+        tickets = [batcher.admit() for _ in jobs]
+        slow = asyncio.ensure_future(waits_for_its_edit(jobs[3], tickets[3]))
+        others = [through_both_steps(batcher, j, t) for i, (j, t) in enumerate(zip(jobs, tickets)) if i != 3]
+        done = await asyncio.gather(*others)
+        late.set()
+        return done[:3] + [await slow] + done[3:]
+
+    results = asyncio.run(go())
+    check_against_batch_one(banked, jobs, results)
+    assert [(r.size, r.reason) for r in batcher.stats.recent] == [(6, "idle")]  # one encoder pass
+    assert [r.size for r in batcher.scorer.stats.recent] == [5, 1]  # the late row scored on its own, after
 
 
 def test_a_lone_request_does_not_wait_for_a_batch(banked):
-    jobs, _ = mixed_jobs(banked, n=3)
-    batcher = RankBatcher(banked, max_batch=64, wait_ms=3_600_000)  # an hour: waiting would hang the test
+    jobs = mixed_jobs(banked, n=3)
+    batcher = RankBatcher(TorchEngine(banked), max_batch=64, wait_ms=3_600_000)  # an hour: waiting would hang
 
     async def go():
-        await batcher.rank(jobs[0])  # nothing admitted: runs at once
+        await through_both_steps(batcher, jobs[0])  # nothing admitted: runs at once
         ticket = batcher.admit()
-        await batcher.rank(jobs[1], ticket=ticket)  # the only admitted request: runs at once
+        await through_both_steps(batcher, jobs[1], ticket)  # the only admitted request: runs at once
         batcher.release(ticket)
         assert batcher.expected == 0
 
     asyncio.run(go())
     assert [(r.size, r.reason) for r in batcher.stats.recent] == [(1, "idle"), (1, "idle")]
+    assert [(r.size, r.reason) for r in batcher.scorer.stats.recent] == [(1, "idle"), (1, "idle")]
 
 
 def test_the_wait_for_requests_on_their_way_is_bounded(banked):
-    jobs, _ = mixed_jobs(banked, n=4)
-    bounded = RankBatcher(banked, max_batch=64, wait_ms=5)
+    jobs = mixed_jobs(banked, n=4)
+    engine = TorchEngine(banked)
+    bounded = RankBatcher(engine, max_batch=64, wait_ms=5)
 
     async def stuck_client():
         stuck = bounded.admit()  # admitted but never queued (e.g. a client that stops sending its body)
-        await bounded.rank(jobs[0], ticket=bounded.admit())  # answered after the bound, without it
+        await through_both_steps(bounded, jobs[0], bounded.admit())  # answered after the bound, without it
         bounded.release(stuck)
 
     asyncio.run(stuck_client())
     assert [(r.size, r.reason) for r in bounded.stats.recent] == [(1, "timeout")] and bounded.expected == 0
 
-    batcher = RankBatcher(banked, max_batch=64, wait_ms=3_600_000)
+    batcher = RankBatcher(engine, max_batch=64, wait_ms=3_600_000)
 
     async def failed_request():
         a, b, c = batcher.admit(), batcher.admit(), batcher.admit()
-        first = asyncio.ensure_future(batcher.rank(jobs[1], ticket=a))
-        second = asyncio.ensure_future(batcher.rank(jobs[2], ticket=b))
+        first = asyncio.ensure_future(through_both_steps(batcher, jobs[1], a))
+        second = asyncio.ensure_future(through_both_steps(batcher, jobs[2], b))
         await asyncio.sleep(0)
         assert batcher.queued == 2 and batcher.expected == 1
         batcher.release(c)  # c ends without ranking (e.g. a 422): nobody is on the way any more → run now
@@ -188,18 +202,15 @@ def test_the_wait_for_requests_on_their_way_is_bounded(banked):
 
 
 def test_max_batch_caps_a_batch_and_one_means_batch_one(banked):
-    jobs, edits = mixed_jobs(banked, n=10, seed=2)
-
-    async def go(batcher):
-        tickets = [batcher.admit() for _ in jobs]
-        return await asyncio.gather(*(batcher.rank(j, ticket=t) for j, t in zip(jobs, tickets)))
-
-    capped = RankBatcher(banked, max_batch=4, wait_ms=3_600_000)
-    check_against_batch_one(banked, jobs, edits, asyncio.run(go(capped)))
+    jobs = mixed_jobs(banked, n=10, seed=2)
+    engine = TorchEngine(banked)
+    capped = RankBatcher(engine, max_batch=4, wait_ms=3_600_000)
+    check_against_batch_one(banked, jobs, run_together(capped, jobs))
     assert [(r.size, r.reason) for r in capped.stats.recent] == [(4, "full"), (4, "full"), (2, "idle")]
-    single = RankBatcher(banked, max_batch=1, wait_ms=3_600_000)
-    check_against_batch_one(banked, jobs, edits, asyncio.run(go(single)))
+    single = RankBatcher(engine, max_batch=1, wait_ms=3_600_000)
+    check_against_batch_one(banked, jobs, run_together(single, jobs))
     assert [r.size for r in single.stats.recent] == [1] * len(jobs) and single.stats.mean_size == 1
+    assert [r.size for r in single.scorer.stats.recent] == [1] * len(jobs)
 
 
 # ---- over HTTP ----------------------------------------------------------------------------------
@@ -277,12 +288,13 @@ def test_http_concurrent_requests_are_all_answered_for_the_right_user(device, ba
             queue.put_nowait(i)
         await asyncio.gather(*(client(w, queue) for w in range(16)))
 
-    before = service.batcher.stats.requests
+    before = service.batcher.stats.requests, service.batcher.scorer.stats.requests
     asyncio.run(go())
     assert sorted(answers) == list(range(len(bodies)))
     for i, body in enumerate(bodies):
         check_response(banked, users, body, answers[i])
-    assert service.batcher.stats.requests - before == len(bodies)  # each request scored exactly once
+    after = service.batcher.stats.requests, service.batcher.scorer.stats.requests
+    assert [a - b for a, b in zip(after, before)] == [len(bodies)] * 2  # each request encoded and scored once
     assert service.batcher.expected == 0
 
 

@@ -23,7 +23,7 @@ def test_device_serves_the_real_editors_code_edits_and_the_bytes_are_small(check
     with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=30, headers=AUTH) as c:
         device = DeviceService(cfg, load_artefacts(cfg), cl.url, API_KEY)
         with LiveServer(create_device_app(device, API_KEY)) as dev:
-            wait_for(lambda: device.runtime.edit_encoding_ready == editor.version, timeout=30)
+            wait_for(lambda: device.engine.code_version == editor.version, timeout=30)
             events = [{"event_id": f"e{i}", "user_id": "ann", "item_id": t} for i, t in enumerate(items)]
             assert c.post(f"{dev.url}/v1/events", json={"events": events}).status_code == 200
             resp = rank(c, dev.url, user_id="ann", k=10).json()
@@ -58,7 +58,7 @@ def test_a_dynamic_cloud_publishes_its_learnt_bank_and_the_device_takes_it(check
     with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=30, headers=AUTH) as c:
         device = DeviceService(cfg, load_artefacts(cfg), cl.url, API_KEY)
         with LiveServer(create_device_app(device, API_KEY)) as dev:
-            wait_for(lambda: device.runtime.prototypes is not None and device.runtime.prototypes.version == first,
+            wait_for(lambda: device.engine.bank_version == first,
                      timeout=30)
             for i, t in enumerate(items):  # one event at a time: each new history asks the cloud
                 assert c.post(f"{dev.url}/v1/events", json={"events": [
@@ -67,7 +67,7 @@ def test_a_dynamic_cloud_publishes_its_learnt_bank_and_the_device_takes_it(check
             wait_for(lambda: cloud.state.editor.published >= 2, timeout=30)
             editor = cloud.state.editor
             assert editor.outcomes >= 3 and editor.version.startswith(f"{first}+")
-            wait_for(lambda: device.runtime.prototypes.version != first, timeout=30)
+            wait_for(lambda: device.engine.bank_version != first, timeout=30)
             snap = c.get(f"{cl.url}/v1/prototypes", headers=auth)
             assert snap.status_code == 200 and snap.json()["version"] == snap.headers["ETag"].strip('"')
             again = c.get(f"{cl.url}/v1/prototypes", headers={**auth, "If-None-Match": snap.headers["ETag"]})

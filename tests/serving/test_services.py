@@ -8,11 +8,12 @@ import time
 import httpx
 import pytest
 
-from recsys.runtime import PrototypeSnapshot
+from recsys.runtime import EditPayload, PrototypeSnapshot
 from serving.artefacts import load_artefacts
 from serving.cloud_app import CloudService, create_cloud_app
+from serving.cloud_client import Breaker, CloudClient
 from serving.device_app import DeviceService, create_device_app
-from serving.metrics import read_samples
+from serving.metrics import Metrics, read_samples
 from tests.serving.conftest import API_KEY, AUTH, LiveServer, RandomEditor, random_edit, rank, serve_config, wait_for
 
 
@@ -227,13 +228,14 @@ def test_cloud_reloads_when_adapter_files_change(checkpoint, runtime, tmp_path):
         assert "persona_reloads_total" in c.get(f"{srv.url}/metrics").text
 
 
-class GatedCloud:
-    """TEST DOUBLE of the device's cloud client (in-process, no HTTP): each edit waits for its gate, so the
-    order in which answers land is chosen by the test."""
-
-    available = True
+class GatedCloud(CloudClient):
+    """The device's cloud client with its HTTP call replaced (TEST DOUBLE of the call only: breaker, budget and
+    parsing are the real client's): each edit waits for its gate, so the order in which answers land is chosen
+    by the test."""
 
     def __init__(self, runtime):
+        super().__init__("http://127.0.0.1:9", API_KEY, 1.0, Breaker(retry_s=0.0), Metrics("device"),
+                         EditPayload.model_validate_json)  # a cloud that is back at once
         self.runtime, self.asked, self.gates = runtime, [], []
 
     async def edit(self, tokens, user_id=None, encoding="json", bank_version=None):
@@ -246,12 +248,6 @@ class GatedCloud:
         dim, n_layers = self.runtime.model.head.dim, len(self.runtime.model.head.layers)
         return random_edit(f"gated:{tokens}", dim, n_layers, "gated-v1")
 
-    def mark_down(self):  # a cloud that is back at once
-        pass
-
-    async def aclose(self):
-        pass
-
 
 def test_a_late_cloud_answer_is_never_served_for_a_newer_history(checkpoint, runtime, tmp_path):
     """Request 1 (4 events) times out; events 5-6 arrive; request 2 must ask the cloud again rather than wait on
@@ -263,7 +259,7 @@ def test_a_late_cloud_answer_is_never_served_for_a_newer_history(checkpoint, run
     cfg = serve_config(checkpoint, tmp_path, "serve.budget_ms=100")
     items = [str(t) for t in runtime.item_tokens[1:7]]
     svc = DeviceService(cfg, load_artefacts(cfg), None, API_KEY)
-    svc.cloud = cloud = GatedCloud(runtime)
+    svc.adaptation.client = cloud = GatedCloud(runtime)
 
     def events(lo, hi):
         rows = [{"event_id": f"e{i}", "user_id": "ann", "item_id": items[i]} for i in range(lo, hi)]
@@ -275,21 +271,24 @@ def test_a_late_cloud_answer_is_never_served_for_a_newer_history(checkpoint, run
             f"gated:{items[:n]}", runtime.model.head.dim, len(runtime.model.head.layers), "gated-v1").head_edit())
         return [str(runtime.item_tokens[i]) for i in want]
 
+    def ranked(answer):
+        return [it["item_id"] for it in answer["items"]]
+
     async def scenario():
-        await svc.add_events(events(0, 4))
-        first = await svc.rank(RankRequest(user_id="ann"))
-        assert first.adaptation == "base" and cloud.asked == [items[:4]]  # over budget: fallback
-        await svc.add_events(events(4, 6))  # refresh_every=2: the in-flight request is for an older history
-        second = asyncio.create_task(svc.rank(RankRequest(user_id="ann")))
+        await svc.intake.add(events(0, 4))
+        first = await svc.ranker.rank(RankRequest(user_id="ann"))
+        assert first["adaptation"] == "base" and cloud.asked == [items[:4]]  # over budget: fallback
+        await svc.intake.add(events(4, 6))  # refresh_every=2: the in-flight request is for an older history
+        second = asyncio.create_task(svc.ranker.rank(RankRequest(user_id="ann")))
         await asyncio.sleep(0.02)
         assert cloud.asked == [items[:4], items[:6]]  # asked again for the current history
         cloud.gates[1].set()
         answer = await second
-        assert answer.adaptation == "cloud-edit" and [it.item_id for it in answer.items] == expected(6)
+        assert answer["adaptation"] == "cloud-edit" and ranked(answer) == expected(6)
         cloud.gates[0].set()  # request 1's answer lands last
         await asyncio.sleep(0.05)
-        again = await svc.rank(RankRequest(user_id="ann"))
-        assert [it.item_id for it in again.items] == expected(6) and len(cloud.asked) == 2  # cached, newest kept
+        again = await svc.ranker.rank(RankRequest(user_id="ann"))
+        assert ranked(again) == expected(6) and len(cloud.asked) == 2  # cached, newest kept
         await svc.stop()
 
     asyncio.run(scenario())
