@@ -118,6 +118,7 @@ def refresh_member(model: EditableSeqRec, inputs: torch.Tensor, targets: torch.T
                    seed: int) -> None:  # fmt: skip
     """Warm-started next-item fine-tuning of one member on ``(inputs, targets)`` windows, in place."""
     mark_seen(model, torch.cat([inputs.reshape(-1), targets.reshape(-1)]))
+    torch.manual_seed(seed)  # dropout: the same refresh on the same events gives the same weights
     weights = (targets > 0).sum(1).numpy()
     settings = LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, grad_clip=cfg.grad_clip, patience=1)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)

@@ -59,7 +59,8 @@ def test_a_version_never_sees_an_event_at_or_after_the_rows_it_serves():
                                torch.cat([rows.target[:later], changed.target[later:]]), rows.time, rows.user)
         again = states_by_version(rewritten, first=40)[k][3]
         for mine, theirs in zip(states, again):
-            assert all(torch.equal(mine[n], theirs[n]) for n in mine), k
+            # a version that read a rewritten event would move by ~lr (1e-2); reductions may differ in the last bits
+            assert all(torch.allclose(mine[n], theirs[n], atol=1e-3) for n in mine), k
     assert not all(torch.equal(a, b) for a, b in zip(runs[0][3][0].values(), runs[-1][3][0].values()))
 
 
@@ -97,3 +98,22 @@ def test_a_new_item_starts_from_its_llm_view():
     with torch.no_grad():
         after = model.item_embeddings
     assert bool(model.side.seen[-1]) and torch.allclose(after, before)  # same scores until it trains
+
+
+def test_a_refresh_is_reproducible_with_dropout():
+    rows = stream()
+
+    def refreshed(global_seed: int):
+        members = teacher()
+        for m in members.models:
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.Dropout):
+                    mod.p = 0.3
+        torch.manual_seed(global_seed)  # whatever the global random state before the refresh
+        fresh = FreshTeacher(members, replay(), CFG)
+        fresh.advance(rows, 100)
+        return fresh.teacher.models[0].state_dict()
+
+    a, b = refreshed(1), refreshed(2)
+    # the same dropout masks; float reductions may still differ in the last bits between runs
+    assert all(torch.allclose(a[n], b[n], atol=1e-3) for n in a), [(n, float((a[n] - b[n]).abs().max())) for n in a]
