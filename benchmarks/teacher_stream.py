@@ -81,7 +81,7 @@ def plot(curves: dict, table: dict, path: Path, title: str) -> None:
     ax.set_xlabel("events that ask the cloud (%)")
     ax.set_ylabel("NDCG@10 (test period)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
