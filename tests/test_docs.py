@@ -83,3 +83,15 @@ def test_every_library_module_has_a_test_or_a_reason():
             if not used and module not in reasons:
                 missing.append(module)
     assert not missing, f"no test imports these and docs/layout.md gives no reason: {missing}"
+
+
+def test_make_bench_runs_every_benchmark_or_says_why_not():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
+    named = set(run_all.SCRIPTS) | set(run_all.SKIPPED)
+    assert scripts == named, scripts ^ named
+    assert not set(run_all.SCRIPTS) & set(run_all.SKIPPED)
