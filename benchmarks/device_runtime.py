@@ -116,7 +116,7 @@ def markdown(r: dict) -> str:
         f"{s['onnx_ranker.onnx']:,} + item table {s['onnx_items.npy']:,} = {s['onnx_total']:,} B |", "",
         f"The bare models (user state → base head → scores → top 10, no runtime around them): torch eager "
         f"{b['torch']:.3f} ms, onnxruntime {b['onnx']:.3f} ms ({r['model_only_speedup']:.1f}×).", "",
-        "`python benchmarks/device_runtime.py`", ""])  # fmt: skip
+        f"Checkpoint `{r['checkpoint']}`; `{r['command']}`", ""])  # fmt: skip
 
 
 def main() -> int:
@@ -126,8 +126,10 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
+    parser.add_argument("--runs", default=str(ROOT / "runs"), help="checkpoints' output_dir (runs/small: D=32)")
+    parser.add_argument("--name", default="device_runtime", help="report stem")
     args = parser.parse_args()
-    ckpt = run_layout.seed_dir(ROOT / "runs", args.dataset, args.model, 0)
+    ckpt = run_layout.seed_dir(Path(args.runs), args.dataset, args.model, 0)
     if not (ckpt / "model.yaml").is_file():
         print(f"no checkpoint at {ckpt}: run `make run` (or `persona train dataset={args.dataset}`)")
         return 2
@@ -138,11 +140,13 @@ def main() -> int:
         size = sizes(ckpt, Path(tmp))
         result = measure(ckpt, Path(tmp), hists, args.repeats)
     result |= {"dataset": args.dataset, "model": args.model, "repeats": args.repeats, "sizes": size,
-               "load_before": load_before, "load_after": os.getloadavg()}  # fmt: skip
+               "load_before": load_before, "load_after": os.getloadavg(),
+               "checkpoint": str(ckpt.relative_to(ROOT)) if ckpt.is_relative_to(ROOT) else str(ckpt),
+               "command": "python " + " ".join(["benchmarks/device_runtime.py", *sys.argv[1:]])}  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "device_runtime.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "device_runtime.md").write_text(markdown(result))
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{args.name}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
 

@@ -107,7 +107,7 @@ def cloud_ms_per_edit(model, teacher, rows: Interaction, cfg: DistillConfig, n_b
 
 
 def run_seed(seed: int, args, split, rows, teacher, target, cfg) -> tuple[dict[str, dict], dict]:
-    ckpt = run_layout.seed_dir(ROOT / "runs", args.dataset, args.model, seed)
+    ckpt = run_layout.seed_dir(Path(args.device_runs), args.dataset, args.model, seed)
     model, _, tokens = load_checkpoint(ckpt)
     teacher.check_serves(tokens, str(ckpt))
     t0 = time.perf_counter()
@@ -172,6 +172,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--model", default="sasrec", help="the device model")
+    parser.add_argument("--device-runs", default=str(ROOT / "runs"),
+                        help="the device checkpoints' output_dir (e.g. runs/small for another device size)")
+    parser.add_argument("--name", default="", help="report stem suffix (distill-<dataset>[-valid][-NAME])")
     parser.add_argument("--teacher-models", default="sasrec,gru4rec")
     parser.add_argument("--seeds", default="0,1,2", help="the device's seeds")
     parser.add_argument("--teacher-seeds", default="0,1,2")
@@ -207,12 +210,13 @@ def main() -> int:
         shares.append(share_of_gain(seed_results["device alone"]["ndcg@10"],
                                     seed_results["device + fresh distilled edit"]["ndcg@10"],
                                     teacher_metrics["ndcg@10"]))  # fmt: skip
-    dim = load_checkpoint(members[0])[0].head.dim
+    device_dir = run_layout.seed_dir(Path(args.device_runs), args.dataset, args.model, seeds[0])
+    dim = load_checkpoint(device_dir)[0].head.dim  # the edit is the device's last-layer bias
     meta = {
         "dataset": args.dataset,
         "protocol": split.protocol,
         "split": f"{args.split}, {len(rows):,} rows, RecBole full ranking over {split.n_items - 1:,} items",
-        "device": f"{args.model}, seeds {seeds} (runs/{args.dataset}/{args.model}/seed*)",
+        "device": f"{args.model}, seeds {seeds} ({args.device_runs}/{args.dataset}/{args.model}/seed*)",
         "teacher": f"mean log-softmax of {len(members)} checkpoints: "
         + ", ".join(p.relative_to(ROOT).as_posix() for p in members),
         "solver": cfg.model_dump(),
@@ -225,7 +229,8 @@ def main() -> int:
     }
     title = (f"A cloud teacher distilled into the device per request ({args.dataset}, {args.split} split, "
              f"{args.model} device, {len(seeds)} seeds)")  # fmt: skip
-    stem = f"distill-{args.dataset}" + ("-valid" if args.split == "valid" else "")
+    suffix = (["valid"] if args.split == "valid" else []) + ([args.name] if args.name else [])
+    stem = "-".join(["distill", args.dataset, *suffix])
     json_path, md = write_report(Path(args.out), stem, title, results, meta, KEYS,
                                  notes(extras, shares, dim, cfg, loadavg))  # fmt: skip
     payload = json.loads(json_path.read_text())
