@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from llm_cloud.distill import last_bias_edit
-from recsys import metrics
+from recsys import metrics, ood
 from recsys.models import EditableSeqRec
 
 FEATURES = ("log_age", "drift", "entropy", "margin", "top10_agreement", "new_items", "has_edit")
@@ -30,7 +30,7 @@ def holders(asks: np.ndarray, previous: np.ndarray, ttl: int | None = None) -> n
     out = np.full(len(asks), -1, dtype=np.int64)
     for j in range(len(asks)):
         out[j] = j if asks[j] else (out[previous[j]] if previous[j] >= 0 else -1)
-    return expired(out, np.arange(len(out)), user_positions(previous), ttl)
+    return out if ttl is None else expired(out, np.arange(len(out)), user_positions(previous), ttl)
 
 
 def expired(hold: np.ndarray, rows: np.ndarray, positions: np.ndarray, ttl: int | None) -> np.ndarray:
@@ -87,19 +87,18 @@ class DeviceView:
         edit = None if deltas is None else last_bias_edit(deltas, len(self.model.head.layers), clip=float("inf"))
         return self.model.logits(self.model.head(self.states[rows], edit))
 
+    def row_batches(self) -> tuple[torch.Tensor, ...]:
+        return torch.arange(len(self.targets)).split(self.batch)
+
     def ranks(self, deltas: torch.Tensor | None, holder: np.ndarray | None = None) -> torch.Tensor:
         """``[N]`` target ranks with the edit each row holds (``deltas[holder]``; ``holder=-1``: none)."""
-        out = []
-        for start in range(0, len(self.targets), self.batch):
-            rows = torch.arange(start, min(start + self.batch, len(self.targets)))
-            out.append(metrics.target_rank(self.scores(rows, held(deltas, holder, rows)), self.targets[rows]))
-        return torch.cat(out)
+        return torch.cat([metrics.target_rank(self.scores(rows, held(deltas, holder, rows)), self.targets[rows])
+                          for rows in self.row_batches()])  # fmt: skip
 
     def list_ranks(self, lists: torch.Tensor, holder: np.ndarray) -> torch.Tensor:
         """``[N]`` target ranks when the device shows the held top-k list first (in its order), then its own."""
         out = []
-        for start in range(0, len(self.targets), self.batch):
-            rows = torch.arange(start, min(start + self.batch, len(self.targets)))
+        for rows in self.row_batches():
             scores = self.scores(rows, None)
             h = torch.as_tensor(holder[rows.numpy()])
             mine = torch.nonzero(h >= 0).view(-1)
@@ -130,15 +129,20 @@ def features(view: DeviceView, deltas: torch.Tensor, rows: torch.Tensor, hold: n
     mine, ref = view.states[rows], view.states[torch.as_tensor(np.maximum(hold, 0))]
     drift = torch.where(torch.as_tensor(has), 1 - torch.cosine_similarity(mine, ref, dim=-1), torch.ones(()))
     scores = view.scores(rows, held(deltas, hold, torch.arange(len(rows))) if deltas is not None else None)
+    entropy = ood.entropy(scores)
     scores = scores[:, 1:]  # the padding column is -inf
-    logp = torch.log_softmax(scores, dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1)
     top2 = scores.topk(2, dim=-1).values
     base_top = view.scores(rows, None)[:, 1:].topk(10, dim=-1).indices
     agree = (scores.topk(10, dim=-1).indices.unsqueeze(2) == base_top.unsqueeze(1)).any(2).float().mean(1)
     cols = [np.log1p(age), drift.numpy(), entropy.numpy(), (top2[:, 0] - top2[:, 1]).numpy(), agree.numpy(),
             view.new_items[rows].numpy(), has.astype(np.float64)]  # fmt: skip
     return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
+
+
+def features_of_rows(view: DeviceView, deltas: torch.Tensor | None, hold: np.ndarray,
+                     positions: np.ndarray) -> np.ndarray:  # fmt: skip
+    """:func:`features` of every row, in the view's batches."""
+    return np.concatenate([features(view, deltas, rows, hold[rows.numpy()], positions) for rows in view.row_batches()])
 
 
 @dataclass
@@ -178,9 +182,7 @@ def training_set(view: DeviceView, deltas: torch.Tensor, previous: np.ndarray, t
     rows = np.arange(len(previous))
     hold = expired(before_asking(holders(random_asks(len(previous), rate, seed), previous, ttl), previous), rows,
                    positions, ttl)  # fmt: skip
-    x = np.concatenate([features(view, deltas, rows, hold[rows.numpy()], positions)
-                        for rows in torch.arange(len(previous)).split(view.batch)])  # fmt: skip
-    return x, fresh_gain(view, deltas, hold)
+    return features_of_rows(view, deltas, hold, positions), fresh_gain(view, deltas, hold)
 
 
 def detector_holders(view: DeviceView, deltas: torch.Tensor, detector: Detector, rate: float,

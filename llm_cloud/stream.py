@@ -43,6 +43,10 @@ class StreamRows:
     def __len__(self) -> int:
         return len(self.time)
 
+    def part(self, lo: int, hi: int) -> StreamRows:
+        """Rows ``[lo, hi)``."""
+        return StreamRows(self.seq[lo:hi], self.length[lo:hi], self.target[lo:hi], self.time[lo:hi], self.user[lo:hi])
+
     def before(self, t: float) -> int:
         """The number of rows whose event happened strictly before ``t`` (they are a prefix)."""
         return int(np.searchsorted(self.time, t, side="left"))

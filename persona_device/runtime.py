@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from persona_device.model import OnnxModel
-from persona_device.wire import Edit, Payload, Snapshot
+from persona_device.wire import Edit, Payload, Snapshot, check_snapshot
 
 
 class OnnxDeviceRuntime:
@@ -46,12 +46,7 @@ class OnnxDeviceRuntime:
     # ---- the cached bank and received edits --------------------------------------------------------
 
     def set_prototypes(self, snapshot: Snapshot) -> None:
-        if snapshot.size and snapshot.dim != self.model.meta.dim:
-            raise ValueError(f"prototype dim {snapshot.dim} != model dim {self.model.meta.dim}")
-        if snapshot.ood is not None and len(snapshot.ood.proto_logodds) != snapshot.size:
-            raise ValueError(f"OOD score for {len(snapshot.ood.proto_logodds)} prototypes, bank has {snapshot.size}")
-        if snapshot.cache_ok is not None and len(snapshot.cache_ok) != snapshot.size:
-            raise ValueError(f"cache_ok for {len(snapshot.cache_ok)} prototypes, bank has {snapshot.size}")
+        check_snapshot(snapshot, self.model.meta.dim)
         edits = [e.dense_edit() for e in snapshot.edits]  # decoded before swapping: never half-updated
         self.prototypes, self._proto_edits = snapshot, edits
 

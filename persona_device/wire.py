@@ -37,6 +37,17 @@ def part_names(n_layers: int) -> list[str]:
     return [f"{kind}.{layer}" for layer in range(n_layers) for kind in ("dW", "db")]
 
 
+def check_snapshot(snapshot, dim: int) -> None:
+    """A bank snapshot (this module's :class:`Snapshot` or ``recsys.runtime.PrototypeSnapshot``: the same fields)
+    fits a head of width ``dim`` and is consistent with itself; ``ValueError`` naming what does not."""
+    if snapshot.size and snapshot.dim != dim:
+        raise ValueError(f"prototype dim {snapshot.dim} != model dim {dim}")
+    if snapshot.ood is not None and len(snapshot.ood.proto_logodds) != snapshot.size:
+        raise ValueError(f"OOD score for {len(snapshot.ood.proto_logodds)} prototypes, bank has {snapshot.size}")
+    if snapshot.cache_ok is not None and len(snapshot.cache_ok) != snapshot.size:
+        raise ValueError(f"cache_ok for {len(snapshot.cache_ok)} prototypes, bank has {snapshot.size}")
+
+
 def unpack(data: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     """Base64 little-endian ``dtype`` values as float32 ``shape``; a wrong length raises ``ValueError``."""
     raw = base64.b64decode(data.encode(), validate=True)

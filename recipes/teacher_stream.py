@@ -26,7 +26,7 @@ from llm_cloud.request_sim import (
     DeviceView,
     before_asking,
     detector_holders,
-    features,
+    features_of_rows,
     holders,
     oracle_asks,
     random_asks,
@@ -34,7 +34,7 @@ from llm_cloud.request_sim import (
 )
 from llm_cloud.stream import StreamRows
 from llm_cloud.teacher import EnsembleTeacher
-from recsys import metrics
+from recsys import metrics, ood
 from recsys.evaluate import target_slices
 from recsys.metrics import auroc
 from recsys.models import EditableSeqRec
@@ -61,7 +61,7 @@ def stream_of(split: SplitData, limit: int = 0) -> tuple[StreamRows, int]:
     valid = StreamRows.from_rows(split.eval_rows("valid"), uid, tf)
     test = StreamRows.from_rows(split.eval_rows("test"), uid, tf)
     if limit:
-        valid, test = part(valid, 0, limit), part(test, 0, limit)
+        valid, test = valid.part(0, limit), test.part(0, limit)
     return StreamRows.concat([valid, test]), len(valid)
 
 
@@ -91,8 +91,7 @@ def fresh_teacher_valid_score(members: EnsembleTeacher, split: SplitData, cfg: R
                               limit: int = 0) -> float:  # fmt: skip
     """Teacher NDCG@10 on the validation period, refreshing inside it with ``cfg`` (None: frozen; selection only)."""
     stream, n_valid = stream_of(split, limit)
-    valid = StreamRows(stream.seq[:n_valid], stream.length[:n_valid], stream.target[:n_valid],
-                       stream.time[:n_valid], stream.user[:n_valid])  # fmt: skip
+    valid = stream.part(0, n_valid)
     if cfg is None:
         versions = frozen_versions(members, valid, 0)
     else:
@@ -103,9 +102,7 @@ def fresh_teacher_valid_score(members: EnsembleTeacher, split: SplitData, cfg: R
 
 def row_metrics(ranks: torch.Tensor, targets: torch.Tensor, train_counts: np.ndarray) -> dict[str, float]:
     """Means over rows, and over the new / seen / tail slices (with their row counts)."""
-    out = {}
-    for key, fn in (("ndcg@10", metrics.ndcg), ("hit@10", metrics.hit), ("mrr@10", metrics.mrr)):
-        out[key] = float(fn(ranks).mean())
+    out = {key: float(v.mean()) for key, v in metrics.per_ranks(ranks).items()}
     for name, mask in target_slices(targets, train_counts).items():
         out[f"{name}/rows"] = float(mask.sum())
         if mask.any():
@@ -153,19 +150,12 @@ def fit_detectors(view: DeviceView, deltas: torch.Tensor, previous: np.ndarray) 
     return {ttl: Detector.fit(*training_set(view, deltas, previous, ttl)) for ttl in TTLS.values()}
 
 
-def part(view_rows: StreamRows, lo: int, hi: int) -> StreamRows:
-    return StreamRows(view_rows.seq[lo:hi], view_rows.length[lo:hi], view_rows.target[lo:hi],
-                      view_rows.time[lo:hi], view_rows.user[lo:hi])  # fmt: skip
-
-
 def miss_aurocs(view: DeviceView, detector: Detector) -> dict[str, float]:
     """AUROC at flagging the device's own misses (target outside its top 10), no edit held: the detector's
     score beside the entropy of the device's distribution."""
     n = len(view.targets)
-    none = np.full(n, -1)
-    x = np.concatenate([features(view, None, rows, none[rows.numpy()], np.zeros(n, dtype=np.int64))
-                        for rows in torch.arange(n).split(view.batch)])  # fmt: skip
-    missed = (view.ranks(None) >= 10).numpy().astype(np.int64)
+    x = features_of_rows(view, None, np.full(n, -1), np.zeros(n, dtype=np.int64))
+    missed = (view.ranks(None) >= ood.MISS_AT).numpy().astype(np.int64)
     return {"detector": auroc(detector.score(x), missed), "entropy": auroc(x[:, FEATURES.index("entropy")], missed)}
 
 
@@ -181,7 +171,7 @@ class StreamResults:
 def evaluate_stream(split: SplitData, devices: dict[int, EditableSeqRec], members: EnsembleTeacher,
                     refresh: RefreshConfig, dcfg: DistillConfig, k: int, limit: int = 0) -> StreamResults:  # fmt: skip
     stream, n_valid = stream_of(split, limit)
-    valid, test = part(stream, 0, n_valid), part(stream, n_valid, len(stream))
+    valid, test = stream.part(0, n_valid), stream.part(n_valid, len(stream))
     models = list(devices.values())
     frozen = teacher_pass(frozen_versions(members, stream, 0), stream, 0, models, dcfg, k)
     fresh_teacher = FreshTeacher(copy.deepcopy(members), split.train_sequences, refresh)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from recsys import metrics
+
 MISS_AT = 10  # a miss: the next item is outside the base model's top 10
 
 
@@ -27,7 +29,7 @@ def missed(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``[B]`` bool: the target ranks ``MISS_AT`` or lower (padding column excluded, ties counted against)."""
     s = logits.clone()
     s[..., 0] = float("-inf")
-    return (s > s.gather(1, targets.view(-1, 1))).sum(1) >= MISS_AT
+    return metrics.target_rank(s, targets) >= MISS_AT
 
 
 def logit(p: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from persona_device import wire
+from persona_device.wire import part_names
 from recsys.atomic_io import atomic_write_text
 from recsys.checkpoint import load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
@@ -34,17 +36,8 @@ def pack(array: np.ndarray | torch.Tensor, dtype: str) -> str:
 
 
 def unpack(data: str, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of :func:`pack` as float32 ``shape``; a wrong length raises ``ValueError``."""
-    raw = base64.b64decode(data.encode(), validate=True)
-    a = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
-    if a.size != int(np.prod(shape)):
-        raise ValueError(f"packed data holds {a.size} values, expected {int(np.prod(shape))} for shape {shape}")
-    return torch.from_numpy(a.astype(np.float32).reshape(shape))
-
-
-def part_names(n_layers: int) -> list[str]:
-    """A head edit's parts in wire order: ``dW.0, db.0, dW.1, db.1, …`` (:attr:`EditPayload.parts`)."""
-    return [f"{kind}.{layer}" for layer in range(n_layers) for kind in ("dW", "db")]
+    """Inverse of :func:`pack` as float32 ``shape`` (``persona_device.wire.unpack``); a wrong length: ``ValueError``."""
+    return torch.from_numpy(wire.unpack(data, dtype, shape))
 
 
 def prototype_plus_residual(
@@ -275,12 +268,7 @@ class DeviceRuntime:
         return self.model.n_items
 
     def set_prototypes(self, snapshot: PrototypeSnapshot) -> None:
-        if snapshot.size and snapshot.dim != self.model.head.dim:
-            raise ValueError(f"prototype dim {snapshot.dim} != model dim {self.model.head.dim}")
-        if snapshot.ood is not None and len(snapshot.ood.proto_logodds) != snapshot.size:
-            raise ValueError(f"OOD score for {len(snapshot.ood.proto_logodds)} prototypes, bank has {snapshot.size}")
-        if snapshot.cache_ok is not None and len(snapshot.cache_ok) != snapshot.size:
-            raise ValueError(f"cache_ok for {len(snapshot.cache_ok)} prototypes, bank has {snapshot.size}")
+        wire.check_snapshot(snapshot, self.model.head.dim)
         edits = [e.head_edit() for e in snapshot.edits]  # decode before swapping: never half-updated
         if snapshot.decoder is not None:
             snapshot.decoder.tensors  # noqa: B018 - decoded (and checked) here, once, not on the first edit
