@@ -3,26 +3,19 @@
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
 from tests.device_models import trained
+from tests.import_rules import imports_of, refusing
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 FORBIDDEN = ("torch", "recbole", "pydantic", "recsys", "llm_cloud", "serving", "codebook", "recipes")
-RUN_ALONE = """
-import sys
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {forbidden!r}:
-            raise ImportError("no " + name + " on this device")
-sys.meta_path.insert(0, Refuse())
+RUN_ALONE = refusing(FORBIDDEN) + """
 from persona_device.runtime import OnnxDeviceRuntime
 rt = OnnxDeviceRuntime.load({export!r})
 items, scores = rt.rank([1, 2, 3], 5, exclude={{1, 2, 3}})
@@ -43,19 +36,9 @@ def test_the_runtime_ranks_in_a_process_where_torch_cannot_be_imported(export_di
     assert proc.stdout.strip() == "[]"
 
 
-def _imports(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module.split(".")[0])
-    return names
-
-
 def test_the_package_imports_only_the_standard_library_numpy_and_onnxruntime():
     for path in sorted((ROOT / "persona_device").rglob("*.py")):
-        others = {n for n in _imports(path) if n not in sys.stdlib_module_names}
+        others = {n for n in imports_of(path) if n not in sys.stdlib_module_names}
         assert others <= {"numpy", "onnxruntime", "persona_device"}, (path.name, others)
 
 

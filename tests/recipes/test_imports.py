@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from tests.import_rules import imports_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -11,13 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _imported(package: str) -> dict[str, set[str]]:
     out = {}
     for path in (ROOT / package).rglob("*.py"):
-        names: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names.add(node.module.split(".")[0])
-        out[str(path.relative_to(ROOT))] = names
+        out[str(path.relative_to(ROOT))] = imports_of(path)
     return out
 
 

@@ -15,17 +15,13 @@ from recsys.runtime import DeviceRuntime, PrototypeSnapshot
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.engine import onnx_export_dir
 from tests.conftest import ROOT
+from tests.import_rules import refusing
 from tests.serving.conftest import API_KEY, LiveServer, real_editor_checkpoint, serve_config
 
 FORBIDDEN = ("torch", "recbole", "pydantic", "fastapi", "httpx", "recsys", "llm_cloud", "serving", "codebook",
              "recipes")  # fmt: skip
-ALONE = """
-import runpy, sys
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {forbidden!r}:
-            raise ImportError("no " + name + " on this device")
-sys.meta_path.insert(0, Refuse())
+ALONE = refusing(FORBIDDEN) + """
+import runpy
 sys.argv = ["device_alone.py", *{args!r}]
 runpy.run_path({script!r}, run_name="__main__")
 """
