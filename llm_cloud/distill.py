@@ -64,14 +64,18 @@ def distilled_edit(
     item_len: torch.Tensor,
     teacher_log_probs: torch.Tensor,
     cfg: DistillConfig | None = None,
+    states: torch.Tensor | None = None,
 ) -> HeadEdit:
-    """The per-row edit ``[B, D]`` (last layer's bias only) that makes the device reproduce the teacher."""
+    """The per-row edit ``[B, D]`` (last layer's bias only) that makes the device reproduce the teacher;
+    ``states``: the histories' user states ``[B, D]`` where the caller has them (the device sent them), else
+    encoded here."""
     cfg = cfg or DistillConfig()
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            states = model.user_state(item_seq, item_len)
+        if states is None:
+            with torch.no_grad():
+                states = model.user_state(item_seq, item_len)
         delta = solve_query_delta(model, states, teacher_log_probs, cfg)
     finally:
         model.train(was_training)

@@ -12,7 +12,7 @@ head (no cached edit was measured to beat it).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ import torch
 from llm_cloud.distill import DistillConfig, distilled_edit
 from llm_cloud.editor import EditAsk, edit_one, edit_row, padded
 from llm_cloud.teacher import EnsembleTeacher
-from recsys.checkpoint import CheckpointError, load_checkpoint
+from recsys.checkpoint import CheckpointError, Loaded, load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
 from recsys.runtime import EditPayload, PrototypeSnapshot
 
@@ -38,34 +38,50 @@ class DistilledEditor:
         self._snapshot = PrototypeSnapshot(version=version, dim=device.head.dim)
 
     @classmethod
-    def load(cls, device_dir: Path, teacher_dirs: Sequence[Path], cfg: DistillConfig) -> DistilledEditor:
-        """The served checkpoint and the teacher's; a teacher that cannot teach this device (another vocabulary,
-        a shorter window, a missing checkpoint) is a :class:`CheckpointError` naming it."""
+    def load(cls, device_dir: Path, teacher_dirs: Sequence[Path], cfg: DistillConfig,
+             read: Callable[[Path], Loaded] = load_checkpoint) -> DistilledEditor:  # fmt: skip
+        """The served checkpoint and the teacher's, each read once with ``read`` (a member that is the device's own
+        checkpoint is the same model); a teacher that cannot teach this device (another vocabulary, a shorter
+        window, a missing checkpoint) is a :class:`CheckpointError` naming it."""
         device_dir = Path(device_dir)
         teacher_dirs = [Path(p) for p in teacher_dirs]
         if not teacher_dirs:
             raise CheckpointError("the distilled edit needs a teacher: set cloud.teacher=[DIR,...] or train one "
                                   "(`make run`)")  # fmt: skip
-        device, _, tokens = load_checkpoint(device_dir)
+        device, _, tokens = read(device_dir)
         try:
-            teacher = EnsembleTeacher.load(teacher_dirs)
+            teacher = EnsembleTeacher.load(teacher_dirs, read=read)
             teacher.check_serves(tokens, f"the served checkpoint {device_dir}")
             return cls(device, teacher, cfg, version(device_dir, teacher_dirs, cfg))
         except ValueError as exc:
             raise CheckpointError(f"cloud.teacher cannot teach this device: {exc}") from exc
 
-    def solve(self, seq: torch.Tensor, length: torch.Tensor) -> HeadEdit:
-        """The batched edit (last layer's bias ``[B, D]``) for right-padded histories ``seq`` of ``length`` items."""
+    def solve(self, seq: torch.Tensor, length: torch.Tensor, states: torch.Tensor | None = None) -> HeadEdit:
+        """The batched edit (last layer's bias ``[B, D]``) for right-padded histories ``seq`` of ``length`` items
+        whose user states are ``states`` (None: encoded here)."""
         with torch.no_grad():
             target = self.teacher.log_probs(seq, length)
         with torch.enable_grad():  # the solve differentiates in δ, whatever the caller's mode
-            return distilled_edit(self.device, seq, length, target, self.cfg)
+            return distilled_edit(self.device, seq, length, target, self.cfg, states)
+
+    def states(self, asks: list[EditAsk], seq: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """``[B, D]``: the state each device sent for its history, the device model's own where it sent none."""
+        out = torch.empty(len(asks), self.device.head.dim)
+        missing = [row for row, ask in enumerate(asks) if ask.state is None]
+        if missing:
+            with torch.no_grad():
+                out[missing] = self.device.user_state(seq[missing], length[missing])
+        for row, ask in enumerate(asks):
+            if ask.state is not None:
+                out[row] = torch.as_tensor(ask.state, dtype=torch.float32)
+        return out
 
     def edit_many(self, asks: list[EditAsk]) -> list[EditPayload]:
         """One teacher pass and one solve for every ask (each row the edit its history gets alone)."""
         n, T = self.device.n_items, self.device.max_seq_len
         seq, length = padded([[i for i in ask.item_ids if 0 < i < n][-T:] for ask in asks], T)
-        edit = self.solve(seq, length.clamp(min=1))  # an empty history reads as the device's: padding, length 1
+        length = length.clamp(min=1)  # an empty history reads as the device's: padding, length 1
+        edit = self.solve(seq, length, self.states(asks, seq, length))
         return [EditPayload.from_head_edit(edit_row(edit, row), self.version, None, wire_encoding(ask.encoding))
                 for row, ask in enumerate(asks)]  # fmt: skip
 

@@ -11,28 +11,32 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from llm_cloud.adapter import Adapter, left_padded_windows
 from llm_cloud.prototypes import PrototypeBank, clipped_parts
 from llm_cloud.user_context import UserContextHits
 from recsys import ood, run_layout
-from recsys.checkpoint import load_checkpoint
+from recsys.checkpoint import Loaded, load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
 from recsys.runtime import EditDecoder, EditPayload, Encoding, PrototypeSnapshot, pack
 
 
 @dataclass(frozen=True)
 class EditAsk:
-    """One device's request: its recent items (internal ids), the wire encoding, the bank version it caches."""
+    """One device's request: its recent items (internal ids), the wire encoding, the bank version it caches, and
+    the user state ``[D]`` it computed for those items (None: not sent; an editor that needs it encodes them)."""
 
     item_ids: list[int]
     encoding: Encoding = "json"
     bank_version: str | None = None
+    state: np.ndarray | None = None
 
 
 class Editor(Protocol):
@@ -280,10 +284,11 @@ def padded(rows: list[list[int]], max_seq_len: int) -> tuple[torch.Tensor, torch
 
 
 def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None, dynamic: bool = False,
-                publish_every: int = 256, keep: int = 32) -> Editor:
+                publish_every: int = 256, keep: int = 32, read: Callable[[Path], Loaded] = load_checkpoint) -> Editor:
     """The best editor available for a base checkpoint (adapter + bank from ``adapter_dir`` when present;
     ``dynamic``: its bank learns from the traffic, published every ``publish_every`` answers, the last ``keep``
-    published kept for the devices that cache them).
+    published kept for the devices that cache them). The base checkpoint is read with ``read`` (one build shares
+    one model per checkpoint: :func:`recsys.checkpoint.checkpoint_reader`).
 
     ``adapter_dir`` is an adapter directory written by ``persona adapter``; its bank is the one its run
     dir's manifest serves (:meth:`recsys.run_layout.Manifest.served_bank`; derived for old runs).
@@ -298,7 +303,7 @@ def load_editor(checkpoint_dir: Path, dim: int, adapter_dir: Path | None = None,
     bank_dir = run_layout.bank_dir(run, variant) if variant else None
     if bank_dir is None or not (bank_dir / run_layout.BANK_MARK).is_file():
         return BaseEditor(checkpoint_dir, dim)
-    base, _, _ = load_checkpoint(Path(checkpoint_dir))
+    base, _, _ = read(Path(checkpoint_dir))
     adapter, _ = load_adapter(adapter_dir)
     bank = load_bank(bank_dir)
     version = "persona-" + _digest(  # context_items.pt only where the adapter reads user context

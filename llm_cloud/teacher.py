@@ -9,13 +9,13 @@ Checkpoints are read by :func:`recsys.checkpoint.load_checkpoint` (weights only,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from recsys.checkpoint import load_checkpoint
+from recsys.checkpoint import Loaded, load_checkpoint
 from recsys.models import EditableSeqRec, score_with_edit
 
 
@@ -38,11 +38,13 @@ class EnsembleTeacher:
         self.names = list(names)
 
     @classmethod
-    def load(cls, paths: Sequence[Path], vocabulary: np.ndarray | None = None) -> EnsembleTeacher:
-        """Load checkpoint directories; all must share ``vocabulary`` (default: the first one's items.txt)."""
+    def load(cls, paths: Sequence[Path], vocabulary: np.ndarray | None = None,
+             read: Callable[[Path], Loaded] = load_checkpoint) -> EnsembleTeacher:  # fmt: skip
+        """Load checkpoint directories (with ``read``); all must share ``vocabulary`` (default: the first one's
+        items.txt)."""
         models, names = [], []
         for path in paths:
-            model, meta, tokens = load_checkpoint(Path(path))
+            model, meta, tokens = read(Path(path))
             if vocabulary is None:
                 vocabulary = tokens
             if meta.n_items != len(vocabulary) or not _same_vocabulary(tokens, vocabulary):

@@ -48,6 +48,11 @@ def check_snapshot(snapshot, dim: int) -> None:
         raise ValueError(f"cache_ok for {len(snapshot.cache_ok)} prototypes, bank has {snapshot.size}")
 
 
+def pack(array: np.ndarray, dtype: str) -> str:
+    """Little-endian ``dtype`` bytes of ``array`` (flattened), base64 (the inverse of :func:`unpack`)."""
+    return base64.b64encode(np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()).decode()
+
+
 def unpack(data: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     """Base64 little-endian ``dtype`` values as float32 ``shape``; a wrong length raises ``ValueError``."""
     raw = base64.b64decode(data.encode(), validate=True)

@@ -6,6 +6,7 @@ checkpoint; ``model.yaml`` is written last and marks the checkpoint complete.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,23 @@ def load_checkpoint(directory: Path) -> tuple[EditableSeqRec, CheckpointMeta, np
     model.eval()
     tokens = np.asarray((directory / "items.txt").read_text().splitlines())
     return model, meta, tokens
+
+
+Loaded = tuple[EditableSeqRec, CheckpointMeta, np.ndarray]
+
+
+def checkpoint_reader() -> Callable[[Path], Loaded]:
+    """:func:`load_checkpoint` that loads each directory once (by its resolved path): the readers of one build
+    (the served device model, the teacher's members, the adapter's base) share one model per checkpoint."""
+    loaded: dict[Path, Loaded] = {}
+
+    def read(directory: Path) -> Loaded:
+        key = Path(directory).resolve()
+        if key not in loaded:
+            loaded[key] = load_checkpoint(key)
+        return loaded[key]
+
+    return read
 
 
 def export_for_device(checkpoint_dir: Path, out_dir: Path) -> Path:

@@ -8,7 +8,6 @@ the cloud produces them.
 
 from __future__ import annotations
 
-import base64
 import json
 from functools import cached_property
 from pathlib import Path
@@ -30,9 +29,8 @@ ENCODINGS: tuple[str, ...] = get_args(Encoding)
 
 
 def pack(array: np.ndarray | torch.Tensor, dtype: str) -> str:
-    """Little-endian ``dtype`` bytes of ``array`` (flattened), base64."""
-    a = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-    return base64.b64encode(np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()).decode()
+    """Little-endian ``dtype`` bytes of ``array`` (flattened), base64 (``persona_device.wire.pack``)."""
+    return wire.pack(array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array), dtype)
 
 
 def unpack(data: str, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:

@@ -24,8 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
 from persona_device.runtime import OnnxDeviceRuntime  # noqa: E402
-from persona_device.wire import Snapshot  # noqa: E402
+from persona_device.wire import Snapshot, pack  # noqa: E402
 
 
 def call(url: str, key: str, body: dict | None = None, etag: str | None = None, timeout: float = 5.0):
@@ -60,10 +62,12 @@ def sync_bank(rt: OnnxDeviceRuntime, cloud: str, key: str, cache: Path) -> str:
     return f"fetched bank {snap['version']} ({rt.prototypes.size} prototypes)"
 
 
-def cloud_edit(rt: OnnxDeviceRuntime, cloud: str, key: str, tokens: list[str], budget_s: float):
-    """``(edit payload as a dict, round trip in ms)`` from the cloud, or ``(None, why)``."""
+def cloud_edit(rt: OnnxDeviceRuntime, cloud: str, key: str, tokens: list[str], state: np.ndarray, budget_s: float):
+    """``(edit payload as a dict, round trip in ms)`` from the cloud for the history ``tokens`` whose user state
+    the device computed (``state``, sent: the cloud does not encode the history again), or ``(None, why)``."""
     bank = rt.edit_encoding_ready
-    body = {"items": tokens, "encoding": "code" if bank else "fp32", "bank_version": bank}
+    body = {"items": tokens, "encoding": "code" if bank else "fp32", "bank_version": bank,
+            "state": pack(state, "<f4")}  # fmt: skip
     t0 = time.perf_counter()
     try:
         _, payload = call(f"{cloud}/v1/edits", key, body, timeout=budget_s)
@@ -72,9 +76,9 @@ def cloud_edit(rt: OnnxDeviceRuntime, cloud: str, key: str, tokens: list[str], b
     return payload, (time.perf_counter() - t0) * 1e3
 
 
-def rank_alone(rt: OnnxDeviceRuntime, ids: list[int], k: int, payload: dict | None) -> dict:
-    """The ranking with the cloud's edit, else with what the device holds (the device service's rule)."""
-    state = rt.user_states([ids])
+def rank_alone(rt: OnnxDeviceRuntime, ids: list[int], state: np.ndarray, k: int, payload: dict | None) -> dict:
+    """The ranking of the history ``ids`` (user state ``state`` ``[1, D]``) with the cloud's edit, else with what
+    the device holds (the device service's rule)."""
     if payload is not None:
         edit = rt.decode_edit(payload)
         kind = "cloud-edit" if edit is not None else "base"
@@ -109,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     rt = OnnxDeviceRuntime.load(export)
     bank = sync_bank(rt, args.cloud.rstrip("/"), args.api_key, Path(args.cache or export.parent / "prototypes.json"))
     tokens = [t for t in args.items.split(",") if t in rt.token_to_id]
-    payload, rtt = cloud_edit(rt, args.cloud.rstrip("/"), args.api_key, tokens, args.budget_ms / 1e3)
+    ids = [rt.token_to_id[t] for t in tokens]
+    state = rt.user_states([ids])
+    payload, rtt = cloud_edit(rt, args.cloud.rstrip("/"), args.api_key, tokens, state[0], args.budget_ms / 1e3)
     result = {"bank": bank, "history": tokens, "cloud_ms": rtt if payload is not None else None,
-              **rank_alone(rt, [rt.token_to_id[t] for t in tokens], args.k, payload)}  # fmt: skip
+              **rank_alone(rt, ids, state, args.k, payload)}  # fmt: skip
     if payload is None:
         result["why"] = rtt
     if args.json:

@@ -132,7 +132,8 @@ class Adaptation:
         try:
             code_bank = self.engine.code_version  # code edits need the cached bank's decoder: dense until then
             encoding = self.s.edit_encoding if self.s.edit_encoding != "code" or code_bank else "fp32"
-            payload = await self.client.edit(tokens, user_id, encoding, code_bank)
+            state = self.engine.wire_state(asked.state)  # the cloud starts from it: no second encoder pass
+            payload = await self.client.edit(tokens, user_id, encoding, code_bank, state)
             try:
                 received = self.engine.decode(payload)
             except ValueError as exc:

@@ -27,8 +27,9 @@ from fastapi.responses import PlainTextResponse, Response
 from llm_cloud.backbones import Backbone, BackboneConfig, build_backbone
 from llm_cloud.distill_editor import DistilledEditor
 from llm_cloud.editor import EditAsk, Editor, load_editor
+from persona_device.wire import unpack
 from recsys import run_layout
-from recsys.checkpoint import load_checkpoint
+from recsys.checkpoint import Loaded, checkpoint_reader
 from recsys.runtime import EditPayload, PrototypeSnapshot
 from serving.config import AppConfig
 from serving.edit_batcher import EditBatcher
@@ -39,6 +40,7 @@ from serving.schemas import AUTH_ERRORS, ERRORS, EditRequest, Health
 from serving.web import (
     ServiceMiddleware,
     api_key_dependency,
+    field_error,
     install_error_handlers,
     key_first_route,
     metrics_response,
@@ -93,9 +95,10 @@ class CloudService:
         self._watcher: asyncio.Task | None = None
 
     def _build_state(self) -> CloudState:
-        model, meta, tokens = load_checkpoint(self.checkpoint_dir)
+        read = checkpoint_reader()  # the device's checkpoint is loaded once, however many parts read it
+        model, meta, tokens = read(self.checkpoint_dir)
         dim = model.head.dim
-        editor = self._factory() if self._factory else self._load_editor(dim)
+        editor = self._factory() if self._factory else self._load_editor(dim, read)
         t2i = {str(t): i for i, t in enumerate(np.asarray(tokens)) if i > 0}
         return CloudState(
             editor,
@@ -106,14 +109,14 @@ class CloudService:
             dim,
         )
 
-    def _load_editor(self, dim: int) -> Editor:
+    def _load_editor(self, dim: int, read: Callable[[Path], Loaded]) -> Editor:
         teachers = teacher_dirs(self.cfg, self.checkpoint_dir)
         source = edit_source(self.cfg, teachers)
         log.info("cloud edit source", extra={"source": source, "teacher": [str(t) for t in teachers]})
         if source == "distilled":
-            return DistilledEditor.load(self.checkpoint_dir, teachers, self.cfg.cloud.distill)
+            return DistilledEditor.load(self.checkpoint_dir, teachers, self.cfg.cloud.distill, read)
         return load_editor(self.checkpoint_dir, dim, self.adapter_dir, self.s.dynamic_bank, self.s.bank_publish_every,
-                           self.s.bank_keep)  # fmt: skip
+                           self.s.bank_keep, read)  # fmt: skip
 
     def _watched_dirs(self) -> list[Path]:
         """The checkpoint dir, and the teacher's dirs unless the adapter is the set source (``auto`` watches them:
@@ -170,7 +173,8 @@ class CloudService:
             await asyncio.sleep(self.delay_s)
         state = self.state
         ids = [state.token_to_id[t] for t in req.items if t in state.token_to_id]
-        return await self.batcher.edit(state.editor, EditAsk(ids, req.encoding, req.bank_version))
+        user_state = None if req.state is None else device_state(req.state, state.dim)
+        return await self.batcher.edit(state.editor, EditAsk(ids, req.encoding, req.bank_version, user_state))
 
     def health(self) -> Health:
         st = self.state
@@ -182,6 +186,17 @@ class CloudService:
             version=st.editor.version,
             prototypes=st.snapshot.size,
         )
+
+
+def device_state(packed: str, dim: int) -> np.ndarray:
+    """The user state a device sent (base64 float32, ``dim`` values); a 422 naming ``state`` when it is not one."""
+    try:
+        values = unpack(packed, "<f4", (dim,))
+    except ValueError as exc:
+        raise field_error("state", f"must be base64 of {dim} little-endian float32 values ({exc})") from exc
+    if not np.isfinite(values).all():
+        raise field_error("state", "must hold finite values only")
+    return values
 
 
 def teacher_dirs(cfg: AppConfig, checkpoint_dir: Path) -> list[Path]:

@@ -96,9 +96,12 @@ class CloudClient:
             self.metrics.cloud_rtt.labels(endpoint, outcome).observe(time.perf_counter() - t0)
 
     async def edit(self, items: list[str], user_id: str | None = None, encoding: str = "json",
-                   bank_version: str | None = None):  # fmt: skip
-        """The cloud's edit for the window ``items`` (tokens), parsed by ``parse_edit``."""
+                   bank_version: str | None = None, state: str | None = None):  # fmt: skip
+        """The cloud's edit for the window ``items`` (tokens) whose user state the device computed as ``state``
+        (base64 float32; None: the cloud encodes the window), parsed by ``parse_edit``."""
         body = {"items": items, "user_id": user_id, "encoding": encoding, "bank_version": bank_version}
+        if state is not None:
+            body["state"] = state
         resp = await self._request("edits", "POST", "/v1/edits", json=body)
         try:
             return self.parse_edit(resp.content)

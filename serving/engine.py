@@ -25,7 +25,7 @@ import torch
 
 from persona_device.model import META_FILE
 from persona_device.runtime import OnnxDeviceRuntime
-from persona_device.wire import Payload, Snapshot
+from persona_device.wire import Payload, Snapshot, pack
 from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
 from serving.artefacts import Artefacts, require_checkpoint
 from serving.commands.export import ONNX_DIR
@@ -117,6 +117,10 @@ class Engine:
         """Euclidean distance between two user states (the drift policy's signal)."""
         raise NotImplementedError
 
+    def wire_state(self, state) -> str:
+        """A user state as the cloud takes it (``EditRequest.state``: base64 float32)."""
+        raise NotImplementedError
+
     def _stack(self, states: list):
         raise NotImplementedError
 
@@ -145,6 +149,9 @@ class TorchEngine(Engine):
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> float:
         return float(torch.dist(a, b))
 
+    def wire_state(self, state: torch.Tensor) -> str:
+        return pack(state.detach().cpu().numpy(), "<f4")
+
     def _stack(self, states: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(states)
 
@@ -170,6 +177,9 @@ class OnnxEngine(Engine):
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> float:
         return float(np.linalg.norm(a - b))
+
+    def wire_state(self, state: np.ndarray) -> str:
+        return pack(state, "<f4")
 
     def _stack(self, states: list[np.ndarray]) -> np.ndarray:
         return np.stack(states)

@@ -48,6 +48,7 @@ StrictInt = Annotated[int, BeforeValidator(_json_int), Strict()]
 StrictFloat = Annotated[float, Strict()]
 MAX_TIMESTAMP = 7_258_118_400.0  # 2200-01-01T00:00:00Z: later (or non-finite) event times are client bugs
 MAX_UNKNOWN_LISTED = 100  # unknown item ids a ranking answer lists at most
+MAX_STATE_CHARS = 22_000  # base64 of 4,096 float32 values: wider than any head we train
 Adaptation = Literal["cloud-edit", "prototype-cache", "base"]
 
 
@@ -149,6 +150,13 @@ class EditRequest(_Body):
         "json", description="wire format of the edit; `code` needs the bank of version `bank_version` cached"
     )
     bank_version: str | None = Field(None, max_length=200, description="version of the device's cached bank")
+    state: str | None = Field(
+        None,
+        max_length=MAX_STATE_CHARS,
+        pattern=r"^[A-Za-z0-9+/]*={0,2}$",
+        description="the device's user state for `items` (its head's input): base64 of `dim` little-endian float32 "
+        "values; the distilled edit starts from it instead of encoding the history again (the adapter's ignores it)",
+    )
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"items": ["50", "172", "181"]}]})
 

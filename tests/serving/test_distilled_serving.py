@@ -17,7 +17,7 @@ from llm_cloud.distill_editor import DistilledEditor
 from llm_cloud.teacher import EnsembleTeacher
 from recsys import run_layout
 from recsys.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from recsys.runtime import EditPayload
+from recsys.runtime import EditPayload, pack
 from serving.artefacts import load_artefacts
 from serving.auth import Credentials
 from serving.cloud_app import CloudService, create_cloud_app
@@ -165,3 +165,36 @@ def test_a_teacher_of_another_vocabulary_is_refused_at_start_up(checkpoint, runt
     out, _ = proc.communicate(timeout=120)
     errors = [ln for ln in out.splitlines() if ln.startswith("persona serve: error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "another item vocabulary" in errors[0], out[-2000:]
+
+
+def test_the_cloud_solves_from_the_state_the_device_sent_and_reads_the_checkpoint_once(checkpoint, runtime, tmp_path):
+    torch.set_num_threads(1)
+    seed0, seed1 = main_job_runs(checkpoint, tmp_path)
+    cfg = serve_config(checkpoint, tmp_path, f"serve.checkpoint={seed0}")
+    cloud = CloudService(cfg, seed0)
+    editor = cloud.state.editor
+    assert editor.teacher.models[0] is editor.device  # seed 0 serves and teaches: one model, read once
+    history = histories(runtime)[3]
+    ids = [runtime.token_to_id[t] for t in history]
+    state = runtime.user_states([ids])
+    moved = state + torch.randn(state.shape, generator=torch.Generator().manual_seed(1))  # not the history's state
+    seq, length = runtime.encode_histories([ids])
+    target = EnsembleTeacher.load([seed0, seed1]).log_probs(seq, length)
+    want = distilled_edit(runtime.model, seq, length, target, cfg.cloud.distill, states=moved).db[-1][0]
+    with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=60, headers=AUTH) as c:
+
+        def edit(**extra) -> torch.Tensor:
+            resp = c.post(f"{cl.url}/v1/edits", json={"items": history, "encoding": "fp32", **extra})
+            assert resp.status_code == 200, resp.text
+            return runtime.decode_edit(EditPayload.model_validate(resp.json())).db[-1]
+
+        own = edit()
+        assert torch.allclose(edit(state=pack(state[0], "<f4")), own, atol=1e-5)  # the device's state: same edit
+        sent = edit(state=pack(moved[0], "<f4"))
+        assert torch.allclose(sent, want, atol=1e-5) and not torch.allclose(sent, own, atol=1e-2)  # it is used
+        dim = runtime.model.head.dim
+        for bad, why in ((pack(state[0, :-1], "<f4"), f"{dim} little-endian float32"),
+                         (pack(np.full(dim, np.inf), "<f4"), "finite"), ("AAA", "base64"), ("no base64!", "pattern")):
+            resp = c.post(f"{cl.url}/v1/edits", json={"items": history, "state": bad})
+            assert resp.status_code == 422 and "state" in resp.json()["message"], resp.text
+            assert why in resp.text, resp.text

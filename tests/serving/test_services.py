@@ -238,7 +238,7 @@ class GatedCloud(CloudClient):
                          EditPayload.model_validate_json)  # a cloud that is back at once
         self.runtime, self.asked, self.gates = runtime, [], []
 
-    async def edit(self, tokens, user_id=None, encoding="json", bank_version=None):
+    async def edit(self, tokens, user_id=None, encoding="json", bank_version=None, state=None):
         import asyncio
 
         gate = asyncio.Event()
