@@ -6,7 +6,8 @@
 ``ranker.onnx``: ``state`` ``[B, D]``, the head edit ``dW`` ``[B, L, D, D]`` and ``db`` ``[B, L, D]`` (already
 clipped; zeros = no edit), ``exclude`` ``[B, N]`` bool and ``items`` → ``scores`` ``[B, N]`` (padding id 0 and
 excluded items at ``-inf``), ``top_scores`` / ``top_ids`` ``[B, K]`` and ``entropy`` ``[B]`` (of the scores
-before exclusions: the OOD score's input). The item table is an input of both, stored once (``items.npy``).
+before exclusions: the OOD score's input). The item table is an input of both, stored once (``items.npy``); the
+ranker's is the table plus the cloud's item delta where the cached bank carries one.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class OnnxModel:
         directory = Path(directory)
         self.meta = ModelMeta.load(directory)
         self.items = np.load(directory / TABLE_FILE, allow_pickle=False)
+        self.scoring_items = self.items  # the table ranked against: ``items`` + the cached bank's item delta
         self.item_tokens = np.asarray((directory / TOKENS_FILE).read_text().splitlines())
         self.encoder = session(directory / ENCODER_FILE, threads)
         self.ranker = session(directory / RANKER_FILE, threads)
@@ -94,7 +96,7 @@ class OnnxModel:
     ) -> Ranked:
         """Scores, top-``K`` and entropies of ``states`` under per-row edits ``dW``/``db`` with ``exclude``
         (``scores=False``: the top-``K`` only, the other fields None; nothing else is copied out)."""
-        feeds = {"state": states, "dW": dW, "db": db, "exclude": exclude, "items": self.items}
+        feeds = {"state": states, "dW": dW, "db": db, "exclude": exclude, "items": self.scoring_items}
         if scores:
             return Ranked(*self.ranker.run(None, feeds))
         return Ranked(None, *self.ranker.run(["top_scores", "top_ids"], feeds), None)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from persona_device.model import OnnxModel
-from persona_device.wire import Edit, Payload, Snapshot, check_snapshot
+from persona_device.wire import Edit, Payload, Snapshot, check_snapshot, scoring_table
 
 
 class OnnxDeviceRuntime:
@@ -46,9 +46,12 @@ class OnnxDeviceRuntime:
     # ---- the cached bank and received edits --------------------------------------------------------
 
     def set_prototypes(self, snapshot: Snapshot) -> None:
+        """Cache ``snapshot``: its prototypes' edits and its item delta (scored with from now on), all or nothing."""
         check_snapshot(snapshot, self.model.meta.dim)
         edits = [e.dense_edit() for e in snapshot.edits]  # decoded before swapping: never half-updated
-        self.prototypes, self._proto_edits = snapshot, edits
+        delta = snapshot.item_delta
+        table = self.model.items if delta is None else scoring_table(self.model.items, delta)
+        self.prototypes, self._proto_edits, self.model.scoring_items = snapshot, edits, table
 
     def decode_edit(self, payload: Payload | dict) -> Edit | None:
         """A received edit as arrays (``code`` edits through the cached snapshot's decoder)."""

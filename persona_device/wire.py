@@ -17,7 +17,8 @@ import numpy as np
 
 ENCODINGS = ("json", "fp32", "fp16", "code")
 _PAYLOAD_KEYS = {"version", "prototype_id", "clip", "encoding", "n_layers", "dim", "data", "layers", "parts"}
-_SNAPSHOT_KEYS = {"version", "dim", "signatures", "edits", "ood", "cache_ok", "decoder"}
+_SNAPSHOT_KEYS = {"version", "dim", "signatures", "edits", "ood", "cache_ok", "decoder", "item_delta"}
+_ITEM_DELTA_KEYS = {"ids", "encoding", "rows"}
 _DECODER_KEYS = {"n_layers", "dim", "code_dim", "clip", "residual_clip", "total_clip", "weights", "biases",
                  "centres", "n_prototypes"}  # fmt: skip
 _OOD_KEYS = {"w_entropy", "w_proto", "bias", "proto_logodds", "threshold"}
@@ -51,6 +52,24 @@ def check_snapshot(snapshot, dim: int) -> None:
 def pack(array: np.ndarray, dtype: str) -> str:
     """Little-endian ``dtype`` bytes of ``array`` (flattened), base64 (the inverse of :func:`unpack`)."""
     return base64.b64encode(np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()).decode()
+
+
+def scoring_table(items: np.ndarray, delta) -> np.ndarray:
+    """``items`` ``[I, D]`` with an item delta (:class:`ItemDelta` or ``recsys.runtime.ItemTableDelta``) added: a
+    new array, the table the device scores with; ``ValueError`` naming what does not fit the table."""
+    ids = np.asarray(delta.ids)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise ValueError("item delta: ids must be a list of item ids")
+    if ((ids < 1) | (ids >= len(items))).any() or len(np.unique(ids)) != len(ids):
+        raise ValueError(f"item delta: ids must be distinct item ids in 1..{len(items) - 1}")
+    if delta.encoding not in ("fp32", "fp16"):
+        raise ValueError(f"item delta: encoding must be fp32 or fp16, not {delta.encoding!r}")
+    rows = unpack(delta.rows, "<f4" if delta.encoding == "fp32" else "<f2", (len(ids), items.shape[1]))
+    if not np.isfinite(rows).all():
+        raise ValueError("item delta: rows must be finite")
+    out = np.array(items, dtype=np.float32, copy=True)
+    out[ids] += rows
+    return out
 
 
 def unpack(data: str, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -210,6 +229,20 @@ class OodRule:
 
 
 @dataclass(frozen=True)
+class ItemDelta:
+    """Rows the cloud adds to the device's scoring table (``recsys.runtime.ItemTableDelta``, the same JSON)."""
+
+    ids: list[int]
+    rows: str  # base64 [M, D]
+    encoding: str = "fp16"
+
+    @staticmethod
+    def from_dict(data: dict) -> ItemDelta:
+        _check_keys(data, _ITEM_DELTA_KEYS, {"ids", "rows"}, "item delta")
+        return ItemDelta(list(data["ids"]), str(data["rows"]), str(data.get("encoding", "fp16")))
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The prototype bank as a device caches it (:class:`recsys.runtime.PrototypeSnapshot`, the same JSON)."""
 
@@ -220,17 +253,19 @@ class Snapshot:
     ood: OodRule | None = None
     cache_ok: list[bool] | None = None
     decoder: Decoder | None = None
+    item_delta: ItemDelta | None = None
 
     @staticmethod
     def from_dict(data: dict) -> Snapshot:
         data = {k: v for k, v in data.items() if k != "ood_threshold"}  # caches from before the OOD score
         _check_keys(data, _SNAPSHOT_KEYS, {"version", "dim"}, "prototype snapshot")
         sigs = np.asarray(data.get("signatures") or [], np.float32).reshape(-1, int(data["dim"]))
-        ood, decoder = data.get("ood"), data.get("decoder")
+        ood, decoder, delta = data.get("ood"), data.get("decoder"), data.get("item_delta")
         return Snapshot(str(data["version"]), int(data["dim"]), sigs,
                         [Payload.from_dict(e) for e in data.get("edits") or []],
                         None if ood is None else OodRule.from_dict(ood), data.get("cache_ok"),
-                        None if decoder is None else Decoder.from_dict(decoder))  # fmt: skip
+                        None if decoder is None else Decoder.from_dict(decoder),
+                        None if delta is None else ItemDelta.from_dict(delta))  # fmt: skip
 
     @staticmethod
     def load(path: Path) -> Snapshot:

@@ -200,6 +200,21 @@ def _decode_code(payload: EditPayload, decoder: EditDecoder, prototypes) -> Head
     return HeadEdit(mine[:n], mine[n:], clip=payload.clip)
 
 
+class ItemTableDelta(BaseModel):
+    """Rows the cloud adds to the device's scoring table (:mod:`llm_cloud.item_delta`): item ``ids`` and the
+    values added to their rows, base64 ``[M, D]`` (``fp16`` or ``fp32``). The encoder keeps its own table."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[int] = Field(..., description="internal item ids (the checkpoint's items.txt order), distinct")
+    encoding: Literal["fp32", "fp16"] = "fp16"
+    rows: str = Field(..., description="base64 little-endian [len(ids), dim]: added to those rows")
+
+    @staticmethod
+    def of(ids: torch.Tensor, rows: torch.Tensor, encoding: str = "fp16") -> ItemTableDelta:
+        return ItemTableDelta(ids=ids.tolist(), encoding=encoding, rows=pack(rows, "<f4" if encoding == "fp32"
+                                                                               else "<f2"))  # fmt: skip
+
+
 class PrototypeSnapshot(BaseModel):
     """The prototype bank as a device caches it (``GET /v1/prototypes``).
 
@@ -220,6 +235,7 @@ class PrototypeSnapshot(BaseModel):
     ood: OodScore | None = None
     cache_ok: list[bool] | None = None
     decoder: EditDecoder | None = None
+    item_delta: ItemTableDelta | None = None  # the cloud's item rows: the device scores with table + delta
 
     @model_validator(mode="before")
     @classmethod
@@ -252,6 +268,7 @@ class DeviceRuntime:
         self.prototypes: PrototypeSnapshot | None = None
         self._signatures: torch.Tensor | None = None
         self._proto_edits: list[HeadEdit | None] = []
+        self.scoring_items: torch.Tensor | None = None  # the item table + the cached bank's item delta (None: none)
 
     @classmethod
     def load(cls, checkpoint_dir: Path, prototype_cache: Path | None = None) -> DeviceRuntime:
@@ -266,12 +283,19 @@ class DeviceRuntime:
         return self.model.n_items
 
     def set_prototypes(self, snapshot: PrototypeSnapshot) -> None:
+        """Cache ``snapshot``: its prototypes, their edits and its item delta (scored with from now on), all or
+        nothing."""
         wire.check_snapshot(snapshot, self.model.head.dim)
         edits = [e.head_edit() for e in snapshot.edits]  # decode before swapping: never half-updated
         if snapshot.decoder is not None:
             snapshot.decoder.tensors  # noqa: B018 - decoded (and checked) here, once, not on the first edit
         sigs = torch.tensor(snapshot.signatures, dtype=torch.float32) if snapshot.size else None
+        table = None
+        if snapshot.item_delta is not None:
+            table = torch.from_numpy(wire.scoring_table(self.model.item_embeddings.detach().numpy(),
+                                                        snapshot.item_delta))  # fmt: skip
         self.prototypes, self._signatures, self._proto_edits = snapshot, sigs, edits
+        self.scoring_items = table
 
     def decode_edit(self, payload: EditPayload) -> HeadEdit | None:
         """A received edit as tensors (``code`` edits through the cached snapshot's decoder)."""
@@ -316,7 +340,7 @@ class DeviceRuntime:
         score = self.prototypes.ood if self.prototypes is not None else None
         if score is None or not protos or protos[0] is None:
             return [False] * len(states)
-        ent = entropy(self.model.logits(self.model.head(states, None)))
+        ent = entropy(self.model.logits(self.model.head(states, None), self.scoring_items))
         return (score.score(ent, torch.tensor(protos)) > score.threshold).tolist()
 
     def prototype_edit(self, k: int | None) -> HeadEdit | None:
@@ -331,7 +355,7 @@ class DeviceRuntime:
     def scores(self, item_ids: list[int], edit: HeadEdit | None = None) -> torch.Tensor:
         """Scores of every item ``[n_items]`` (padding id at ``-inf``)."""
         seq, length = self.encode_history(item_ids)
-        return self.model.score(seq, length, edit)[0]
+        return self.model.logits(self.model.head(self.model.user_state(seq, length), edit), self.scoring_items)[0]
 
     @torch.inference_mode()
     def rank(
@@ -424,7 +448,7 @@ class DeviceRuntime:
     ) -> list[tuple[list[int], list[float]]]:
         """:meth:`rank` for ``B`` requests from their user states ``[B, D]``: one head pass, one scoring matmul,
         one top-k; per request its own edit, ``k`` and exclusions."""
-        scores = self.model.logits(self.head_batch(states, edits))
+        scores = self.model.logits(self.head_batch(states, edits), self.scoring_items)
         rows: list[int] = []
         cols: list[int] = []
         for b, ex in enumerate(excludes):

@@ -15,10 +15,11 @@ from llm_cloud.adapter import Adapter
 from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.adapter_data import training_samples
 from llm_cloud.editor import AdapterEditor
+from llm_cloud.item_delta import ItemDeltaConfig, fit_item_delta
 from llm_cloud.prototypes import PrototypeBank
 from persona_device.runtime import OnnxDeviceRuntime
 from persona_device.wire import Snapshot
-from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
+from recsys.runtime import DeviceRuntime, EditPayload, ItemTableDelta, PrototypeSnapshot
 from tests.device_models import trained
 
 TIE = 1e-4
@@ -131,3 +132,30 @@ def test_a_code_edit_needs_the_cached_bank_of_its_version(setup):
     assert onnx_rt.edit_encoding_ready == "v1"
     with pytest.raises(ValueError, match="prototype dim 3 != model dim 64"):
         onnx_rt.set_prototypes(Snapshot.from_dict({"version": "x", "dim": 3, "signatures": [[0.0, 0.0, 0.0]]}))
+
+
+def test_an_item_delta_in_the_bank_ranks_as_on_the_torch_runtime(setup):
+    """The cloud's item rows (fitted toward a teacher that favours items 1-50), fetched in the snapshot: both
+    runtimes score with table + delta, and the OOD flag reads the same scores."""
+    torch_rt, onnx_rt, _, histories, root = setup
+    model = torch_rt.model
+    with torch.no_grad():
+        states = torch_rt.user_states(histories[:100])
+        logits = model.logits(model.head(states))
+        logits[:, 1:51] += 2.0
+    delta = fit_item_delta(model, states, torch.log_softmax(logits, -1), ItemDeltaConfig(rows=64, steps=50, lr=0.05))
+    snap = json.loads((root / "prototypes.json").read_text())
+    (root / "delta.json").write_text(json.dumps({**snap, "version": "v1-items",
+                                                 "item_delta": ItemTableDelta.of(delta.ids, delta.rows).model_dump()}))
+    plain = [torch_rt.rank(h, K) for h in histories]
+    torch_rt.set_prototypes(PrototypeSnapshot.load(root / "delta.json"))
+    onnx_rt.set_prototypes(Snapshot.load(root / "delta.json"))
+    protos, far, edits, want = _serve_alone(torch_rt, histories)
+    got_protos, got_far, _, got = _serve_alone(onnx_rt, histories)
+    assert got_protos == protos and got_far == far
+    for history, edit, g, w in zip(histories, edits, got, want):
+        assert_same_ranking(torch_rt, history, g, w, edit)
+    moved = sum(torch_rt.rank(h, K)[0] != p[0] for h, p in zip(histories, plain))
+    assert moved > len(histories) // 4  # the delta changes what is ranked
+    for rt, snapshot in ((torch_rt, PrototypeSnapshot.load), (onnx_rt, Snapshot.load)):
+        rt.set_prototypes(snapshot(root / "prototypes.json"))  # the module's other tests keep the plain bank
