@@ -33,9 +33,11 @@ def last_bias_edit(delta: torch.Tensor, n_layers: int, clip: float) -> HeadEdit:
 
 
 def solve_query_delta(
-    model: EditableSeqRec, states: torch.Tensor, teacher_log_probs: torch.Tensor, cfg: DistillConfig
+    model: EditableSeqRec, states: torch.Tensor, teacher_log_probs: torch.Tensor, cfg: DistillConfig,
+    items: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``[B, D]`` query shifts for user ``states`` ``[B, D]`` that bring the device to the teacher.
+    """``[B, D]`` query shifts for user ``states`` ``[B, D]`` that bring the device to the teacher, the device
+    scoring against ``items`` (default its own table; the table + item delta where the device holds one).
 
     The head's last layer is linear and a bias edit adds to its output, so the edited query is
     ``head(state) + δ`` and the cross-entropy's gradient in ``δ`` is ``(softmax(q · items) − target) · items``
@@ -47,7 +49,7 @@ def solve_query_delta(
                          f"{len(states)} rows × {model.n_items} items")  # fmt: skip
     with torch.no_grad():
         target = torch.softmax(teacher_log_probs.float(), dim=-1)[:, 1:]
-        items = model.item_embeddings.detach()[1:]
+        items = (model.item_embeddings if items is None else items).detach()[1:]
         base = model.head(states.detach())  # the device's own query; the edit adds δ to it
         delta = torch.zeros_like(base, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=cfg.lr)
@@ -65,10 +67,11 @@ def distilled_edit(
     teacher_log_probs: torch.Tensor,
     cfg: DistillConfig | None = None,
     states: torch.Tensor | None = None,
+    items: torch.Tensor | None = None,
 ) -> HeadEdit:
     """The per-row edit ``[B, D]`` (last layer's bias only) that makes the device reproduce the teacher;
     ``states``: the histories' user states ``[B, D]`` where the caller has them (the device sent them), else
-    encoded here."""
+    encoded here; ``items``: the table the device scores with (None: its own)."""
     cfg = cfg or DistillConfig()
     was_training = model.training
     model.eval()
@@ -76,7 +79,7 @@ def distilled_edit(
         if states is None:
             with torch.no_grad():
                 states = model.user_state(item_seq, item_len)
-        delta = solve_query_delta(model, states, teacher_log_probs, cfg)
+        delta = solve_query_delta(model, states, teacher_log_probs, cfg, items)
     finally:
         model.train(was_training)
     return last_bias_edit(delta, len(model.head.layers), cfg.clip)

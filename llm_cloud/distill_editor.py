@@ -5,8 +5,10 @@ and answers each batch of devices with one teacher pass and one batched solve
 (:func:`llm_cloud.distill.distilled_edit`, the function ``benchmarks/distill.py`` measures offline): each
 history gets the last head layer's bias edit that brings the device to the teacher, ``D`` floats. On the wire
 it is a sparse ``fp32`` / ``fp16`` payload (``parts=["db.<L-1>"]``; a device that asks for ``code`` gets
-``fp32``: there is no code to send) or ``json``. The bank is empty: a device without the cloud serves its base
-head (no cached edit was measured to beat it).
+``fp32``: there is no code to send) or ``json``. The bank holds no prototypes (no cached edit was measured to beat
+the base head); it carries the checkpoint's item delta where ``make run`` wrote one (:mod:`recipes.item_delta`):
+the device scores with table + delta, with or without the cloud, and the per-request edits are solved against
+that table.
 """
 
 from __future__ import annotations
@@ -20,22 +22,28 @@ import torch
 from llm_cloud.distill import DistillConfig, distilled_edit
 from llm_cloud.editor import EditAsk, edit_one, edit_row, padded
 from llm_cloud.teacher import EnsembleTeacher
+from persona_device.wire import scoring_table, unpack
+from recsys import run_layout
 from recsys.checkpoint import CheckpointError, Loaded, load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
-from recsys.runtime import EditPayload, PrototypeSnapshot
+from recsys.runtime import EditPayload, ItemTableDelta, PrototypeSnapshot
 
 
 class DistilledEditor:
     """Per-request distilled edits of ``device`` toward ``teacher`` (which must read the device's whole window)."""
 
-    def __init__(self, device: EditableSeqRec, teacher: EnsembleTeacher, cfg: DistillConfig, version: str):
+    def __init__(self, device: EditableSeqRec, teacher: EnsembleTeacher, cfg: DistillConfig, version: str,
+                 item_delta: ItemTableDelta | None = None):  # fmt: skip
         if teacher.n_items != device.n_items:
             raise ValueError(f"the teacher scores {teacher.n_items} items, the device {device.n_items}")
         short = [name for m, name in zip(teacher.models, teacher.names) if m.max_seq_len < device.max_seq_len]
         if short:
             raise ValueError(f"teacher members {short} read fewer items than the device ({device.max_seq_len})")
         self.device, self.teacher, self.cfg, self.version = device.eval(), teacher, cfg, version
-        self._snapshot = PrototypeSnapshot(version=version, dim=device.head.dim)
+        self._snapshot = PrototypeSnapshot(version=version, dim=device.head.dim, item_delta=item_delta)
+        # the table the device scores with once it holds this snapshot, decoded as the device decodes it
+        self.items = None if item_delta is None else torch.from_numpy(
+            scoring_table(device.item_embeddings.detach().numpy(), item_delta))
 
     @classmethod
     def load(cls, device_dir: Path, teacher_dirs: Sequence[Path], cfg: DistillConfig,
@@ -50,9 +58,15 @@ class DistilledEditor:
                                   "(`make run`)")  # fmt: skip
         device, _, tokens = read(device_dir)
         try:
+            delta = served_item_delta(device_dir, device.head.dim)
+            if delta is not None:
+                scoring_table(device.item_embeddings.detach().numpy(), delta)  # checked here, named as the file's
+        except ValueError as exc:
+            raise CheckpointError(f"{run_layout.item_delta_file(device_dir)}: {exc}") from exc
+        try:
             teacher = EnsembleTeacher.load(teacher_dirs, read=read)
             teacher.check_serves(tokens, f"the served checkpoint {device_dir}")
-            return cls(device, teacher, cfg, version(device_dir, teacher_dirs, cfg))
+            return cls(device, teacher, cfg, version(device_dir, teacher_dirs, cfg), delta)
         except ValueError as exc:
             raise CheckpointError(f"cloud.teacher cannot teach this device: {exc}") from exc
 
@@ -62,7 +76,7 @@ class DistilledEditor:
         with torch.no_grad():
             target = self.teacher.log_probs(seq, length)
         with torch.enable_grad():  # the solve differentiates in δ, whatever the caller's mode
-            return distilled_edit(self.device, seq, length, target, self.cfg, states)
+            return distilled_edit(self.device, seq, length, target, self.cfg, states, self.items)
 
     def states(self, asks: list[EditAsk], seq: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """``[B, D]``: the state each device sent for its history, the device model's own where it sent none."""
@@ -96,9 +110,24 @@ def wire_encoding(asked: str) -> str:
     return "fp32" if asked == "code" else asked
 
 
+def served_item_delta(device_dir: Path, dim: int) -> ItemTableDelta | None:
+    """The checkpoint's item delta (``item-delta.json``, written by ``make run``) as the device gets it: fp16 rows
+    (the editor solves against exactly that table); None without one."""
+    path = run_layout.item_delta_file(device_dir)
+    if not path.is_file():
+        return None
+    delta = ItemTableDelta.model_validate_json(path.read_text())
+    rows = unpack(delta.rows, "<f4" if delta.encoding == "fp32" else "<f2", (len(delta.ids), dim))
+    return ItemTableDelta.of(torch.tensor(delta.ids), torch.from_numpy(rows), "fp16")
+
+
 def version(device_dir: Path, teacher_dirs: Sequence[Path], cfg: DistillConfig) -> str:
-    """``distilled-<digest>`` of the device's and the teacher's weights and the solver settings."""
+    """``distilled-<digest>`` of the device's and the teacher's weights, the device's item delta and the solver
+    settings."""
     h = hashlib.sha256(cfg.model_dump_json().encode())
     for path in [Path(device_dir), *teacher_dirs]:
         h.update((Path(path) / "model.pt").read_bytes())
+    delta = run_layout.item_delta_file(device_dir)
+    if delta.is_file():
+        h.update(delta.read_bytes())
     return "distilled-" + h.hexdigest()[:12]

@@ -13,6 +13,7 @@ from codebook import CodebookConfig
 from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.backbones.config import BackboneConfig
 from llm_cloud.context import ContextConfig
+from llm_cloud.item_delta import ItemDeltaConfig
 from recsys.config import PersonaConfig, deep_merge, load_config, parse_overrides, validate
 
 C = TypeVar("C", bound=PersonaConfig)
@@ -26,6 +27,7 @@ class RecipeConfig(PersonaConfig):
     codebook: CodebookConfig = Field(default_factory=CodebookConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     prototypes: PrototypeConfig = Field(default_factory=PrototypeConfig)
+    item_delta: ItemDeltaConfig = Field(default_factory=ItemDeltaConfig)  # the served checkpoint's item rows
 
 
 def load_recipe_config(user_file: str | None = None, overrides: list[str] | None = None) -> RecipeConfig:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from recipes import adaptation, base
 from recipes.adaptation import ServingArtefacts
 from recipes.base import BaseReport
 from recipes.codebook import CodebookResult, codebook, has_codebook
 from recipes.config import RecipeConfig, with_overrides
+from recipes.item_delta import served_item_delta
 from recsys import distributed
 from recsys.experiment import load_dataset_split
 
@@ -35,6 +37,7 @@ class MainJobResult:
     base: BaseReport
     codebook: CodebookResult | None = None  # when this run built it
     serving: list[ServingArtefacts] = field(default_factory=list)  # the first seed's adapter + bank
+    item_delta: Path | None = None  # the served checkpoint's item rows (None: no other checkpoint to teach it)
 
 
 def serving_config(model_cfg: RecipeConfig, seed: int) -> list[str]:
@@ -46,7 +49,8 @@ def main_job(cfg: RecipeConfig, model_cfgs: list[RecipeConfig], skip_adapter: bo
              progress: bool = True, relaunch: Relaunch | None = None) -> MainJobResult:
     """The codebook (when a model reads the item side file it writes, or the adapter needs it), every base
     model trained for every seed and evaluated with popularity, then the first model's adapter + bank for
-    the first seed (the demo services' artefacts). With ``train.nproc > 1`` training runs through ``relaunch``.
+    the first seed (the demo services' artefacts) and the served checkpoint's item delta. With
+    ``train.nproc > 1`` training runs through ``relaunch``.
     """
     built = None
     needs_side = any(c.model_params.item_side != "none" for c in model_cfgs) and not cfg.item_side_path().is_file()
@@ -75,4 +79,5 @@ def main_job(cfg: RecipeConfig, model_cfgs: list[RecipeConfig], skip_adapter: bo
         relaunch("adapter", first)
     else:
         result.serving = adaptation.adapter(serve_cfg, progress)
+    result.item_delta = served_item_delta(serve_cfg, progress=progress)
     return result

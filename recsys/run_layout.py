@@ -31,6 +31,7 @@ CHECKPOINT_MARK = "model.yaml"  # written last: the checkpoint is complete
 ADAPTER_MARK = "adapter.yaml"
 BANK_MARK = "bank.yaml"
 PROTOTYPES_FILE = "prototypes.json"
+ITEM_DELTA_FILE = "item-delta.json"  # the cloud's item rows for this checkpoint (llm_cloud.item_delta)
 MANIFEST_FILE = "manifest.json"
 MAIN_ADAPTER = "main"  # the adapter the cloud serves
 BANK_SEARCH_ORDER = ("finetune", "centre")  # the bank served beside an adapter: the first one present
@@ -44,6 +45,18 @@ def dataset_dir(output_dir: str | Path, dataset: str) -> Path:
 def seed_dir(output_dir: str | Path, dataset: str, model: str, seed: int) -> Path:
     """One trained base model's run dir (the checkpoint and everything built on it)."""
     return dataset_dir(output_dir, dataset) / model / f"seed{seed}"
+
+
+def main_job_checkpoints(output_dir: str | Path, dataset: str, seeds: list[int]) -> list[Path]:
+    """Every model's complete ``<output_dir>/<dataset>/<model>/seed<k>`` for k in ``seeds`` (the default teacher)."""
+    root = dataset_dir(output_dir, dataset)
+    models = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    dirs = [seed_dir(output_dir, dataset, m, k) for m in models for k in seeds]
+    return [d for d in dirs if (d / CHECKPOINT_MARK).is_file()]
+
+
+def item_delta_file(run: Path) -> Path:
+    return Path(run) / ITEM_DELTA_FILE
 
 
 def codebook_dir(output_dir: str | Path, dataset: str) -> Path:

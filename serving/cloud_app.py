@@ -208,10 +208,7 @@ def teacher_dirs(cfg: AppConfig, checkpoint_dir: Path) -> list[Path]:
     if not mark.is_file():
         return []
     dataset = yaml.safe_load(mark.read_text())["dataset"]
-    root = run_layout.dataset_dir(cfg.output_dir, dataset)
-    models = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    dirs = [run_layout.seed_dir(cfg.output_dir, dataset, m, k) for m in models for k in cfg.seeds]
-    return [d for d in dirs if (d / run_layout.CHECKPOINT_MARK).is_file()]
+    return run_layout.main_job_checkpoints(cfg.output_dir, dataset, cfg.seeds)
 
 
 def edit_source(cfg: AppConfig, teachers: list[Path]) -> str:

@@ -14,10 +14,11 @@ import torch
 
 from llm_cloud.distill import distilled_edit, last_bias_edit
 from llm_cloud.distill_editor import DistilledEditor
+from llm_cloud.item_delta import ItemDeltaConfig, fit_item_delta
 from llm_cloud.teacher import EnsembleTeacher
 from recsys import run_layout
 from recsys.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from recsys.runtime import EditPayload, pack
+from recsys.runtime import DeviceRuntime, EditPayload, ItemTableDelta, PrototypeSnapshot, pack
 from serving.artefacts import load_artefacts
 from serving.auth import Credentials
 from serving.cloud_app import CloudService, create_cloud_app
@@ -198,3 +199,47 @@ def test_the_cloud_solves_from_the_state_the_device_sent_and_reads_the_checkpoin
             resp = c.post(f"{cl.url}/v1/edits", json={"items": history, "state": bad})
             assert resp.status_code == 422 and "state" in resp.json()["message"], resp.text
             assert why in resp.text, resp.text
+
+
+def test_the_device_fetches_the_item_delta_with_the_bank_and_ranks_with_it_with_and_without_the_cloud(
+    checkpoint, runtime, tmp_path
+):
+    torch.set_num_threads(1)
+    seed0, seed1 = main_job_runs(checkpoint, tmp_path)
+    users = histories(runtime)
+    rows = [[runtime.token_to_id[t] for t in h] for h in users]
+    seq, length = runtime.encode_histories(rows)
+    teacher = EnsembleTeacher.load([seed0, seed1])
+    with torch.no_grad():
+        states = runtime.model.user_state(seq, length)
+    delta = fit_item_delta(runtime.model, states, teacher.log_probs(seq, length), ItemDeltaConfig(rows=200))
+    run_layout.item_delta_file(seed0).write_text(ItemTableDelta.of(delta.ids, delta.rows, "fp32").model_dump_json())
+    cfg = serve_config(checkpoint, tmp_path, f"serve.checkpoint={seed0}", "serve.budget_ms=5000")
+    cloud = CloudService(cfg, seed0)
+    snapshot = cloud.state.editor.snapshot()
+    offline_rt = DeviceRuntime(runtime.model, runtime.item_tokens)
+    offline_rt.set_prototypes(PrototypeSnapshot.model_validate_json(snapshot.model_dump_json()))  # as fetched
+    target = teacher.log_probs(seq, length)
+    edits = distilled_edit(runtime.model, seq, length, target, cfg.cloud.distill, items=offline_rt.scoring_items)
+    n_layers = len(runtime.model.head.layers)
+    with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=60, headers=AUTH) as c:
+        device = DeviceService(cfg, load_artefacts(cfg), cl.url, API_KEY)
+        with LiveServer(create_device_app(device, API_KEY)) as dev:
+            wait_for(lambda: device.engine.bank_version == snapshot.version)
+            for u, items in enumerate(users):
+                events = [{"event_id": str(i), "user_id": f"u{u}", "item_id": t} for i, t in enumerate(items)]
+                assert c.post(f"{dev.url}/v1/events", json={"events": events}).status_code == 200
+            tokens = lambda ids: [str(runtime.item_tokens[i]) for i in ids]  # noqa: E731
+            for u in range(N_USERS):
+                body = c.post(f"{dev.url}/v1/rank", json={"user_id": f"u{u}", "k": 10}).json()
+                edit = last_bias_edit(edits.db[-1][u], n_layers, cfg.cloud.distill.clip)
+                want, _ = offline_rt.rank(rows[u], 10, exclude=set(rows[u]), edit=edit)
+                assert body["adaptation"] == "cloud-edit" and [it["item_id"] for it in body["items"]] == tokens(want)
+            assert c.put(f"{dev.url}/v1/cloud", json={"enabled": False}).status_code == 200
+            moved = 0
+            for u in range(N_USERS):  # the cloud cut: the cached bank's item delta still ranks
+                body = c.post(f"{dev.url}/v1/rank", json={"user_id": f"u{u}", "k": 10}).json()
+                want, _ = offline_rt.rank(rows[u], 10, exclude=set(rows[u]))
+                assert body["adaptation"] == "base" and [it["item_id"] for it in body["items"]] == tokens(want)
+                moved += want != runtime.rank(rows[u], 10, exclude=set(rows[u]))[0]
+            assert moved >= N_USERS // 2  # the delta moves rankings, so the equalities above can fail
