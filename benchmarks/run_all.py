@@ -22,6 +22,7 @@ SCRIPTS = [
     "edit_bytes.py",
     "device_runtime.py",
     "distill.py",
+    "item_delta.py",
     "context_edit_cost.py",
 ]
 SKIPPED = {

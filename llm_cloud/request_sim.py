@@ -71,21 +71,23 @@ class DeviceView:
     targets: torch.Tensor  # [N]
     new_items: torch.Tensor  # [N] history items the device never trained on
     batch: int = 2048
+    items: torch.Tensor | None = None  # the table it scores with (None: its own; else with the item delta)
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model: EditableSeqRec, seq, length, targets, seen: torch.Tensor, batch: int = 2048) -> DeviceView:
+    def build(cls, model: EditableSeqRec, seq, length, targets, seen: torch.Tensor, batch: int = 2048,
+              items: torch.Tensor | None = None) -> DeviceView:  # fmt: skip
         model.eval()
         states = torch.cat([model.user_state(seq[i : i + batch], length[i : i + batch])
                             for i in range(0, len(seq), batch)])  # fmt: skip
         unseen = (~seen[seq]) & (seq > 0)
-        return cls(model, states, targets, unseen.sum(1).float(), batch)
+        return cls(model, states, targets, unseen.sum(1).float(), batch, items)
 
     @torch.no_grad()
     def scores(self, rows: torch.Tensor, deltas: torch.Tensor | None) -> torch.Tensor:
         """``[B, n_items]`` the device's scores at ``rows`` with per-row bias edits (``None``: alone)."""
         edit = None if deltas is None else last_bias_edit(deltas, len(self.model.head.layers), clip=float("inf"))
-        return self.model.logits(self.model.head(self.states[rows], edit))
+        return self.model.logits(self.model.head(self.states[rows], edit), self.items)
 
     def row_batches(self) -> tuple[torch.Tensor, ...]:
         return torch.arange(len(self.targets)).split(self.batch)
