@@ -26,8 +26,9 @@ every cached prototype's edit served, also those that did not beat the base head
 adapter (``cloud.edit_source=adapter``); ``exact-distilled`` and ``default-distilled`` are ``exact`` and
 ``default`` against a cloud serving the edit distilled from the teacher (``cloud.edit_source=distilled``, the
 teacher the main job's checkpoints: what ``make serve`` serves), beside the offline ``distilled_edit`` of each
-row (:func:`llm_cloud.distill.distilled_edit`, as ``benchmarks/distill.py``); ``every-event-distilled`` (not
-by default) asks it on every event within the default budget. Then the request-rate
+row (:meth:`llm_cloud.distill_editor.DistilledEditor.solve`, the item delta included); ``every-event-distilled`` (not
+by default) asks it on every event within the default budget; ``cloud-down-distilled``, a dead cloud with that
+cloud's bank cached (its item delta, no edit). Then the request-rate
 curve: policy ``drift`` against ``random`` (``serve.request_policy``)
 at each ``--rates`` value, budget 10 s so that only the policy decides what is served (rate 0 is the
 cached bank alone; rate 1 is ``exact``). Each condition reports the adaptation-source shares, cloud
@@ -68,9 +69,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from serve_load import free_port, percentile, start_service, stop  # noqa: E402
 
 from llm_cloud.adapter import edited_logits  # noqa: E402
-from llm_cloud.distill import distilled_edit  # noqa: E402
+from llm_cloud.distill_editor import DistilledEditor  # noqa: E402
 from llm_cloud.editor import AdapterEditor, load_editor, served_edit  # noqa: E402
-from llm_cloud.teacher import EnsembleTeacher  # noqa: E402
 from recsys import metrics, run_layout  # noqa: E402
 from recsys.experiment import load_dataset_split  # noqa: E402
 from serving.cloud_app import teacher_dirs  # noqa: E402
@@ -94,6 +94,7 @@ CONDITIONS = {
     "exact-distilled": {"device": ["serve.refresh_every=1", *LONG_BUDGET], "cloud": "distilled"},
     "default-distilled": {"device": [], "cloud": "distilled"},
     "every-event-distilled": {"device": ["serve.refresh_every=1"], "cloud": "distilled"},  # asks per event, 50 ms
+    "cloud-down-distilled": {"device": [], "cloud": None, "bank": "distilled"},  # the distilled bank's item delta
 }
 OPTIONAL = ("exact-dynamic", "cloud-down-ungated", "default-ungated", "every-event-distilled")  # not by default
 SLOW_MS = 100
@@ -173,17 +174,16 @@ def load_rows(dataset: str, ckpt: Path, share: float, seed: int, runs: Path, dis
 
 
 def distilled_ranks(cfg, ckpt: Path, base, seq: torch.Tensor, length: torch.Tensor, target: torch.Tensor) -> np.ndarray:
-    """Each row's target rank with its offline distilled edit (the teacher the cloud loads: ``cloud.teacher``,
-    default the main job's checkpoints; solved 512 rows at a time, as ``benchmarks/distill.py``)."""
-    teacher = EnsembleTeacher.load(teacher_dirs(cfg, ckpt))
+    """Each row's target rank with its offline distilled edit as the served cloud solves it
+    (:class:`DistilledEditor`: the teacher it loads, ``cloud.teacher`` or the main job's checkpoints, and the
+    checkpoint's item delta, which the device scores with once it holds the bank; 512 rows at a time)."""
+    editor = DistilledEditor.load(ckpt, teacher_dirs(cfg, ckpt), cfg.cloud.distill)
     out = []
     for lo in tqdm(range(0, len(seq), 512), desc="offline distilled edits", leave=False):
         s, n, t = seq[lo : lo + 512], length[lo : lo + 512], target[lo : lo + 512]
+        edit = editor.solve(s, n)
         with torch.no_grad():
-            target_lp = teacher.log_probs(s, n)
-        edit = distilled_edit(base, s, n, target_lp, cfg.cloud.distill)
-        with torch.no_grad():
-            out.append(_ranks(base.score(s, n, edit), t))
+            out.append(_ranks(base.logits(base.head(base.user_state(s, n), edit), editor.items), t))
     return np.concatenate(out)
 
 
@@ -562,7 +562,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="persona-replay-") as tmpdir:
             tmp = Path(tmpdir)
             clouds = {}
-            wanted = {"live"} | {CONDITIONS[n].get("cloud", "live") for n in names if n in CONDITIONS}
+            wanted = {"live"} | {CONDITIONS[n].get(key, "live") for n in names if n in CONDITIONS
+                                 for key in ("cloud", "bank")}  # fmt: skip
             for kind, extra in CLOUDS.items():
                 if kind not in wanted:
                     continue
@@ -585,13 +586,14 @@ def main() -> int:
                     if name in CONDITIONS:
                         spec = CONDITIONS[name]
                         extra, cloud, link_cfg = spec["device"], spec.get("cloud", "live"), spec.get("link")
+                        bank = spec.get("bank")  # the bank cached first, where not the condition's cloud's
                     else:
                         policy, rate = ("drift", 0.0) if name == "rate-0" else name.rsplit("-", 1)
                         extra = [f"serve.request_policy={policy}", f"serve.request_rate={rate}", *LONG_BUDGET,
                                  *args.curve_extra]
-                        cloud, link_cfg = "live", None
+                        cloud, link_cfg, bank = "live", None, None
                     cloud_port = None if cloud is None else clouds[cloud][1]
-                    snapshot = snapshots[cloud or "live"]
+                    snapshot = snapshots[bank or cloud or "live"]
                     res = run_condition(name, extra, cloud_port, link_cfg, ckpt, rows, snapshot, tmp, args.lanes)
                     result["conditions"][name] = res
                     print(f"[seed {seed}] {name:>12}: NDCG@10 {res['ndcg@10']:.4f}  adaptation {res['adaptation']}  "
