@@ -79,5 +79,5 @@ def main_job(cfg: RecipeConfig, model_cfgs: list[RecipeConfig], skip_adapter: bo
         relaunch("adapter", first)
     else:
         result.serving = adaptation.adapter(serve_cfg, progress)
-    result.item_delta = served_item_delta(serve_cfg, progress=progress)
+    result.item_delta = served_item_delta(model_cfgs[0], progress=progress)  # every seed of the run teaches
     return result

@@ -92,6 +92,7 @@ def test_run_end_to_end_on_a_small_real_dataset(tmp_path):
     assert len(report["runs"]["sasrec"]) == 2 and "ndcg@10" in report["summary"]["gru4rec"]
     ckpt = tmp_path / "runs" / "amazon-scientific" / "sasrec" / "seed1"
     assert {p.name for p in ckpt.iterdir()} == {"model.pt", "model.yaml", "items.txt", "manifest.json"}
+    assert (ckpt.parent / "seed0" / "item-delta.json").is_file()  # the served checkpoint's, taught by all four
     # the device's copy: the LLM item view folded into the item table (ID-only sized, same scores: test_item_side)
     export = persona("export", "dataset=amazon-scientific", "model=sasrec", "seeds=[0,1]",
                      f"output_dir={tmp_path / 'runs'}", f"data.workdir={tmp_path / 'atomic'}")
