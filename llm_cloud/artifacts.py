@@ -1,4 +1,4 @@
-"""Adapter + prototype-bank artefacts on disk (state_dicts + YAML) and the semantic-code table."""
+"""Adapter + prototype-bank artifacts on disk (state_dicts + YAML) and the semantic-code table."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def code_table_for(codebook_dir: Path, item_tokens: np.ndarray) -> torch.Tensor:
 
 
 def user_context_for(codebook_dir: Path, item_tokens: np.ndarray, n_recent: int) -> UserContextHits:
-    """User-context hits from ``persona codebook``'s artefacts (codebook + cached item embeddings)."""
+    """User-context hits from ``persona codebook``'s artifacts (codebook + cached item embeddings)."""
     from llm_cloud.pipeline import load_item_codebook
 
     codebook_dir = Path(codebook_dir)
@@ -52,7 +52,7 @@ def save_adapter(
     context: UserContextHits | None = None,
 ) -> Path:
     """``adapter.pt`` + ``adapter.yaml`` (+ ``code_table.pt``, the semantic codes it reads; + the user-context
-    artefacts ``context_items.pt`` and ``context_codebook/`` when it reads context hits), atomically."""
+    artifacts ``context_items.pt`` and ``context_codebook/`` when it reads context hits), atomically."""
     directory = Path(directory)
     (directory / "adapter.yaml").unlink(missing_ok=True)
     atomic_torch_save(adapter.state_dict(), directory / "adapter.pt")
@@ -82,7 +82,7 @@ def load_code_table(directory: Path) -> torch.Tensor | None:
 
 
 def load_user_context(directory: Path) -> UserContextHits | None:
-    """The user-context artefacts saved beside an adapter (None for one that reads no context)."""
+    """The user-context artifacts saved beside an adapter (None for one that reads no context)."""
     return UserContextHits.load(directory)
 
 

@@ -108,7 +108,7 @@ class AdapterEditor:
         self.base, self.adapter, self.bank, self.code_table = base.eval(), adapter.eval(), bank, code_table
         self.context = context  # user-context hits computed from the device's window at edit time
         if adapter.context_sizes and context is None:
-            raise ValueError("this adapter reads user-context hits: the editor needs its context artefacts")
+            raise ValueError("this adapter reads user-context hits: the editor needs its context artifacts")
         self.base_version = self.version = version
         self._snapshot = bank.snapshot(edit_decoder(adapter, bank), version)
         self._published = OrderedDict({version: bank})  # the last `keep` published banks

@@ -8,8 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm_cloud.evaluation import METHODS, MethodEvaluator, RowRecord
-from llm_cloud.experiment import (
+from llm_cloud.adaptation_report import (
     OOD_METHODS,
     merge_with_report,
     ndcg_over_time,
@@ -17,7 +16,8 @@ from llm_cloud.experiment import (
     report_adaptation,
     time_windows,
 )
-from recipes.artefacts import ArtefactBuilder, seed_inputs
+from llm_cloud.methods import METHODS, MethodEvaluator, RowRecord
+from recipes.artifacts import ArtifactBuilder, seed_inputs
 from recipes.config import RecipeConfig
 from recsys import distributed, run_layout
 from recsys.experiment import load_dataset_split
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ServingArtefacts:
+class ServingArtifacts:
     """What ``adapter`` wrote for one seed (rank 0)."""
 
     seed: int
@@ -37,14 +37,14 @@ class ServingArtefacts:
     size: int  # prototypes in the bank
 
 
-def adapter(cfg: RecipeConfig, progress: bool = True) -> list[ServingArtefacts]:
+def adapter(cfg: RecipeConfig, progress: bool = True) -> list[ServingArtifacts]:
     """Train the main adapter (DDP under torchrun; rank 0 writes it) and build the ``prototypes.variant``
     bank (rank 0 alone: a cheap k-means + per-cluster fine-tuning) for every seed. Rank 0 gets the list."""
     out = []
     with distributed.process_group(cfg):
         split = distributed.rank0_first(load_dataset_split, cfg)
         for seed in cfg.seeds:
-            build = ArtefactBuilder(cfg, seed_inputs(cfg, seed, split), progress=progress)
+            build = ArtifactBuilder(cfg, seed_inputs(cfg, seed, split), progress=progress)
             build.adapter(run_layout.MAIN_ADAPTER)
             if distributed.is_rank0():
                 variant = cfg.prototypes.variant
@@ -52,7 +52,7 @@ def adapter(cfg: RecipeConfig, progress: bool = True) -> list[ServingArtefacts]:
                 path = run_layout.prototypes_file(build.run)
                 bank.snapshot().save(path)
                 run_layout.record(build.run, "prototypes", variant, cfg.prototypes.model_dump())
-                out.append(ServingArtefacts(seed, build.run, run_layout.adapter_dir(build.run),
+                out.append(ServingArtifacts(seed, build.run, run_layout.adapter_dir(build.run),
                                             run_layout.bank_dir(build.run, variant), path, bank.size))
             with distributed.collective_errors(cfg.train.dist_timeout_s):
                 distributed.barrier()
@@ -61,7 +61,7 @@ def adapter(cfg: RecipeConfig, progress: bool = True) -> list[ServingArtefacts]:
 
 @dataclass
 class MethodsReport:
-    out: dict  # results, over_time, ood_auroc, timings, window_edges (see llm_cloud.experiment)
+    out: dict  # results, over_time, ood_auroc, timings, window_edges (see llm_cloud.adaptation_report)
     table: str  # Markdown, as in reports/<dataset>/adaptation-<model>.md
 
 
@@ -82,7 +82,7 @@ def run_methods(cfg: RecipeConfig, methods: list[str], progress: bool = True, re
     for seed in cfg.seeds:
         t0 = time.perf_counter()
         inputs = seed_inputs(cfg, seed, split)
-        build = ArtefactBuilder(cfg, inputs, reuse, progress)
+        build = ArtifactBuilder(cfg, inputs, reuse, progress)
         evaluator = MethodEvaluator(inputs, build, cfg.adapter.window, cfg.prototypes.variant, cfg.eval.batch_size)
         records: dict[str, RowRecord] = {}
         for method in methods:

@@ -1,6 +1,6 @@
 """``codebook``: encode a dataset's items with the configured backbone and build the semantic codebook.
 
-Artefacts go to :func:`recsys.run_layout.codebook_dir` (FAISS index, semantic IDs, metadata, item
+Artifacts go to :func:`recsys.run_layout.codebook_dir` (FAISS index, semantic IDs, metadata, item
 embeddings, the device's item side file) and the quality report to ``<reports_dir>/codebook/<dataset>``.
 """
 
@@ -25,7 +25,7 @@ from recsys.item_side import save_item_side
 
 @dataclass
 class CodebookResult:
-    directory: Path  # the codebook artefacts
+    directory: Path  # the codebook artifacts
     report: dict  # quality metrics + timings (also in report_stem.json)
     report_stem: Path  # <reports_dir>/codebook/<dataset> (.json / .md)
 

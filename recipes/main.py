@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recipes import adaptation, base
-from recipes.adaptation import ServingArtefacts
+from recipes.adaptation import ServingArtifacts
 from recipes.base import BaseReport
 from recipes.codebook import CodebookResult, codebook, has_codebook
 from recipes.config import RecipeConfig, with_overrides
@@ -36,7 +36,7 @@ class LaunchError(RuntimeError):
 class MainJobResult:
     base: BaseReport
     codebook: CodebookResult | None = None  # when this run built it
-    serving: list[ServingArtefacts] = field(default_factory=list)  # the first seed's adapter + bank
+    serving: list[ServingArtifacts] = field(default_factory=list)  # the first seed's adapter + bank
     item_delta: Path | None = None  # the served checkpoint's item rows (None: no other checkpoint to teach it)
 
 
@@ -49,7 +49,7 @@ def main_job(cfg: RecipeConfig, model_cfgs: list[RecipeConfig], skip_adapter: bo
              progress: bool = True, relaunch: Relaunch | None = None) -> MainJobResult:
     """The codebook (when a model reads the item side file it writes, or the adapter needs it), every base
     model trained for every seed and evaluated with popularity, then the first model's adapter + bank for
-    the first seed (the demo services' artefacts) and the served checkpoint's item delta. With
+    the first seed (the demo services' artifacts) and the served checkpoint's item delta. With
     ``train.nproc > 1`` training runs through ``relaunch``.
     """
     built = None

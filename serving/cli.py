@@ -12,7 +12,7 @@ from recsys.datasets import CsvFormatError, DatasetError
 from recsys.item_side import ItemSideError
 from recsys.models import UnknownModelError
 from serving.commands import CliError
-from serving.commands import adapt as adapt_cmd
+from serving.commands import adapter as adapter_cmd
 from serving.commands import codebook as codebook_cmd
 from serving.commands import config as config_cmd
 from serving.commands import data as data_cmd
@@ -20,7 +20,7 @@ from serving.commands import export as export_cmd
 from serving.commands import serve as serve_cmd
 from serving.commands import train as train_cmd
 
-COMMANDS = [data_cmd, train_cmd, codebook_cmd, adapt_cmd, export_cmd, serve_cmd, config_cmd]
+COMMANDS = [data_cmd, train_cmd, codebook_cmd, adapter_cmd, export_cmd, serve_cmd, config_cmd]
 EXPECTED_ERRORS = (CliError, ConfigError, DatasetError, CsvFormatError, CheckpointError, UnknownModelError,
                    ItemSideError)
 

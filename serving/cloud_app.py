@@ -81,7 +81,7 @@ class CloudService:
     def __init__(self, cfg: AppConfig, checkpoint_dir: Path, editor_factory: EditorFactory | None = None):
         self.cfg, self.s = cfg, cfg.serve
         self.checkpoint_dir = Path(checkpoint_dir)
-        # default: the artefacts `persona adapter` writes beside the checkpoint (base editor when absent)
+        # default: the artifacts `persona adapter` writes beside the checkpoint (base editor when absent)
         self.adapter_dir = (
             Path(cfg.serve.adapter_dir) if cfg.serve.adapter_dir else run_layout.adapter_dir(self.checkpoint_dir)
         )

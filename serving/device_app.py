@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from serving.adaptation import Adaptation
-from serving.artefacts import Artefacts
+from serving.artifacts import Artifacts
 from serving.auth import Caller, Credentials
 from serving.bank_sync import BankSync
 from serving.cloud_client import Breaker, CloudClient
@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 class DeviceService:
     """One device worker: its parts (see the module docstring), started and stopped with the app."""
 
-    def __init__(self, cfg: AppConfig, art: Artefacts, cloud_url: str | None = None, api_key: str | None = None):
+    def __init__(self, cfg: AppConfig, art: Artifacts, cloud_url: str | None = None, api_key: str | None = None):
         self.cfg, self.s, self.art = cfg, cfg.serve, art
         s = self.s
         self.engine = load_engine(cfg, art)

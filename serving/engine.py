@@ -27,7 +27,7 @@ from persona_device.model import META_FILE
 from persona_device.runtime import OnnxDeviceRuntime
 from persona_device.wire import Payload, Snapshot, pack
 from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
-from serving.artefacts import Artefacts, require_checkpoint
+from serving.artifacts import Artifacts, require_checkpoint
 from serving.commands.export import ONNX_DIR
 from serving.config import AppConfig
 
@@ -185,7 +185,7 @@ class OnnxEngine(Engine):
         return np.stack(states)
 
 
-def onnx_export_dir(cfg: AppConfig, art: Artefacts | None = None) -> Path:
+def onnx_export_dir(cfg: AppConfig, art: Artifacts | None = None) -> Path:
     """``serve.onnx_dir`` (default ``<checkpoint>/device-onnx``), exported from the served checkpoint first when it
     holds no complete export or one older than the checkpoint (``persona export --format onnx`` writes the same
     files and also checks them against torch on every test row)."""
@@ -202,7 +202,7 @@ def onnx_export_dir(cfg: AppConfig, art: Artefacts | None = None) -> Path:
     return export_onnx(model, out, tokens, meta.dataset, OnnxExportOptions())
 
 
-def load_engine(cfg: AppConfig, art: Artefacts) -> Engine:
+def load_engine(cfg: AppConfig, art: Artifacts) -> Engine:
     """The engine ``serve.runtime`` names, on the served checkpoint."""
     gate = cfg.serve.cache_gate
     if cfg.serve.runtime == "onnx":

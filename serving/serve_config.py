@@ -71,7 +71,7 @@ class ServeConfig(BaseModel):
 
     checkpoint: str | None = None  # base checkpoint dir; None → <output_dir>/<dataset>/<model>/seed<seed>
     seed: int = 0  # which seed's checkpoint to serve when ``checkpoint`` is None
-    adapter_dir: str | None = None  # adapter + prototype bank artefacts for the cloud editor
+    adapter_dir: str | None = None  # adapter + prototype bank artifacts for the cloud editor
     # per served dataset by default (state_paths): None → <output_dir>/serve/<dataset>/events.db, .../prototypes.json
     db_path: str | None = None  # device event log (SQLite)
     prototype_cache: str | None = None  # the device's cached bank snapshot
@@ -112,7 +112,7 @@ class ServeConfig(BaseModel):
     batch_wait_ms: float = Field(1.0, ge=0, le=100)  # a batch waits at most this long for requests on their way
     history_cache_users: int = Field(10_000, ge=0)  # users whose event history a device worker keeps in memory
 
-    reload_poll_s: float = Field(2.0, ge=0)  # cloud: check editor artefacts for changes (0 = only /admin/reload)
+    reload_poll_s: float = Field(2.0, ge=0)  # cloud: check editor artifacts for changes (0 = only /admin/reload)
     inject_delay_ms: float = Field(0.0, ge=0)  # testing only: the cloud's /v1/edits waits this long first
 
     def state_paths(self, output_dir: str | Path, dataset: str) -> tuple[Path, Path]:

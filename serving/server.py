@@ -32,7 +32,7 @@ import uvicorn
 import uvloop
 from fastapi import FastAPI
 
-from serving.artefacts import load_artefacts, require_checkpoint
+from serving.artifacts import load_artifacts, require_checkpoint
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.config import AppConfig
 from serving.device_app import DeviceService, create_device_app
@@ -60,7 +60,7 @@ def build_app(cfg: AppConfig, role: str, api_key: str | None) -> FastAPI:
     if role == "device":
         if not cfg.serve.operator_key:
             raise ValueError(f"the device needs an operator key: set ${OPERATOR_KEY_ENV} or serve.operator_key")
-        service = DeviceService(cfg, load_artefacts(cfg), cloud_url_for(cfg), api_key)
+        service = DeviceService(cfg, load_artifacts(cfg), cloud_url_for(cfg), api_key)
         return create_device_app(service, cfg.serve.operator_key)
     if not api_key:
         raise ValueError(f"the cloud needs an API key: set ${API_KEY_ENV} or serve.api_key")

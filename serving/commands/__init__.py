@@ -15,3 +15,12 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     """``--config FILE`` and ``key=value`` overrides, shared by every command."""
     parser.add_argument("--config", help="YAML file layered over the defaults (`persona config` prints the result)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. dataset=ml-latest-small train.lr=0.002")
+
+
+def add_training(parser: argparse.ArgumentParser) -> None:
+    """:func:`add_common` plus ``--quiet`` and ``--nproc``, for the commands that train (``train``, ``adapter``)."""
+    add_common(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--nproc", type=int, help="DDP processes on this machine, relaunched under torchrun (default train.nproc)"
+    )

@@ -1,6 +1,6 @@
 """``persona codebook``: encode a dataset's items with the configured backbone and build the semantic codebook.
 
-Artefacts go to ``<output_dir>/<dataset>/codebook/`` (FAISS index, semantic IDs, metadata, item
+Artifacts go to ``<output_dir>/<dataset>/codebook/`` (FAISS index, semantic IDs, metadata, item
 embeddings) and the quality report to ``<reports_dir>/codebook/<dataset>.json`` and ``.md``
 (:func:`recipes.codebook.codebook`).
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serving.commands import CliError, add_common
+from serving.commands import CliError, add_common, add_training
 from serving.commands.launch import resolve_nproc, torchrun_self
 from serving.config import AppConfig, load_app_config
 
@@ -12,11 +12,7 @@ TRAIN_HINT = "run `persona train` (and `persona codebook`) first"
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train the base device model for every seed (checkpoints under runs/)")
-    add_common(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--nproc", type=int, help="DDP processes on this machine, relaunched under torchrun (default train.nproc)"
-    )
+    add_training(p)
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("evaluate", help="full-ranking test metrics of trained models + popularity, mean ± std")
@@ -101,7 +97,7 @@ def run_evaluate(args) -> int:
 
 def run_methods(args) -> int:
     from llm_cloud.artifacts import ArtifactError
-    from llm_cloud.evaluation import METHODS
+    from llm_cloud.methods import METHODS
     from recipes.adaptation import evaluate_methods
     from recsys.checkpoint import CheckpointError
 
@@ -125,7 +121,7 @@ def run_main(args) -> int:
     from recipes.main import LaunchError, main_job
     from recsys import distributed
     from recsys.checkpoint import CheckpointError
-    from serving.commands.adapt import print_serving
+    from serving.commands.adapter import print_serving
     from serving.commands.codebook import print_codebook, recipe_errors
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]

@@ -11,7 +11,7 @@ from serving.cli import main
 from tests.llm_cloud.helpers import ml100k_embeddings
 
 
-def test_persona_codebook_writes_artefacts_and_report(tmp_path, workdir, emb_cache, capsys):
+def test_persona_codebook_writes_artifacts_and_report(tmp_path, workdir, emb_cache, capsys):
     items = ml100k_embeddings(workdir, emb_cache)  # fills the cache the CLI reads
     args = ["codebook", "dataset=ml-100k", f"data.workdir={workdir}", f"output_dir={tmp_path / 'runs'}",
             f"reports_dir={tmp_path / 'reports'}", f"backbone.cache_dir={emb_cache}", "backbone.progress=false"]

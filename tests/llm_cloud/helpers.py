@@ -120,7 +120,7 @@ class FailsOnBatch(Wrapped):
 
 
 def tiny_overrides(workdir: Path, out: Path) -> list[str]:
-    """A tiny ml-100k SASRec base + adapter + bank config (seconds on CPU), artefacts under ``out``."""
+    """A tiny ml-100k SASRec base + adapter + bank config (seconds on CPU), artifacts under ``out``."""
     return [
         f"data.workdir={workdir}",
         "data.max_seq_len=16",

@@ -174,7 +174,7 @@ def test_payload_round_trip_reproduces_the_edit():
     assert torch.allclose(score_with_edit(base, seq, length, back), score_with_edit(base, seq, length, edit))
 
 
-def test_adapter_editor_round_trip_through_artefacts(tmp_path):
+def test_adapter_editor_round_trip_through_artifacts(tmp_path):
     from llm_cloud.artifacts import save_adapter, save_bank
     from llm_cloud.editor import AdapterEditor, BaseEditor, load_editor
     from recsys.checkpoint import save_checkpoint

@@ -50,7 +50,7 @@ def test_two_gloo_ranks_train_the_same_adapter_as_one_process(ml100k_split, work
         assert torch.equal(s2[key], s1[key]), f"{key}: max |diff| {(s2[key] - s1[key]).abs().max():.3g}"
 
 
-def test_dead_adapter_rank_fails_fast_without_artefacts(ml100k_split, workdir, tmp_path):
+def test_dead_adapter_rank_fails_fast_without_artifacts(ml100k_split, workdir, tmp_path):
     run_dir = tiny_base(workdir, tmp_path)
     code, out = _persona(
         ["adapter", "--nproc", "2", "--quiet", *tiny_overrides(workdir, tmp_path)], env={TEST_DIE_ENV: "1:3"}

@@ -1,5 +1,5 @@
 """The recipes end to end on a tiny ml-100k SASRec (seconds): train → evaluate → adapter → the editor,
-every artefact noted in the run's manifest; the main job's adapter config; the configs' layering."""
+every artifact noted in the run's manifest; the main job's adapter config; the configs' layering."""
 
 from __future__ import annotations
 

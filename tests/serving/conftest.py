@@ -159,7 +159,7 @@ def rank(client: httpx.Client, url: str, **body) -> httpx.Response:
 @contextmanager
 def device_and_cloud(checkpoint, runtime, tmp_path: Path, *overrides: str):
     """Live (device, cloud) servers on 127.0.0.1: the cloud edits with :class:`RandomEditor`, the device uses it."""
-    from serving.artefacts import load_artefacts
+    from serving.artifacts import load_artifacts
     from serving.cloud_app import CloudService, create_cloud_app
     from serving.device_app import DeviceService, create_device_app
 
@@ -168,7 +168,7 @@ def device_and_cloud(checkpoint, runtime, tmp_path: Path, *overrides: str):
     cloud = LiveServer(create_cloud_app(CloudService(cfg, cfg.serve.checkpoint, lambda: RandomEditor(dim, n_layers)),
                                         API_KEY))  # fmt: skip
     try:
-        service = DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY)
+        service = DeviceService(cfg, load_artifacts(cfg), cloud.url, API_KEY)
         with LiveServer(create_device_app(service, API_KEY)) as device:
             yield device, cloud
     finally:

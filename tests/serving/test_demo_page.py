@@ -12,7 +12,7 @@ import shutil
 import httpx
 import pytest
 
-from serving.artefacts import load_artefacts
+from serving.artifacts import load_artifacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.demo import demo_page, headline_results
 from serving.device_app import DeviceService, create_device_app
@@ -87,13 +87,13 @@ def test_headline_results_come_from_the_reports(tmp_path):
 
 def test_demo_page_clicks_adapt_the_ranking_and_cutting_the_cloud_shows_the_fallback(checkpoint, runtime, tmp_path):
     ckpt = real_editor_checkpoint(checkpoint, runtime, tmp_path)
-    reports = _reports(tmp_path, load_artefacts(serve_config(checkpoint, tmp_path)).meta.dataset)
+    reports = _reports(tmp_path, load_artifacts(serve_config(checkpoint, tmp_path)).meta.dataset)
     cfg = serve_config((ckpt, checkpoint[1]), tmp_path, f"reports_dir={reports}", "serve.budget_ms=2000")
     driver = chromium()
     try:
         cloud_app = create_cloud_app(CloudService(cfg, ckpt), API_KEY)
         with LiveServer(cloud_app) as cloud, httpx.Client(timeout=30, headers=AUTH) as c:
-            device = DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY)
+            device = DeviceService(cfg, load_artifacts(cfg), cloud.url, API_KEY)
             with LiveServer(create_device_app(device, API_KEY)) as dev:
                 wait_for(lambda: device.engine.code_version, timeout=30)
                 driver.get(f"{dev.url}/?user=nobody")  # no key: the page asks for one and shows no one's data
@@ -144,7 +144,7 @@ def test_demo_page_clicks_adapt_the_ranking_and_cutting_the_cloud_shows_the_fall
 
 def test_cloud_switch_rejects_a_bad_body(checkpoint, tmp_path):
     cfg = serve_config(checkpoint, tmp_path)
-    app = create_device_app(DeviceService(cfg, load_artefacts(cfg)), API_KEY)
+    app = create_device_app(DeviceService(cfg, load_artifacts(cfg)), API_KEY)
     with LiveServer(app) as dev, httpx.Client(headers=AUTH) as c:
         resp = c.put(f"{dev.url}/v1/cloud", json={"enabled": "maybe"})
         assert resp.status_code == 422 and "enabled" in resp.json()["message"]

@@ -19,7 +19,7 @@ from llm_cloud.teacher import EnsembleTeacher
 from recsys import run_layout
 from recsys.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from recsys.runtime import DeviceRuntime, EditPayload, ItemTableDelta, PrototypeSnapshot, pack
-from serving.artefacts import load_artefacts
+from serving.artifacts import load_artifacts
 from serving.auth import Credentials
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.device_app import DeviceService, create_device_app
@@ -78,7 +78,7 @@ def test_the_device_ranks_with_the_served_distilled_edit_as_offline_row_by_row(c
     rows = [[runtime.token_to_id[t] for t in h] for h in users]
     want = offline(runtime, [seed0, seed1], cfg, rows)
     with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=60, headers=AUTH) as c:
-        device = DeviceService(cfg, load_artefacts(cfg), cl.url, API_KEY)
+        device = DeviceService(cfg, load_artifacts(cfg), cl.url, API_KEY)
         with LiveServer(create_device_app(device, API_KEY)) as dev:
             wait_for(lambda: device.engine.bank_version == version)
             for u, items in enumerate(users):
@@ -223,7 +223,7 @@ def test_the_device_fetches_the_item_delta_with_the_bank_and_ranks_with_it_with_
     edits = distilled_edit(runtime.model, seq, length, target, cfg.cloud.distill, items=offline_rt.scoring_items)
     n_layers = len(runtime.model.head.layers)
     with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=60, headers=AUTH) as c:
-        device = DeviceService(cfg, load_artefacts(cfg), cl.url, API_KEY)
+        device = DeviceService(cfg, load_artifacts(cfg), cl.url, API_KEY)
         with LiveServer(create_device_app(device, API_KEY)) as dev:
             wait_for(lambda: device.engine.bank_version == snapshot.version)
             for u, items in enumerate(users):

@@ -18,7 +18,7 @@ import torch
 from llm_cloud.editor import load_editor
 from persona_device.model import META_FILE
 from recsys.runtime import EditPayload
-from serving.artefacts import load_artefacts
+from serving.artifacts import load_artifacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.device_app import DeviceService, create_device_app
 from serving.engine import OnnxEngine, TorchEngine, load_engine, onnx_export_dir
@@ -35,7 +35,7 @@ def setup(checkpoint, runtime, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("engines")
     ckpt = real_editor_checkpoint(checkpoint, runtime, tmp)
     cfg = serve_config((ckpt, checkpoint[1]), tmp, "serve.runtime=onnx")
-    art = load_artefacts(cfg)
+    art = load_artifacts(cfg)
     torch_engine = load_engine(serve_config((ckpt, checkpoint[1]), tmp), art)
     onnx_engine = load_engine(cfg, art)
     assert isinstance(torch_engine, TorchEngine) and isinstance(onnx_engine, OnnxEngine)
@@ -139,7 +139,7 @@ def test_a_device_on_onnx_ranks_as_the_device_on_torch_over_http(setup, checkpoi
     answers = {}
     try:
         for rt, cfg in cfgs.items():
-            service = DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY)
+            service = DeviceService(cfg, load_artifacts(cfg), cloud.url, API_KEY)
             with LiveServer(create_device_app(service, API_KEY)) as dev, httpx.Client(timeout=60, headers=AUTH) as c:
                 wait_for(lambda s=service: s.engine.code_version == editor.version, timeout=30)
                 for u, items in users.items():

@@ -9,7 +9,7 @@ import sqlite3
 import httpx
 import pytest
 
-from serving.artefacts import load_artefacts
+from serving.artifacts import load_artifacts
 from serving.device_app import DeviceService, create_device_app
 from serving.event_store import EventStore
 from tests.serving.conftest import API_KEY, AUTH, LiveServer, serve_config
@@ -73,7 +73,7 @@ def test_store_reads_only_the_window(runtime, tmp_path, cache_users):
 
 def test_rank_for_a_200k_event_user_uses_the_last_window(checkpoint, runtime, tmp_path):
     cfg = serve_config(checkpoint, tmp_path)
-    service = DeviceService(cfg, load_artefacts(cfg))  # no cloud, no bank: the base head
+    service = DeviceService(cfg, load_artifacts(cfg))  # no cloud, no bank: the base head
     rows = long_history(runtime)
     service.store.append_future(rows).result(timeout=300)
     t2i, window = runtime.token_to_id, runtime.model.max_seq_len

@@ -64,12 +64,12 @@ def test_serve_state_is_per_dataset_by_default(tmp_path):
 
 def test_device_service_opens_its_datasets_event_log(checkpoint, tmp_path):
     """With no serve.db_path / serve.prototype_cache, the device keeps its state under <output_dir>/serve/<dataset>/."""
-    from serving.artefacts import load_artefacts
+    from serving.artifacts import load_artifacts
     from serving.device_app import DeviceService
 
     ckpt, workdir = checkpoint
     cfg = load_app_config(overrides=[f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"output_dir={tmp_path}"])
-    service = DeviceService(cfg, load_artefacts(cfg))
+    service = DeviceService(cfg, load_artifacts(cfg))
     try:
         assert service.store.path == tmp_path / "serve" / "ml-100k" / "events.db" and service.store.path.is_file()
         assert service.cache_path == tmp_path / "serve" / "ml-100k" / "prototypes.json"

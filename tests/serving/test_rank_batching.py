@@ -14,7 +14,7 @@ import torch
 
 from recsys import ood
 from recsys.runtime import DeviceRuntime
-from serving.artefacts import load_artefacts
+from serving.artifacts import load_artifacts
 from serving.device_app import DeviceService, create_device_app
 from serving.engine import TorchEngine
 from serving.event_store import EventStore
@@ -222,7 +222,7 @@ def device(checkpoint, runtime, tmp_path):
     dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
     RandomEditor(dim, n_layers, version="batch-v1").snapshot().save(tmp_path / "prototypes.json")
     cfg = serve_config(checkpoint, tmp_path, "serve.batch_wait_ms=2")
-    service = DeviceService(cfg, load_artefacts(cfg))
+    service = DeviceService(cfg, load_artifacts(cfg))
     rng = random.Random(7)
     users = {f"user{u}": [rng.randrange(1, runtime.n_items) for _ in range(rng.randrange(1, 80))] for u in range(40)}
     tok = runtime.item_tokens

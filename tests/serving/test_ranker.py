@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 import serving
-from serving.artefacts import load_artefacts
+from serving.artifacts import load_artifacts
 from serving.device_app import DeviceService, create_device_app
 from serving.ranker import Ranker
 from tests.serving.conftest import API_KEY, AUTH, LiveServer, RandomEditor, rank, serve_config, wait_for
@@ -54,7 +54,7 @@ def test_a_rank_request_crosses_six_functions_and_nothing_calls_back_up(checkpoi
     items = [str(t) for t in runtime.item_tokens[1:9]]
     graph = CallGraph()
     with LiveServer(capp) as cloud:
-        service = DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY)
+        service = DeviceService(cfg, load_artifacts(cfg), cloud.url, API_KEY)
         assert isinstance(service.ranker, Ranker)
         threading.setprofile(graph)  # the device's server thread is traced (started below)
         try:

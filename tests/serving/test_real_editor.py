@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 
 from llm_cloud.editor import AdapterEditor, load_editor
-from serving.artefacts import load_artefacts
+from serving.artifacts import load_artifacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.device_app import DeviceService, create_device_app
 from tests.serving.conftest import API_KEY, AUTH, LiveServer, rank, real_editor_checkpoint, serve_config, wait_for
@@ -17,11 +17,11 @@ def test_device_serves_the_real_editors_code_edits_and_the_bytes_are_small(check
     cfg = serve_config((ckpt, checkpoint[1]), tmp_path)
     editor = load_editor(ckpt, runtime.model.head.dim, ckpt / "adapter-main")
     assert isinstance(editor, AdapterEditor)
-    cloud = CloudService(cfg, ckpt)  # the default factory: the real editor from the artefacts
+    cloud = CloudService(cfg, ckpt)  # the default factory: the real editor from the artifacts
     items = [str(t) for t in runtime.item_tokens[[5, 17, 99, 120, 3]]]
     ids = [runtime.token_to_id[t] for t in items]
     with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=30, headers=AUTH) as c:
-        device = DeviceService(cfg, load_artefacts(cfg), cl.url, API_KEY)
+        device = DeviceService(cfg, load_artifacts(cfg), cl.url, API_KEY)
         with LiveServer(create_device_app(device, API_KEY)) as dev:
             wait_for(lambda: device.engine.code_version == editor.version, timeout=30)
             events = [{"event_id": f"e{i}", "user_id": "ann", "item_id": t} for i, t in enumerate(items)]
@@ -56,7 +56,7 @@ def test_a_dynamic_cloud_publishes_its_learnt_bank_and_the_device_takes_it(check
     items = [str(t) for t in runtime.item_tokens[[5, 17, 99, 120, 3, 42, 7]]]
     auth = {"Authorization": f"Bearer {API_KEY}"}
     with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=30, headers=AUTH) as c:
-        device = DeviceService(cfg, load_artefacts(cfg), cl.url, API_KEY)
+        device = DeviceService(cfg, load_artifacts(cfg), cl.url, API_KEY)
         with LiveServer(create_device_app(device, API_KEY)) as dev:
             wait_for(lambda: device.engine.bank_version == first,
                      timeout=30)

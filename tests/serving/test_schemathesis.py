@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.artefacts import load_artefacts
+from serving.artifacts import load_artifacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.device_app import DeviceService, create_device_app
 from serving.embeddings_api import create_embeddings_app
@@ -31,7 +31,7 @@ def test_schemathesis_finds_no_server_error(checkpoint, runtime, tmp_path):
     dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
     cloud = LiveServer(create_cloud_app(CloudService(cfg, cfg.serve.checkpoint, lambda: RandomEditor(dim, n_layers)),
                                         API_KEY))
-    device = LiveServer(create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud.url, API_KEY), API_KEY))
+    device = LiveServer(create_device_app(DeviceService(cfg, load_artifacts(cfg), cloud.url, API_KEY), API_KEY))
     common = ["--checks", "not_a_server_error", "--max-time", "8", "--max-examples", "40", "--seed", "7", "-w", "1",
               "--no-color"]
     try:

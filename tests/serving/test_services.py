@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from recsys.runtime import EditPayload, PrototypeSnapshot
-from serving.artefacts import load_artefacts
+from serving.artifacts import load_artifacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.cloud_client import Breaker, CloudClient
 from serving.device_app import DeviceService, create_device_app
@@ -18,7 +18,7 @@ from tests.serving.conftest import API_KEY, AUTH, LiveServer, RandomEditor, rand
 
 
 def device_app(cfg, cloud_url=None):
-    return create_device_app(DeviceService(cfg, load_artefacts(cfg), cloud_url, API_KEY), API_KEY)
+    return create_device_app(DeviceService(cfg, load_artifacts(cfg), cloud_url, API_KEY), API_KEY)
 
 
 def cloud_app(cfg, editor_factory):
@@ -258,7 +258,7 @@ def test_a_late_cloud_answer_is_never_served_for_a_newer_history(checkpoint, run
 
     cfg = serve_config(checkpoint, tmp_path, "serve.budget_ms=100")
     items = [str(t) for t in runtime.item_tokens[1:7]]
-    svc = DeviceService(cfg, load_artefacts(cfg), None, API_KEY)
+    svc = DeviceService(cfg, load_artifacts(cfg), None, API_KEY)
     svc.adaptation.client = cloud = GatedCloud(runtime)
 
     def events(lo, hi):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from llm_cloud.artifacts import ArtifactError
-from llm_cloud.evaluation import METHODS, RowRecord
+from llm_cloud.methods import METHODS, RowRecord
 from recsys import metrics, run_layout
 from recsys.atomic_io import atomic_write_text
 from recsys.metrics import auroc

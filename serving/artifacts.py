@@ -23,7 +23,7 @@ def checkpoint_dir(cfg: AppConfig) -> Path:
 
 
 @dataclass
-class Artefacts:
+class Artifacts:
     directory: Path
     model: EditableSeqRec
     meta: CheckpointMeta
@@ -39,7 +39,7 @@ def require_checkpoint(cfg: AppConfig) -> Path:
     return directory
 
 
-def load_artefacts(cfg: AppConfig) -> Artefacts:
+def load_artifacts(cfg: AppConfig) -> Artifacts:
     directory = require_checkpoint(cfg)
     model, meta, tokens = load_checkpoint(directory)
     titles: list[str | None] = [None] * len(tokens)
@@ -53,4 +53,4 @@ def load_artefacts(cfg: AppConfig) -> Artefacts:
             by_token = dict(zip(table["item_id"], table["title"]))
             titles = [by_token.get(str(t)) or None for t in tokens]
     titles[0] = None
-    return Artefacts(directory, model, meta, tokens, titles)
+    return Artifacts(directory, model, meta, tokens, titles)

@@ -1,19 +1,15 @@
-"""``persona adapter``: train the adapter and build the prototype bank for every seed (serving artefacts)."""
+"""``persona adapter``: train the adapter and build the prototype bank for every seed (serving artifacts)."""
 
 from __future__ import annotations
 
-from serving.commands import CliError, add_common
+from serving.commands import CliError, add_training
 from serving.commands.launch import resolve_nproc, torchrun_self
 from serving.config import load_app_config
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("adapter", help="train the cloud adapter + prototype bank on a trained base model")
-    add_common(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--nproc", type=int, help="DDP processes on this machine, relaunched under torchrun (default train.nproc)"
-    )
+    add_training(p)
     p.set_defaults(func=run)
 
 

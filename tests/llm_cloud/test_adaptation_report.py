@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from llm_cloud.adaptation_report import N_TIME_WINDOWS, merge_with_report, report_adaptation
 from llm_cloud.artifacts import ArtifactError
-from llm_cloud.experiment import N_TIME_WINDOWS, merge_with_report, report_adaptation
 from recsys.metrics import auroc
 from recsys.report import label
 from serving.config import load_app_config

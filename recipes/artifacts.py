@@ -12,7 +12,7 @@ from llm_cloud.adapter import Adapter
 from llm_cloud.adapter_data import TrainingSamples, row_states
 from llm_cloud.adapter_train import train_adapter
 from llm_cloud.artifacts import ArtifactError, freeze, load_adapter, load_bank, save_adapter, save_bank
-from llm_cloud.evaluation import VARIANTS, SeedInputs
+from llm_cloud.methods import VARIANTS, SeedInputs
 from llm_cloud.prototypes import PrototypeBank
 from recipes.config import RecipeConfig
 from recsys import distributed, run_layout
@@ -36,8 +36,8 @@ def seed_inputs(cfg: RecipeConfig, seed: int, split) -> SeedInputs:
                       cfg.adapter.use_codebook, cfg.adapter.context_items, distributed.rank_device(cfg))
 
 
-class ArtefactBuilder:
-    """The :class:`~llm_cloud.evaluation.ArtefactSource` of one seed: each adapter / bank built once."""
+class ArtifactBuilder:
+    """The :class:`~llm_cloud.methods.ArtifactSource` of one seed: each adapter / bank built once."""
 
     def __init__(self, cfg: RecipeConfig, inputs: SeedInputs, reuse: bool = False, progress: bool = True):
         self.cfg, self.inputs, self.reuse, self.progress = cfg, inputs, reuse, progress

@@ -9,7 +9,7 @@ import json
 import numpy as np
 
 from codebook import CodebookConfig, SemanticCodebook
-from llm_cloud.evaluation import METHODS
+from llm_cloud.methods import METHODS
 from serving.cli import main as persona
 from tests.llm_cloud.helpers import tiny_base, tiny_overrides
 

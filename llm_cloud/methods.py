@@ -16,8 +16,8 @@ prototypes or open new ones, consumed items count into the OOD score (:func:`llm
 edit where the snapshot's ``cache_ok`` allows it and the device is not out of distribution, else the base
 head (no adapter, no cloud call).
 
-:class:`MethodEvaluator` scores them; the adapters and banks come from an :class:`ArtefactSource`
-(``recipes.artefacts.ArtefactBuilder`` trains, saves or reloads them).
+:class:`MethodEvaluator` scores them; the adapters and banks come from an :class:`ArtifactSource`
+(``recipes.artifacts.ArtifactBuilder`` trains, saves or reloads them).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def recording(score_fn, record: RowRecord, n_neg: int = 100, seed: int = 0):
     return fn
 
 
-class ArtefactSource(Protocol):
+class ArtifactSource(Protocol):
     """Where the evaluator gets a seed's adapters and banks (trained, cached or loaded: ``recipes``)."""
 
     def adapter(self, variant: str) -> Adapter: ...
@@ -122,7 +122,7 @@ class SeedInputs:
         return self.code_table if adapter.code_sizes else None
 
     def user_context(self) -> UserContextHits:
-        """User-context hits from the codebook artefacts (loaded once)."""
+        """User-context hits from the codebook artifacts (loaded once)."""
         if self._context is None:
             if self.codebook_dir is None:
                 raise ArtifactError("user context needs the semantic codebook; run `persona codebook` first")
@@ -142,7 +142,7 @@ class SeedInputs:
 class MethodEvaluator:
     """Scores the adaptation methods of one seed on the test split (RecBole full ranking + sampled AUC)."""
 
-    def __init__(self, inputs: SeedInputs, source: ArtefactSource, window: int, served_bank: str,
+    def __init__(self, inputs: SeedInputs, source: ArtifactSource, window: int, served_bank: str,
                  eval_batch_size: int = 256):
         self.inputs, self.source = inputs, source
         self.base, self.split, self.seed, self.device = inputs.base, inputs.split, inputs.seed, inputs.device
