@@ -1,6 +1,6 @@
 """Replay a dataset's test period through the live device and cloud services, and score what they serve.
 
-The main job's artefacts (``make run``: ``runs/<dataset>/sasrec/seed<N>`` with ``adapter-main`` and its
+The main job's artifacts (``make run``: ``runs/<dataset>/sasrec/seed<N>`` with ``adapter-main`` and its
 bank) are served by real processes on 127.0.0.1: ``persona serve --role cloud`` and, per condition, a
 fresh ``persona serve --role device`` whose cloud URL points at a link emulator in this process (an
 asyncio TCP relay that counts the bytes each way and can add latency and a shared bandwidth cap).

@@ -13,7 +13,7 @@ ml-100k-style histories of 20 item ids) from the asyncio keep-alive client of ``
 (the cloud's ``persona_edit_batch_size``) and the throughput ratio against the first row; writes
 ``reports/benchmarks/serve_load_cloud.{json,md}``.
 
-Needs the main job's artefacts (``make run``: ``runs/<dataset>/sasrec/seed0`` with ``adapter-main``, and the
+Needs the main job's artifacts (``make run``: ``runs/<dataset>/sasrec/seed0`` with ``adapter-main``, and the
 other checkpoints the distilled edit's default teacher is made of). ``ms / edit`` is the cloud's time per answered
 edit at that concurrency (1000 / req/s: the batch's compute shared by its requests).
 

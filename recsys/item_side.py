@@ -43,8 +43,8 @@ class ItemSide:
 
 
 def rows_for(item_tokens: np.ndarray, item_ids) -> np.ndarray:
-    """Row of each internal item id's token in ``item_ids`` (a per-item artefact's order); -1 for the
-    padding id 0 and for tokens the artefact lacks."""
+    """Row of each internal item id's token in ``item_ids`` (a per-item artifact's order); -1 for the
+    padding id 0 and for tokens the artifact lacks."""
     row = {str(t): i for i, t in enumerate(item_ids)}
     return np.array([row.get(str(t), -1) if i > 0 else -1 for i, t in enumerate(item_tokens)], dtype=np.int64)
 

@@ -60,7 +60,7 @@ def item_delta_file(run: Path) -> Path:
 
 
 def codebook_dir(output_dir: str | Path, dataset: str) -> Path:
-    """Where ``persona codebook`` writes a dataset's codebook artefacts."""
+    """Where ``persona codebook`` writes a dataset's codebook artifacts."""
     return dataset_dir(output_dir, dataset) / CODEBOOK_DIR
 
 
@@ -102,7 +102,7 @@ def digest(config: dict) -> str:
 
 @dataclass
 class Entry:
-    """One artefact of a run: its path (relative to the run dir), config digest and write time."""
+    """One artifact of a run: its path (relative to the run dir), config digest and write time."""
 
     path: str
     config_digest: str | None = None
@@ -142,7 +142,7 @@ def _variants(run: Path, prefix: str, mark: str) -> dict[str, Entry]:
 
 
 def derive_manifest(run: Path) -> Manifest:
-    """The manifest of a run dir written without one, from the complete artefacts on disk."""
+    """The manifest of a run dir written without one, from the complete artifacts on disk."""
     run = Path(run)
     return Manifest(
         checkpoint=Entry(".") if (run / CHECKPOINT_MARK).is_file() else None,

@@ -1,4 +1,4 @@
-"""Screenshot of the demo page on the main job's artefacts → docs/demo.png.
+"""Screenshot of the demo page on the main job's artifacts → docs/demo.png.
 
 Starts ``persona serve --role all`` on free 127.0.0.1 ports (the ml-100k seed-0 SASRec of ``make run``,
 a fresh event database), opens the page in headless Debian Chromium, clicks a few recommended items,
