@@ -19,7 +19,7 @@ serve config), ``default-unbatched`` (the same against a cloud that answers each
 forward pass, ``serve.max_batch=1``: the cloud before :mod:`serving.edit_batcher`), ``cloud-down`` (dead
 cloud, the cached bank only; ``cloud-down-ungated`` and ``default-ungated`` with ``serve.cache_gate=false``:
 every cached prototype's edit served, also those that did not beat the base head on validation), ``slow``
-(the cloud answers after 100 ms, past the 50 ms budget) and
+(a link that adds 50 ms each way: answers 100 ms late, past the 50 ms budget) and
 ``throttled`` (the default config over a link with +20 ms each way and 1 Mbit/s), ``exact-dynamic``
 (``exact`` against a cloud whose bank learns from the replayed traffic, ``serve.dynamic_bank=true``: what
 ``served-dyn`` measures offline; not in the default set, nor are the ``-ungated`` ones). Those clouds serve the
@@ -80,6 +80,7 @@ from serving.metrics import read_samples  # noqa: E402
 API_KEY = "bench-replay-key"
 K = 10
 LONG_BUDGET = ["serve.budget_ms=10000"]  # the cloud always answers in time: only the policy decides
+SLOW_MS = 100  # the `slow` link's added round trip
 CONDITIONS = {
     "exact": {"device": ["serve.refresh_every=1", *LONG_BUDGET]},
     "exact-fp32": {"device": ["serve.refresh_every=1", "serve.edit_encoding=fp32", *LONG_BUDGET]},
@@ -88,7 +89,7 @@ CONDITIONS = {
     "default-unbatched": {"device": [], "cloud": "unbatched"},
     "cloud-down": {"device": [], "cloud": None},
     "cloud-down-ungated": {"device": ["serve.cache_gate=false"], "cloud": None},  # every cached edit (no gate)
-    "slow": {"device": [], "cloud": "slow"},
+    "slow": {"device": [], "link": (SLOW_MS / 2e3, None)},  # each way: the round trip SLOW_MS longer
     "throttled": {"device": [], "link": (0.020, 1_000_000)},
     "exact-dynamic": {"device": ["serve.refresh_every=1", *LONG_BUDGET], "cloud": "dynamic"},
     "exact-distilled": {"device": ["serve.refresh_every=1", *LONG_BUDGET], "cloud": "distilled"},
@@ -97,11 +98,9 @@ CONDITIONS = {
     "cloud-down-distilled": {"device": [], "cloud": None, "bank": "distilled"},  # the distilled bank's item delta
 }
 OPTIONAL = ("exact-dynamic", "cloud-down-ungated", "default-ungated", "every-event-distilled")  # not by default
-SLOW_MS = 100
 ADAPTER = "cloud.edit_source=adapter"
 CLOUDS = {  # cloud processes by kind: the overrides each is started with
     "live": [ADAPTER],
-    "slow": [ADAPTER, f"serve.inject_delay_ms={SLOW_MS}"],
     "unbatched": [ADAPTER, "serve.max_batch=1"],  # a forward pass per edit request (no serving.edit_batcher batches)
     "dynamic": [ADAPTER, "serve.dynamic_bank=true"],  # the bank learns from the replayed traffic (served-dyn)
     "distilled": ["cloud.edit_source=distilled"],  # the teacher's distilled edit (default teacher: the main job's)

@@ -88,7 +88,6 @@ class CloudService:
         self._factory = editor_factory
         self.metrics = Metrics("cloud")
         self.batcher = EditBatcher(self.s.max_batch, self.metrics.edit_batch.observe)
-        self.delay_s = self.s.inject_delay_ms / 1e3  # testing only: simulate a slow cloud
         self._reload_lock: asyncio.Lock | None = None
         self._fingerprint = self._files_fingerprint()
         self.state = self._build_state()
@@ -169,8 +168,6 @@ class CloudService:
                 await self._watcher
 
     async def edit(self, req: EditRequest) -> EditPayload:
-        if self.delay_s > 0:
-            await asyncio.sleep(self.delay_s)
         state = self.state
         ids = [state.token_to_id[t] for t in req.items if t in state.token_to_id]
         user_state = None if req.state is None else device_state(req.state, state.dim)

@@ -113,7 +113,6 @@ class ServeConfig(BaseModel):
     history_cache_users: int = Field(10_000, ge=0)  # users whose event history a device worker keeps in memory
 
     reload_poll_s: float = Field(2.0, ge=0)  # cloud: check editor artifacts for changes (0 = only /admin/reload)
-    inject_delay_ms: float = Field(0.0, ge=0)  # testing only: the cloud's /v1/edits waits this long first
 
     def state_paths(self, output_dir: str | Path, dataset: str) -> tuple[Path, Path]:
         """``(db_path, prototype_cache)``: the explicit paths, else per dataset under ``<output_dir>/serve/<dataset>/``.

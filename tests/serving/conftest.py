@@ -124,8 +124,11 @@ class RandomEditor:
         gen = _seeded(f"{version}:signatures")
         self.signatures = torch.randn(n_prototypes, dim, generator=gen)
         self.calls, self.batches = 0, []  # edit_many calls, and the size of each
+        self.delay_s = 0.0  # each batch takes this long first (a slow cloud: the fault a test injects)
 
     def edit_many(self, asks) -> list[EditPayload]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
         self.calls += 1
         self.batches.append(len(asks))
         return [random_edit(f"{self.version}:{a.item_ids}", self.dim, self.n_layers, self.version) for a in asks]

@@ -25,7 +25,7 @@ def test_the_decision_and_the_edit(checkpoint, runtime, tmp_path):
     dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
     editor = RandomEditor(dim, n_layers)
     cfg = serve_config(checkpoint, tmp_path, "serve.budget_ms=300")
-    capp, cloud = cloud_app(cfg, lambda: editor)
+    capp, _ = cloud_app(cfg, lambda: editor)
     engine = TorchEngine(DeviceRuntime(runtime.model, runtime.item_tokens))
     engine.load_bank(editor.snapshot().model_dump_json().encode())
     metrics = Metrics("device")
@@ -47,7 +47,7 @@ def test_the_decision_and_the_edit(checkpoint, runtime, tmp_path):
             client.enabled = False
             assert (await choose(adapt, "ann", 3)).kind == "prototype-cache"  # cut: its cached edit unused
             client.enabled = True
-            cloud.delay_s = 0.6  # answers come after the 300 ms budget
+            editor.delay_s = 0.6  # answers come after the 300 ms budget
             late = await choose(adapt, "bob", 5)
             assert late.kind == "prototype-cache" and editor.calls == 1
             await asyncio.sleep(0.8)  # the late answer lands in the cache

@@ -86,7 +86,7 @@ def test_cloud_edit_fallback_to_prototype_cache_and_resume(checkpoint, runtime, 
     # Wall-clock bounds only where load cannot break them: a 500 ms budget for the loopback cloud's
     # answers, a slow cloud 4x slower than that, and "answered before the slow cloud could" as the bound.
     cfg = serve_config(checkpoint, tmp_path, "serve.budget_ms=500")
-    capp, cloud = cloud_app(cfg, lambda: editor)
+    capp, _ = cloud_app(cfg, lambda: editor)
     budget = cfg.serve.budget_ms / 1e3
     slow_s = 4 * budget
     items = [str(t) for t in runtime.item_tokens[1:40]]
@@ -133,7 +133,7 @@ def test_cloud_edit_fallback_to_prototype_cache_and_resume(checkpoint, runtime, 
             expect(body, ids, local.prototype_edit(k))
 
             # 3. cloud back but slower than the budget → same, within budget
-            cloud.delay_s = slow_s
+            editor.delay_s = slow_s
             cloud_srv = LiveServer(capp, port=cloud_srv.port)
             time.sleep(cfg.serve.cloud_retry_s + 0.1)  # the device retries the cloud after cloud_retry_s
             post_events(c, dev.url, "bob", items[6:8], start=6)
@@ -150,7 +150,7 @@ def test_cloud_edit_fallback_to_prototype_cache_and_resume(checkpoint, runtime, 
             ) >= 1
 
             # 4. cloud fast again → edits resume
-            cloud.delay_s = 0.0
+            editor.delay_s = 0.0
             post_events(c, dev.url, "bob", items[8:10], start=8)
             ids = ids_of(runtime, items[:10])
             # step 3's slow request (8 events) is still in flight: the device must not serve its late
@@ -301,12 +301,13 @@ def test_one_slow_answer_does_not_trip_the_breaker_a_slow_cloud_does(checkpoint,
     dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
     cfg = serve_config(checkpoint, tmp_path, "serve.budget_ms=100", "serve.breaker_overruns=2",
                        "serve.cloud_retry_s=30")  # fmt: skip
-    capp, cloud = cloud_app(cfg, lambda: RandomEditor(dim, n_layers))
+    editor = RandomEditor(dim, n_layers)
+    capp, _ = cloud_app(cfg, lambda: editor)
     items = [str(t) for t in runtime.item_tokens[1:30]]
     client = httpx.Client(timeout=10, headers=AUTH)
     with LiveServer(capp) as srv, LiveServer(device_app(cfg, srv.url)) as dev, client as c:
         wait_for(lambda: c.get(f"{dev.url}/healthz").json()["prototypes"] == 3)
-        cloud.delay_s = 1.0  # every answer misses the 100 ms budget
+        editor.delay_s = 1.0  # every answer misses the 100 ms budget
         kinds = []
         for n in range(3):  # a new user each time: each one asks the cloud
             post_events(c, dev.url, f"slow{n}", items[3 * n : 3 * n + 3])
