@@ -58,7 +58,7 @@ class DistilledEditor:
                                   "(`make run`)")  # fmt: skip
         device, _, tokens = read(device_dir)
         try:
-            delta = served_item_delta(device_dir, device.head.dim)
+            delta = read_item_delta(device_dir, device.head.dim)
             if delta is not None:
                 scoring_table(device.item_embeddings.detach().numpy(), delta)  # checked here, named as the file's
         except ValueError as exc:
@@ -110,7 +110,7 @@ def wire_encoding(asked: str) -> str:
     return "fp32" if asked == "code" else asked
 
 
-def served_item_delta(device_dir: Path, dim: int) -> ItemTableDelta | None:
+def read_item_delta(device_dir: Path, dim: int) -> ItemTableDelta | None:
     """The checkpoint's item delta (``item-delta.json``, written by ``make run``) as the device gets it: fp16 rows
     (the editor solves against exactly that table); None without one."""
     path = run_layout.item_delta_file(device_dir)

@@ -27,7 +27,7 @@ from recsys.splits import SplitData
 BATCH = 512
 
 
-def served_item_delta(cfg: RecipeConfig, split: SplitData | None = None, progress: bool = True) -> Path | None:
+def fit_served_item_delta(cfg: RecipeConfig, split: SplitData | None = None, progress: bool = True) -> Path | None:
     """Fit and write the delta of ``cfg``'s served checkpoint (its first seed); None (nothing written) when the run
     has no other checkpoint to teach it."""
     run = cfg.run_dir(cfg.seeds[0])

@@ -12,7 +12,7 @@ from recipes.adaptation import ServingArtifacts
 from recipes.base import BaseReport
 from recipes.codebook import CodebookResult, codebook, has_codebook
 from recipes.config import RecipeConfig, with_overrides
-from recipes.item_delta import served_item_delta
+from recipes.item_delta import fit_served_item_delta
 from recsys import distributed
 from recsys.experiment import load_dataset_split
 
@@ -79,5 +79,5 @@ def main_job(cfg: RecipeConfig, model_cfgs: list[RecipeConfig], skip_adapter: bo
         relaunch("adapter", first)
     else:
         result.serving = adaptation.adapter(serve_cfg, progress)
-    result.item_delta = served_item_delta(model_cfgs[0], progress=progress)  # every seed of the run teaches
+    result.item_delta = fit_served_item_delta(model_cfgs[0], progress=progress)  # every seed of the run teaches
     return result

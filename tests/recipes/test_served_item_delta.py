@@ -10,7 +10,7 @@ from llm_cloud.distill_editor import DistilledEditor
 from llm_cloud.teacher import EnsembleTeacher
 from recipes.base import train
 from recipes.config import load_recipe_config, with_overrides
-from recipes.item_delta import served_item_delta
+from recipes.item_delta import fit_served_item_delta
 from recsys import run_layout
 from recsys.checkpoint import load_checkpoint
 from recsys.experiment import load_dataset_split
@@ -30,10 +30,10 @@ def test_the_served_checkpoint_gets_a_delta_toward_the_runs_teacher(workdir, tmp
                                         "item_delta.steps=40", "item_delta.lr=0.03"])  # fmt: skip
     split = load_dataset_split(cfg)  # the tiny config's window (16 items)
     train(cfg, progress=False)
-    assert served_item_delta(cfg, split, progress=False) is None  # its own checkpoint alone teaches it nothing
+    assert fit_served_item_delta(cfg, split, progress=False) is None  # its own checkpoint alone teaches it nothing
     train(with_overrides(cfg, ["seeds=[1]"]), progress=False)
     two = with_overrides(cfg, ["seeds=[0,1]"])
-    path = served_item_delta(two, split, progress=False)
+    path = fit_served_item_delta(two, split, progress=False)
     assert path == run_layout.item_delta_file(cfg.run_dir(0))
     delta = ItemTableDelta.model_validate_json(path.read_text())
     assert len(delta.ids) == 40 and delta.encoding == "fp32"
