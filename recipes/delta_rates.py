@@ -1,9 +1,11 @@
 """The item delta beside the per-request edit, over request rates: what reaches the events that do not ask.
 
 Frozen teacher (the run's checkpoints). For each device seed: the item delta is fitted on the validation period
-(:func:`llm_cloud.item_delta.fit_item_delta` on the validation rows' states and teacher distributions — every one
-before the test period), then for every test row the cloud's fresh per-request edit is solved against the
-device's table with and without the delta (:func:`llm_cloud.distill.distilled_edit`). A random policy asks at
+(:func:`llm_cloud.item_delta.fit_item_delta` on the validation rows' states and teacher distributions — under the
+shift protocol every one before the test period; under the order protocol each user's validation event before
+their test event, as the protocol's base models were trained), then for every test row the cloud's fresh
+per-request edit is solved against the device's table with and without the delta
+(:func:`llm_cloud.distill.distilled_edit`). A random policy asks at
 each rate and the device holds the last answer until its user's next ask (:func:`llm_cloud.request_sim.holders`);
 the teacher's top-k list, shipped and held the same way, is the alternative a user would pick. Metrics per row
 (:mod:`recsys.metrics`, RecBole's full ranking), so every method is scored on the same rows.
@@ -71,11 +73,29 @@ def fresh_edits(model: EditableSeqRec, rows: StreamRows, target: torch.Tensor, c
                       for i in tqdm(range(0, len(rows), BATCH), desc="edits", leave=False)])  # fmt: skip
 
 
+def periods(split: SplitData, limit: int = 0) -> tuple[StreamRows, StreamRows]:
+    """The validation and the test period (shift protocol: every validation event before every test event)."""
+    stream, n_valid = stream_of(split, limit)
+    return stream.part(0, n_valid), stream.part(n_valid, len(stream))
+
+
+def time_sorted(split: SplitData, limit: int = 0) -> tuple[StreamRows, StreamRows]:
+    """The validation and the test rows, each in time order (order protocol: each user's second-to-last and last
+    event, so the two overlap in time; no user's test event comes before their validation one)."""
+    uid, tf = split.config["USER_ID_FIELD"], split.config["TIME_FIELD"]
+    out = []
+    for name in ("valid", "test"):
+        rows = split.eval_rows(name)
+        order = torch.as_tensor(np.argsort(rows[tf].numpy(), kind="stable"))
+        part = StreamRows.from_rows(rows[order], uid, tf)
+        out.append(part.part(0, limit) if limit else part)
+    return out[0], out[1]
+
+
 def evaluate_delta_rates(split: SplitData, devices: dict[int, EditableSeqRec], teacher: EnsembleTeacher,
                          dcfg: DistillConfig, icfg: ItemDeltaConfig, k: int = 64,
                          limit: int = 0) -> DeltaRates:  # fmt: skip
-    stream, n_valid = stream_of(split, limit)
-    valid, test = stream.part(0, n_valid), stream.part(n_valid, len(stream))
+    valid, test = (periods if split.protocol == "shift" else time_sorted)(split, limit)
     tr = teacher_rows(teacher, valid, test, k)
     seen = torch.as_tensor(split.train_counts > 0)
     previous = test.previous()

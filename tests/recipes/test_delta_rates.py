@@ -11,7 +11,7 @@ from llm_cloud.item_delta import ItemDeltaConfig
 from llm_cloud.teacher import EnsembleTeacher
 from recipes.base import train
 from recipes.config import load_recipe_config
-from recipes.delta_rates import POLICIES, RATES, evaluate_delta_rates
+from recipes.delta_rates import POLICIES, RATES, evaluate_delta_rates, periods, time_sorted
 from recsys.checkpoint import load_checkpoint
 from recsys.experiment import load_dataset_split
 from tests.llm_cloud.helpers import tiny_overrides
@@ -37,3 +37,11 @@ def test_the_curves_ends_are_the_tables_rows_and_the_rates_are_kept(workdir, tmp
     assert curves["edit"][0.2]["ndcg@10"] == pytest.approx(row["device + edit, 20 % random asks"])
     assert row["device + item delta (no request)"] != row["device alone"]  # the delta moves rankings
     assert np.isfinite(row["teacher (upper bound)"]) and res.fit_seconds[0] > 0
+
+
+def test_the_order_protocols_periods_are_its_rows_each_in_time_order(ml100k_split):
+    split = ml100k_split[1]  # shift protocol: the two ways agree on which rows make each period
+    for by_time, as_stream in zip(time_sorted(split), periods(split)):
+        assert np.all(np.diff(by_time.time) >= 0)
+        assert sorted(by_time.target.tolist()) == sorted(as_stream.target.tolist())
+    assert len(time_sorted(split, 50)[1]) == 50
