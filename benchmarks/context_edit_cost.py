@@ -24,18 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from llm_cloud.adapter import Adapter, left_padded_windows
+from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
+from llm_cloud.adapter_data import training_samples
+from llm_cloud.artifacts import code_table_for, load_adapter, user_context_for
+from llm_cloud.editor import AdapterEditor
+from llm_cloud.prototypes import PrototypeBank
+from recsys import run_layout
+from recsys.atomic_io import atomic_write_text
+from recsys.checkpoint import load_checkpoint
 
-from llm_cloud.adapter import Adapter, left_padded_windows  # noqa: E402
-from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig  # noqa: E402
-from llm_cloud.adapter_data import training_samples  # noqa: E402
-from llm_cloud.artifacts import code_table_for, load_adapter, user_context_for  # noqa: E402
-from llm_cloud.editor import AdapterEditor  # noqa: E402
-from llm_cloud.prototypes import PrototypeBank  # noqa: E402
-from recsys import run_layout  # noqa: E402
-from recsys.atomic_io import atomic_write_text  # noqa: E402
-from recsys.checkpoint import load_checkpoint  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _adapter(run_dir: Path, name: str, cfg: AdapterConfig, base, code_sizes, context) -> tuple[Adapter, str]:

@@ -25,15 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from persona_device.runtime import OnnxDeviceRuntime
+from recsys import run_layout
+from recsys.checkpoint import export_for_device
+from recsys.models import score_with_edit
+from recsys.onnx_export import OnnxExportOptions, export_checkpoint_onnx
+from recsys.runtime import DeviceRuntime
 
-from persona_device.runtime import OnnxDeviceRuntime  # noqa: E402
-from recsys import run_layout  # noqa: E402
-from recsys.checkpoint import export_for_device  # noqa: E402
-from recsys.models import score_with_edit  # noqa: E402
-from recsys.onnx_export import OnnxExportOptions, export_checkpoint_onnx  # noqa: E402
-from recsys.runtime import DeviceRuntime  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def histories(dataset: str, rows: int) -> list[list[int]]:

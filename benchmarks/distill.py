@@ -26,18 +26,17 @@ import torch
 from recbole.data.interaction import Interaction
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from llm_cloud.distill import DistillConfig, distilled_edit, last_bias_edit
+from llm_cloud.teacher import EnsembleTeacher
+from recsys import run_layout
+from recsys.atomic_io import atomic_write_text
+from recsys.checkpoint import load_checkpoint
+from recsys.config import load_config
+from recsys.evaluate import evaluate_rows, model_score_fn
+from recsys.experiment import load_dataset_split
+from recsys.report import write_report
 
-from llm_cloud.distill import DistillConfig, distilled_edit, last_bias_edit  # noqa: E402
-from llm_cloud.teacher import EnsembleTeacher  # noqa: E402
-from recsys import run_layout  # noqa: E402
-from recsys.atomic_io import atomic_write_text  # noqa: E402
-from recsys.checkpoint import load_checkpoint  # noqa: E402
-from recsys.config import load_config  # noqa: E402
-from recsys.evaluate import evaluate_rows, model_score_fn  # noqa: E402
-from recsys.experiment import load_dataset_split  # noqa: E402
-from recsys.report import write_report  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 KEYS = ["ndcg@10", "hit@10", "mrr@10"]
 METHODS = ["device alone", "teacher (upper bound)", "teacher's top-10 shipped (fresh, 100 % requests)",

@@ -23,15 +23,12 @@ from pathlib import Path
 
 import httpx
 import torch
+from serve_load import free_port, start_service, stop
+
+from recsys import run_layout
+from recsys.runtime import ENCODINGS, DeviceRuntime, EditPayload, PrototypeSnapshot
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from serve_load import free_port, start_service, stop  # noqa: E402
-
-from recsys import run_layout  # noqa: E402
-from recsys.runtime import ENCODINGS, DeviceRuntime, EditPayload, PrototypeSnapshot  # noqa: E402
 
 API_KEY = "bench-bytes-key"
 

@@ -51,11 +51,10 @@ import httpx
 import uvloop
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from serving.auth import Credentials
+from serving.config import load_app_config
 
-from serving.auth import Credentials  # noqa: E402
-from serving.config import load_app_config  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 KEY = "hostile-bench-key"  # $PERSONA_API_KEY: the cloud's key and (role all) the device's operator key
 OPERATOR = {"Authorization": f"Bearer {KEY}"}

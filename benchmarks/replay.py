@@ -60,22 +60,19 @@ import httpx
 import numpy as np
 import torch
 import yaml
+from serve_load import free_port, percentile, start_service, stop
 from tqdm import tqdm
 
+from llm_cloud.adapter import edited_logits
+from llm_cloud.distill_editor import DistilledEditor
+from llm_cloud.editor import AdapterEditor, load_editor, served_edit
+from recsys import metrics, run_layout
+from recsys.experiment import load_dataset_split
+from serving.cloud_app import teacher_dirs
+from serving.config import load_app_config
+from serving.metrics import read_samples
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from serve_load import free_port, percentile, start_service, stop  # noqa: E402
-
-from llm_cloud.adapter import edited_logits  # noqa: E402
-from llm_cloud.distill_editor import DistilledEditor  # noqa: E402
-from llm_cloud.editor import AdapterEditor, load_editor, served_edit  # noqa: E402
-from recsys import metrics, run_layout  # noqa: E402
-from recsys.experiment import load_dataset_split  # noqa: E402
-from serving.cloud_app import teacher_dirs  # noqa: E402
-from serving.config import load_app_config  # noqa: E402
-from serving.metrics import read_samples  # noqa: E402
 
 API_KEY = "bench-replay-key"
 K = 10

@@ -45,12 +45,11 @@ import httpx
 import torch
 import uvloop
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from recsys.checkpoint import load_checkpoint
+from recsys.runtime import DeviceRuntime
+from serving.config import load_app_config
 
-from recsys.checkpoint import load_checkpoint  # noqa: E402
-from recsys.runtime import DeviceRuntime  # noqa: E402
-from serving.config import load_app_config  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def checkpoint_for(dataset: str) -> tuple[Path, str]:

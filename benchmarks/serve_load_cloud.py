@@ -35,15 +35,12 @@ from pathlib import Path
 import httpx
 import torch
 import uvloop
+from serve_load import free_port, load, start_service, stop
+
+from recsys import run_layout
+from serving.metrics import read_samples
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from serve_load import free_port, load, start_service, stop  # noqa: E402
-
-from recsys import run_layout  # noqa: E402
-from serving.metrics import read_samples  # noqa: E402
 
 API_KEY = "bench-cloud-key"
 

@@ -20,19 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from llm_cloud.distill import DistillConfig
+from llm_cloud.fresh_teacher import RefreshConfig
+from llm_cloud.teacher import EnsembleTeacher
+from recipes.teacher_stream import RATES, evaluate_stream, fresh_teacher_valid_score
+from recsys import run_layout
+from recsys.atomic_io import atomic_write_text
+from recsys.checkpoint import load_checkpoint
+from recsys.config import load_config
+from recsys.experiment import load_dataset_split
+from recsys.report import write_report
 
-from llm_cloud.distill import DistillConfig  # noqa: E402
-from llm_cloud.fresh_teacher import RefreshConfig  # noqa: E402
-from llm_cloud.teacher import EnsembleTeacher  # noqa: E402
-from recipes.teacher_stream import RATES, evaluate_stream, fresh_teacher_valid_score  # noqa: E402
-from recsys import run_layout  # noqa: E402
-from recsys.atomic_io import atomic_write_text  # noqa: E402
-from recsys.checkpoint import load_checkpoint  # noqa: E402
-from recsys.config import load_config  # noqa: E402
-from recsys.experiment import load_dataset_split  # noqa: E402
-from recsys.report import write_report  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 KEYS = ["ndcg@10", "hit@10", "mrr@10"]
 GRID = [RefreshConfig(every_events=1000, epochs=1, lr=2e-4), RefreshConfig(every_events=1000, epochs=1, lr=1e-3),
