@@ -54,12 +54,6 @@ def indexed_rows(rows: Interaction, limit: int) -> Interaction:
     return Interaction(data)
 
 
-def teacher_log_probs(teacher: EnsembleTeacher, rows: Interaction, batch: int) -> torch.Tensor:
-    seq, length = rows["item_id_list"], rows["item_length"]
-    return torch.cat([teacher.log_probs(seq[i : i + batch], length[i : i + batch])
-                      for i in batches(len(rows), batch, "teacher")])  # fmt: skip
-
-
 def solve_deltas(model, rows: Interaction, target: torch.Tensor, cfg: DistillConfig, batch: int) -> torch.Tensor:
     """``[N, D]``: every row's distilled last-layer bias edit."""
     seq, length = rows["item_id_list"], rows["item_length"]
@@ -195,7 +189,7 @@ def main() -> int:
     members = [run_layout.seed_dir(ROOT / "runs", args.dataset, m, s)
                for m in args.teacher_models.split(",") for s in args.teacher_seeds.split(",")]  # fmt: skip
     teacher = EnsembleTeacher.load(members)
-    target = teacher_log_probs(teacher, rows, args.batch)
+    target = teacher.log_probs_batched(rows["item_id_list"], rows["item_length"], args.batch, progress=True)
     teacher_metrics = evaluate_rows(lambda b: target[b["row_index"]], rows, split.config, args.batch,
                                     train_counts=split.train_counts)  # fmt: skip
     results: dict[str, list[dict]] = {m: [] for m in METHODS}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from recsys.checkpoint import Loaded, load_checkpoint
 from recsys.models import EditableSeqRec, score_with_edit
@@ -65,6 +66,13 @@ class EnsembleTeacher:
         if not _same_vocabulary(np.asarray(item_tokens), self.item_tokens):
             raise ValueError(f"{name} has another item vocabulary ({len(item_tokens)} items) than the teacher's "
                              f"({self.n_items}); the teacher can only teach in the device's item space")
+
+    @torch.no_grad()
+    def log_probs_batched(self, item_seq: torch.Tensor, item_len: torch.Tensor, batch: int = 512,
+                          progress: bool = False) -> torch.Tensor:  # fmt: skip
+        """:meth:`log_probs` of many rows, ``batch`` at a time (a tqdm bar with ``progress``)."""
+        starts = tqdm(range(0, len(item_seq), batch), desc="teacher", unit="batch", leave=False, disable=not progress)
+        return torch.cat([self.log_probs(item_seq[i : i + batch], item_len[i : i + batch]) for i in starts])
 
     def log_probs(self, item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
         """``[B, n_items]`` log-probabilities; the padding id 0 gets ``-inf``."""

@@ -54,15 +54,9 @@ class TeacherRows:
 
 
 def teacher_rows(teacher: EnsembleTeacher, valid: StreamRows, test: StreamRows, k: int) -> TeacherRows:
-    valid_lp, test_lp = (log_probs(teacher, rows) for rows in (valid, test))
+    valid_lp, test_lp = (teacher.log_probs_batched(rows.seq, rows.length, BATCH) for rows in (valid, test))
     lists = test_lp[:, 1:].topk(k, dim=-1).indices + 1
     return TeacherRows(valid_lp, test_lp, metrics.target_rank(test_lp, test.target), lists)
-
-
-def log_probs(teacher: EnsembleTeacher, rows: StreamRows) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([teacher.log_probs(rows.seq[i : i + BATCH], rows.length[i : i + BATCH])
-                          for i in tqdm(range(0, len(rows), BATCH), desc="teacher", leave=False)])  # fmt: skip
 
 
 def fresh_edits(model: EditableSeqRec, rows: StreamRows, target: torch.Tensor, cfg: DistillConfig,

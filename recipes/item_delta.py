@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
+from llm_cloud.adapter_data import row_states
 from llm_cloud.item_delta import ItemDelta, fit_item_delta
 from llm_cloud.teacher import EnsembleTeacher
 from recipes.config import RecipeConfig
@@ -47,10 +45,6 @@ def fit_served_item_delta(cfg: RecipeConfig, split: SplitData | None = None, pro
 def fit_on_rows(model: EditableSeqRec, teacher: EnsembleTeacher, rows, cfg: RecipeConfig,
                 progress: bool = True) -> ItemDelta:  # fmt: skip
     """The delta fitted on RecBole ``rows`` (their histories' user states and the teacher's distributions)."""
-    seq, length = rows["item_id_list"], rows["item_length"]
-    states, targets = [], []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(seq), BATCH), desc="item delta: teacher", unit="batch", disable=not progress):
-            states.append(model.user_state(seq[i : i + BATCH], length[i : i + BATCH]))
-            targets.append(teacher.log_probs(seq[i : i + BATCH], length[i : i + BATCH]))
-    return fit_item_delta(model, torch.cat(states), torch.cat(targets), cfg.item_delta)
+    states, _ = row_states(model, rows, BATCH)
+    targets = teacher.log_probs_batched(rows["item_id_list"], rows["item_length"], BATCH, progress)
+    return fit_item_delta(model, states, targets, cfg.item_delta)

@@ -72,3 +72,10 @@ def test_members_with_another_vocabulary_are_refused_by_name(tmp_path):
     teacher.check_serves(TOKENS, "the device")
     with pytest.raises(ValueError, match="the device"):
         teacher.check_serves(TOKENS[:-1], "the device")
+
+
+def test_batched_log_probs_are_the_log_probs_of_each_row(tmp_path):
+    teacher = EnsembleTeacher.load([checkpoint(tmp_path, tiny_model("sasrec", 0), "a"),
+                                    checkpoint(tmp_path, tiny_model("gru4rec", 1), "b")])  # fmt: skip
+    seq, length = histories(11)
+    assert torch.allclose(teacher.log_probs_batched(seq, length, batch=4), teacher.log_probs(seq, length), atol=1e-6)
