@@ -23,14 +23,12 @@ import torch
 
 from llm_cloud.distill import DistillConfig
 from llm_cloud.item_delta import ItemDeltaConfig
-from llm_cloud.teacher import EnsembleTeacher
 from recipes.delta_rates import RATES, DeltaRates, evaluate_delta_rates
-from recsys import run_layout
+from recipes.teacher_stream import run_checkpoints
 from recsys.atomic_io import atomic_write_text
-from recsys.checkpoint import load_checkpoint
 from recsys.config import load_config
 from recsys.experiment import load_dataset_split
-from recsys.report import write_report
+from recsys.report import plot_curves, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["ndcg@10", "hit@10", "mrr@10"]
@@ -46,25 +44,17 @@ def curve_table(res: DeltaRates) -> str:
 
 
 def plot(res: DeltaRates, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     seeds = sorted(res.curves)
-    for policy in res.curves[seeds[0]]:
-        ys = [np.mean([res.curves[s][policy][r]["ndcg@10"] for s in seeds]) for r in RATES]
-        ax.plot([100 * r for r in RATES], ys, marker="o", label=policy)
-    for name, style in (("device alone", ":"), ("teacher (upper bound)", "--")):
-        ax.axhline(np.mean([r["ndcg@10"] for r in res.table[name]]), linestyle=style, color="grey", label=name)
-    ax.set_xlabel("events that ask the cloud (%, random)")
-    ax.set_ylabel("NDCG@10 (test period)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    lines = {policy: ([100 * r for r in RATES], [np.mean([res.curves[s][policy][r]["ndcg@10"] for s in seeds])
+                                                 for r in RATES])
+             for policy in res.curves[seeds[0]]}  # fmt: skip
+    refs = {name: (np.mean([r["ndcg@10"] for r in res.table[name]]), style)
+            for name, style in (("device alone", ":"), ("teacher (upper bound)", "--"))}  # fmt: skip
+    plot_curves(lines, refs, path, title, "events that ask the cloud (%, random)", "NDCG@10 (test period)")
+
+
+def ints(csv: str) -> list[int]:
+    return [int(x) for x in csv.split(",")]
 
 
 def main() -> int:
@@ -82,15 +72,8 @@ def main() -> int:
     start, loadavg = time.perf_counter(), os.getloadavg()
     split = load_dataset_split(load_config(overrides=[f"dataset={args.dataset}",
                                                       f"data.workdir={ROOT / 'data' / 'atomic'}"]))  # fmt: skip
-    runs = ROOT / "runs"
-    teacher = EnsembleTeacher.load([run_layout.seed_dir(runs, args.dataset, m, int(s))
-                                    for m in args.teacher_models.split(",")
-                                    for s in args.teacher_seeds.split(",")])  # fmt: skip
-    devices = {}
-    for s in args.seeds.split(","):
-        model, _, tokens = load_checkpoint(run_layout.seed_dir(runs, args.dataset, args.model, int(s)))
-        teacher.check_serves(tokens, f"{args.model} seed {s}")
-        devices[int(s)] = model
+    teacher, devices = run_checkpoints(ROOT / "runs", args.dataset, args.model, ints(args.seeds),
+                                       args.teacher_models.split(","), ints(args.teacher_seeds))  # fmt: skip
     dcfg, icfg = DistillConfig(), ItemDeltaConfig()
     res = evaluate_delta_rates(split, devices, teacher, dcfg, icfg, args.top_k, args.limit)
     n_items = next(iter(devices.values())).n_items

@@ -23,13 +23,11 @@ import torch
 from llm_cloud.distill import DistillConfig
 from llm_cloud.fresh_teacher import RefreshConfig
 from llm_cloud.teacher import EnsembleTeacher
-from recipes.teacher_stream import RATES, evaluate_stream, fresh_teacher_valid_score
-from recsys import run_layout
+from recipes.teacher_stream import RATES, evaluate_stream, fresh_teacher_valid_score, run_checkpoints
 from recsys.atomic_io import atomic_write_text
-from recsys.checkpoint import load_checkpoint
 from recsys.config import load_config
 from recsys.experiment import load_dataset_split
-from recsys.report import write_report
+from recsys.report import plot_curves, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,26 +62,19 @@ def curve_table(curves: dict, kind: str) -> str:
 
 
 def plot(curves: dict, table: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     seeds = sorted(curves["fresh"])
+    lines = {}
     for p in curves["fresh"][seeds[0]]:
         xs = [100 * np.mean([curves["fresh"][s][p][r]["rate"] for s in seeds]) for r in RATES]
         ys = [np.mean([curves["fresh"][s][p][r]["ndcg@10"] for s in seeds]) for r in RATES]
-        ax.plot(xs, ys, marker="o", label=p if "list" in p else f"distilled edit, {p}")
-    for name, style in (("device alone", ":"), ("teacher, fresh (upper bound)", "--")):
-        ax.axhline(np.mean([r["ndcg@10"] for r in table[name]]), linestyle=style, color="grey", label=name)
-    ax.set_xlabel("events that ask the cloud (%)")
-    ax.set_ylabel("NDCG@10 (test period)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        lines[p if "list" in p else f"distilled edit, {p}"] = (xs, ys)
+    refs = {name: (np.mean([r["ndcg@10"] for r in table[name]]), style)
+            for name, style in (("device alone", ":"), ("teacher, fresh (upper bound)", "--"))}  # fmt: skip
+    plot_curves(lines, refs, path, title, "events that ask the cloud (%)", "NDCG@10 (test period)")
+
+
+def ints(csv: str) -> list[int]:
+    return [int(x) for x in csv.split(",")]
 
 
 def main() -> int:
@@ -103,21 +94,14 @@ def main() -> int:
     start, loadavg = time.perf_counter(), os.getloadavg()
     split = load_dataset_split(load_config(overrides=[f"dataset={args.dataset}",
                                                       f"data.workdir={ROOT / 'data' / 'atomic'}"]))  # fmt: skip
-    runs = ROOT / "runs"
-    members = EnsembleTeacher.load([run_layout.seed_dir(runs, args.dataset, m, int(s))
-                                    for m in args.teacher_models.split(",")
-                                    for s in args.teacher_seeds.split(",")])  # fmt: skip
+    members, devices = run_checkpoints(ROOT / "runs", args.dataset, args.model, ints(args.seeds),
+                                       args.teacher_models.split(","), ints(args.teacher_seeds))  # fmt: skip
     stem = f"teacher_stream-{args.dataset}"
     if args.reuse_selection:
         selection = json.loads((Path(args.out) / f"{stem}.json").read_text())["selection"]
         refresh = RefreshConfig(**max(selection[1:], key=lambda s: s["valid_ndcg@10"])["config"])
     else:
         refresh, selection = select_refresh(members, split, args.limit)
-    devices = {}
-    for s in args.seeds.split(","):
-        model, _, tokens = load_checkpoint(run_layout.seed_dir(runs, args.dataset, args.model, int(s)))
-        members.check_serves(tokens, f"{args.model} seed {s}")
-        devices[int(s)] = model
     dcfg = DistillConfig()
     res = evaluate_stream(split, devices, members, refresh, dcfg, args.top_k, args.limit)
     meta = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +35,8 @@ from llm_cloud.request_sim import (
 )
 from llm_cloud.stream import StreamRows
 from llm_cloud.teacher import EnsembleTeacher
-from recsys import metrics, ood
+from recsys import metrics, ood, run_layout
+from recsys.checkpoint import load_checkpoint
 from recsys.evaluate import target_slices
 from recsys.metrics import auroc
 from recsys.models import EditableSeqRec
@@ -52,6 +54,20 @@ class TeacherPass:
     lists: torch.Tensor  # [N, k]
     deltas: list[torch.Tensor]  # per device [N, D]
     versions: list[dict] = field(default_factory=list)  # start, valid_from, trained_until of each version
+
+
+def run_checkpoints(runs: Path, dataset: str, device_model: str, seeds: list[int], teacher_models: list[str],
+                    teacher_seeds: list[int]) -> tuple[EnsembleTeacher, dict[int, EditableSeqRec]]:  # fmt: skip
+    """The teacher (every ``teacher_models`` × ``teacher_seeds`` checkpoint under ``runs``) and the device
+    ``device_model`` at each of ``seeds``, each checked to share the teacher's item vocabulary."""
+    teacher = EnsembleTeacher.load([run_layout.seed_dir(runs, dataset, m, s) for m in teacher_models
+                                    for s in teacher_seeds])  # fmt: skip
+    devices = {}
+    for seed in seeds:
+        model, _, tokens = load_checkpoint(run_layout.seed_dir(runs, dataset, device_model, seed))
+        teacher.check_serves(tokens, f"{device_model} seed {seed}")
+        devices[seed] = model
+    return teacher, devices
 
 
 def stream_of(split: SplitData, limit: int = 0) -> tuple[StreamRows, int]:

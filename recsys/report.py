@@ -80,3 +80,26 @@ def write_report(
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     atomic_write_text(md_path, "\n".join(lines) + "\n")
     return json_path, md_path
+
+
+def plot_curves(curves: dict[str, tuple[list[float], list[float]]], lines: dict[str, tuple[float, str]], path: Path,
+                title: str, xlabel: str, ylabel: str) -> None:
+    """One line with markers per ``curves`` entry (``label: (xs, ys)``) and a grey horizontal line per ``lines``
+    entry (``label: (y, linestyle)``), written to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (xs, ys) in curves.items():
+        ax.plot(xs, ys, marker="o", label=name)
+    for name, (y, style) in lines.items():
+        ax.axhline(y, linestyle=style, color="grey", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
