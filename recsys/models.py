@@ -209,6 +209,10 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# the models ``persona run`` / ``persona train`` train when ``--models`` is not given
+DEFAULT_MODELS: tuple[str, ...] = ("sasrec", "gru4rec")
+
+
 class UnknownModelError(ValueError):
     pass
 
