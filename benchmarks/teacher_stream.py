@@ -6,6 +6,10 @@ teacher's refresh settings are chosen on the validation period from a small grid
 ``reports/benchmarks/teacher_stream-<dataset>.{json,md}`` and the request-rate curve ``…_rate_curve.png``.
 
     python benchmarks/teacher_stream.py [--dataset ml-100k] [--seeds 0,1,2] [--limit 0 (all rows)]
+
+``--teacher-only`` measures the frozen vs the fresh teacher alone (no device edits, no request curves) and
+writes ``teacher_stream-<dataset>-teacher.{json,md}``: the part of the experiment that fits a 2-core
+machine on the larger catalogues.
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ import torch
 from llm_cloud.distill import DistillConfig
 from llm_cloud.fresh_teacher import RefreshConfig
 from llm_cloud.teacher import EnsembleTeacher
-from recipes.teacher_stream import RATES, evaluate_stream, fresh_teacher_valid_score, run_checkpoints
+from recipes.teacher_stream import (
+    RATES,
+    evaluate_stream,
+    fresh_teacher_valid_score,
+    run_checkpoints,
+    teacher_table,
+)
 from recsys.atomic_io import atomic_write_text
 from recsys.config import load_config
 from recsys.experiment import load_dataset_split
@@ -36,9 +46,11 @@ GRID = [RefreshConfig(every_events=1000, epochs=1, lr=2e-4), RefreshConfig(every
         RefreshConfig(every_events=2000, epochs=2, lr=2e-4)]  # fmt: skip
 
 
-def select_refresh(members: EnsembleTeacher, split, limit: int) -> tuple[RefreshConfig, list[dict]]:
+def select_refresh(members: EnsembleTeacher, split, limit: int, grid: list[RefreshConfig]
+                   ) -> tuple[RefreshConfig, list[dict]]:  # fmt: skip
     scores = [{"config": "frozen", "valid_ndcg@10": fresh_teacher_valid_score(members, split, None, limit)}]
-    for cfg in GRID:
+    print(scores[-1], flush=True)
+    for cfg in grid:
         scores.append({"config": cfg.model_dump(), "valid_ndcg@10": fresh_teacher_valid_score(members, split, cfg,
                                                                                                 limit)})  # fmt: skip
         print(scores[-1], flush=True)
@@ -73,6 +85,32 @@ def plot(curves: dict, table: dict, path: Path, title: str) -> None:
     plot_curves(lines, refs, path, title, "events that ask the cloud (%)", "NDCG@10 (test period)")
 
 
+def teacher_only(args, split, members: EnsembleTeacher, refresh: RefreshConfig, selection: list[dict], stem: str,
+                 start: float, loadavg: tuple) -> int:  # fmt: skip
+    table, versions = teacher_table(split, members, refresh, args.limit)
+    meta = {
+        "dataset": args.dataset, "protocol": split.protocol,
+        "teacher": f"ensemble of {len(members.models)}: {args.teacher_models} × seeds {args.teacher_seeds}",
+        "refresh (chosen on validation)": refresh.model_dump(), "limit_rows": args.limit,
+        "loadavg_start": loadavg, "seconds": round(time.perf_counter() - start, 1),
+        "command": "python " + " ".join(["benchmarks/teacher_stream.py", *sys.argv[1:]]),
+    }  # fmt: skip
+    notes = "\n".join([
+        "Test period; the fresh teacher refreshes on the validation rows before the first test row, then",
+        f"every {refresh.every_events} rows inside the test period ({len(versions)} versions).",
+        "One ensemble, so no ± std.",
+        "", "## Refresh settings tried on the validation period (teacher NDCG@10)", "",
+        *[f"- {s['config']}: {s['valid_ndcg@10']:.4f}" for s in selection],
+    ])  # fmt: skip
+    title = f"Frozen vs fresh cloud teacher ({args.dataset}, test period)"
+    json_path, md = write_report(Path(args.out), stem, title, table, meta, KEYS, notes)
+    payload = json.loads(json_path.read_text())
+    payload.update(versions=versions, selection=selection)
+    atomic_write_text(json_path, json.dumps(payload, indent=2, default=float) + "\n")
+    print(md.read_text())
+    return 0
+
+
 def ints(csv: str) -> list[int]:
     return [int(x) for x in csv.split(",")]
 
@@ -89,6 +127,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     parser.add_argument("--reuse-selection", action="store_true",
                         help="take the refresh settings chosen on validation from the existing report's JSON")
+    parser.add_argument("--teacher-only", action="store_true", help="frozen vs fresh teacher only (no device edits)")
+    parser.add_argument("--grid", default="", help="indices into the refresh grid to try (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     start, loadavg = time.perf_counter(), os.getloadavg()
@@ -96,12 +136,15 @@ def main() -> int:
                                                       f"data.workdir={ROOT / 'data' / 'atomic'}"]))  # fmt: skip
     members, devices = run_checkpoints(ROOT / "runs", args.dataset, args.model, ints(args.seeds),
                                        args.teacher_models.split(","), ints(args.teacher_seeds))  # fmt: skip
-    stem = f"teacher_stream-{args.dataset}"
+    stem = f"teacher_stream-{args.dataset}" + ("-teacher" if args.teacher_only else "")
+    grid = [GRID[i] for i in ints(args.grid)] if args.grid else GRID
     if args.reuse_selection:
         selection = json.loads((Path(args.out) / f"{stem}.json").read_text())["selection"]
         refresh = RefreshConfig(**max(selection[1:], key=lambda s: s["valid_ndcg@10"])["config"])
     else:
-        refresh, selection = select_refresh(members, split, args.limit)
+        refresh, selection = select_refresh(members, split, args.limit, grid)
+    if args.teacher_only:
+        return teacher_only(args, split, members, refresh, selection, stem, start, loadavg)
     dcfg = DistillConfig()
     res = evaluate_stream(split, devices, members, refresh, dcfg, args.top_k, args.limit)
     meta = {

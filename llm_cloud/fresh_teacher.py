@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from llm_cloud.stream import StreamRows, prefix_windows
 from llm_cloud.teacher import EnsembleTeacher
 from recsys.loop import LoopSettings, fit
+from recsys.losses import training_loss
 from recsys.models import EditableSeqRec
-from recsys.train import PositionLossSum
 
 
 class RefreshConfig(BaseModel):
@@ -122,5 +122,5 @@ def refresh_member(model: EditableSeqRec, inputs: torch.Tensor, targets: torch.T
     weights = (targets > 0).sum(1).numpy()
     settings = LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, grad_clip=cfg.grad_clip, patience=1)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    fit(model, PositionLossSum(model), lambda idx: (inputs[idx], targets[idx]), weights, None, opt, settings, seed,
+    fit(model, training_loss(model), lambda idx: (inputs[idx], targets[idx]), weights, None, opt, settings, seed,
         desc="refresh", progress=False)  # fmt: skip

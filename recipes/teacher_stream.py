@@ -116,6 +116,24 @@ def fresh_teacher_valid_score(members: EnsembleTeacher, split: SplitData, cfg: R
     return float(metrics.ndcg(tp.ranks).mean())
 
 
+def teacher_table(split: SplitData, members: EnsembleTeacher, refresh: RefreshConfig,
+                  limit: int = 0) -> tuple[dict[str, list[dict]], list[dict]]:  # fmt: skip
+    """Frozen vs fresh teacher on the test period, no device: ``{method: [metrics]}`` and the fresh versions.
+    The fresh teacher refreshes on the validation rows before the first test row, then every
+    ``refresh.every_events`` rows inside the test period."""
+    stream, n_valid = stream_of(split, limit)
+    test = stream.part(n_valid, len(stream))
+    fresh_teacher = FreshTeacher(copy.deepcopy(members), split.train_sequences, refresh)
+    passes = {"teacher, frozen": frozen_versions(members, stream, n_valid),
+              "teacher, fresh": fresh_teacher.versions(stream, n_valid)}  # fmt: skip
+    table, versions = {}, []
+    for name, teacher_versions in passes.items():
+        tp = teacher_pass(teacher_versions, stream, n_valid, [], DistillConfig(), k=10, solve=False)
+        table[name] = [row_metrics(tp.ranks, test.target, split.train_counts)]
+        versions = tp.versions
+    return table, versions
+
+
 def row_metrics(ranks: torch.Tensor, targets: torch.Tensor, train_counts: np.ndarray) -> dict[str, float]:
     """Means over rows, and over the new / seen / tail slices (with their row counts)."""
     out = {key: float(v.mean()) for key, v in metrics.per_ranks(ranks).items()}

@@ -5,8 +5,9 @@
 that the cloud edits: :meth:`EditableHead.forward` applies per-sample ``clip(ΔW_l), clip(Δb_l)``
 with plain tensor ops, so an edited ranking needs forward passes only.
 
-One registry (``MODELS``) maps a model name to its RecBole class and the function that returns the
-encoder's output at every position; there is no import-by-string.
+One registry (``MODELS``) maps a model name to its spec (:class:`recsys.model_spec.ModelSpec`), one
+module per model (``recsys/sasrec.py``, ``gru4rec.py``, ``bert4rec.py``); there is no import-by-string.
+Adding a model: its module + a line below + ``recsys/configs/models/<name>.yaml``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from recbole.model.sequential_recommender import GRU4Rec, SASRec
 from torch import nn
 
 import recsys  # noqa: F401  (numpy compatibility before RecBole)
+from recsys.bert4rec import BERT4REC
 from recsys.config import ModelConfig
+from recsys.gru4rec import GRU4REC
 from recsys.item_side import ItemSide
+from recsys.model_spec import ModelSpec, recbole_model_config
+from recsys.sasrec import SASREC
 
 # Importing RecBole's sequential models runs ``torch.autograd.set_detect_anomaly(True)`` (in its SINE
 # module) for the whole process: every op then records a traceback and every backward output is
@@ -98,116 +102,7 @@ class EditableHead(nn.Module):
         return h + x
 
 
-def _sasrec_positions(enc: SASRec, item_seq: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """SASRec's transformer output at every position (RecBole's forward, before its final gather);
-    ``items`` is the item table the sequence is embedded with (``EditableSeqRec.item_embeddings``)."""
-    pos = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0).expand_as(item_seq)
-    x = F.embedding(item_seq, items, padding_idx=0) + enc.position_embedding(pos)
-    x = enc.dropout(enc.LayerNorm(x))
-    mask = enc.get_attention_mask(item_seq)
-    return enc.trm_encoder(x, mask, output_all_encoded_layers=True)[-1]
-
-
-def _attention_eval(mha, query_in: torch.Tensor, kv_in: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """RecBole ``MultiHeadAttention.forward`` in eval mode for the queries of ``query_in`` over ``kv_in``,
-    with one fused ``scaled_dot_product_attention`` (softmax(q·k/√d + mask)·v)."""
-    b, tq, _ = query_in.shape
-    heads, size = mha.num_attention_heads, mha.attention_head_size
-    q = mha.query(query_in).view(b, tq, heads, size).transpose(1, 2)
-    k = mha.key(kv_in).view(b, -1, heads, size).transpose(1, 2)
-    v = mha.value(kv_in).view(b, -1, heads, size).transpose(1, 2)
-    context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    hidden = mha.dense(context.transpose(1, 2).reshape(b, tq, heads * size))
-    return mha.LayerNorm(hidden + query_in)
-
-
-def _feed_forward_eval(ff, x: torch.Tensor) -> torch.Tensor:
-    """RecBole ``FeedForward.forward`` in eval mode; its erf GELU as the one fused ``F.gelu``."""
-    act = ff.intermediate_act_fn
-    h = ff.dense_1(x)
-    h = F.gelu(h) if getattr(act, "__func__", None) is type(ff).gelu else act(h)
-    return ff.LayerNorm(ff.dense_2(h) + x)
-
-
-def _sasrec_last(enc: SASRec, item_seq: torch.Tensor, item_len: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """SASRec's output at each row's last real position only, ``[B, D]``.
-
-    The same computation as :func:`_sasrec_positions` followed by a gather, on RecBole's own modules
-    and weights; the last layer computes keys and values at every position but its query, attention,
-    output projection and feed-forward only at the one position that is read (≈ 40 % fewer FLOPs for
-    two layers: what ranking and validation cost). In eval mode attention is one fused kernel and
-    GELU one op (same numbers to ~1e-6, tested).
-    """
-    pos = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0).expand_as(item_seq)
-    x = enc.dropout(enc.LayerNorm(F.embedding(item_seq, items, padding_idx=0) + enc.position_embedding(pos)))
-    mask = enc.get_attention_mask(item_seq)  # [B, 1, T, T] additive: 0 or -10000
-    *lower, top = enc.trm_encoder.layer
-    rows = torch.arange(x.size(0), device=x.device)
-    last = (item_len - 1).clamp(min=0, max=x.size(1) - 1)
-    row_mask = mask[rows, :, last].unsqueeze(2)  # [B, 1, 1, T]: the read-out position's mask row
-    if not enc.training:
-        for layer in lower:
-            x = _feed_forward_eval(layer.feed_forward, _attention_eval(layer.multi_head_attention, x, x, mask))
-        query = x[rows, last].unsqueeze(1)
-        return _feed_forward_eval(top.feed_forward, _attention_eval(top.multi_head_attention, query, x, row_mask))[:, 0]
-    for layer in lower:
-        x = layer(x, mask)
-    att, ffn = top.multi_head_attention, top.feed_forward
-    b, heads, size = x.size(0), att.num_attention_heads, att.attention_head_size
-    x_last = x[rows, last]  # [B, D]
-    q = att.query(x_last).view(b, heads, 1, size)
-    k = att.transpose_for_scores(att.key(x)).permute(0, 2, 3, 1)  # [B, h, size, T]
-    v = att.transpose_for_scores(att.value(x)).permute(0, 2, 1, 3)  # [B, h, T, size]
-    probs = att.attn_dropout(att.softmax(torch.matmul(q, k) / att.sqrt_attention_head_size + row_mask))
-    h = att.LayerNorm(att.out_dropout(att.dense(torch.matmul(probs, v).reshape(b, heads * size))) + x_last)
-    return ffn(h)
-
-
-def _gru4rec_positions(enc: GRU4Rec, item_seq: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """GRU4Rec's output at every position (RecBole's forward, before its final gather)."""
-    x = enc.emb_dropout(F.embedding(item_seq, items, padding_idx=0))
-    out, _ = enc.gru_layers(x)
-    return enc.dense(out)
-
-
-def _sasrec_params(m: ModelConfig) -> dict:
-    return {
-        "n_layers": m.n_layers,
-        "n_heads": m.n_heads,
-        "hidden_size": m.hidden_size,
-        "inner_size": m.inner_size,
-        "hidden_dropout_prob": m.dropout,
-        "attn_dropout_prob": m.dropout,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-12,
-        "initializer_range": 0.02,
-    }
-
-
-def _gru4rec_params(m: ModelConfig) -> dict:
-    return {
-        "embedding_size": m.hidden_size,
-        "hidden_size": m.hidden_size,
-        "num_layers": m.n_layers,
-        "dropout_prob": m.dropout,
-    }
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    recbole_class: type
-    params: Callable[[ModelConfig], dict]
-    positions: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (encoder, item_seq, item table)
-    # the state at each row's last real position, when cheaper than all positions + a gather
-    last: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-
-
-MODELS: dict[str, ModelSpec] = {
-    "sasrec": ModelSpec("sasrec", SASRec, _sasrec_params, _sasrec_positions, _sasrec_last),
-    "gru4rec": ModelSpec("gru4rec", GRU4Rec, _gru4rec_params, _gru4rec_positions),
-}
-
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (SASREC, GRU4REC, BERT4REC)}
 
 # the models ``persona run`` / ``persona train`` train when ``--models`` is not given
 DEFAULT_MODELS: tuple[str, ...] = ("sasrec", "gru4rec")
@@ -231,21 +126,6 @@ class _ItemVocab:
 
     def num(self, field: str) -> int:
         return self.n_items
-
-
-def recbole_model_config(spec: ModelSpec, m: ModelConfig, max_seq_len: int) -> dict:
-    """The keys RecBole's sequential model constructors read, with our hyper-parameters."""
-    return {
-        "USER_ID_FIELD": "user_id",
-        "ITEM_ID_FIELD": "item_id",
-        "LIST_SUFFIX": "_list",
-        "ITEM_LIST_LENGTH_FIELD": "item_length",
-        "MAX_ITEM_LIST_LENGTH": max_seq_len,
-        "NEG_PREFIX": "neg_",
-        "device": "cpu",
-        "loss_type": "CE",
-        **spec.params(m),
-    }
 
 
 class SideViews(nn.Module):
@@ -330,7 +210,7 @@ class EditableSeqRec(nn.Module):
     @torch.no_grad()
     def _init_from(self, vectors: torch.Tensor) -> None:
         """ID embeddings start from the whitened LLM view (first D components), at the default init's std."""
-        w = self.encoder.item_embedding.weight
+        w = self.encoder.item_embedding.weight[: self.n_items]  # (a view: extra rows, e.g. a mask token, kept)
         v = torch.zeros(w.shape)
         v[:, : min(vectors.size(1), w.size(1))] = vectors[:, : w.size(1)]
         w[1:] = v[1:] * (w[1:].std() / v[1:].std().clamp(min=1e-8))
@@ -339,9 +219,11 @@ class EditableSeqRec(nn.Module):
     def item_embeddings(self) -> torch.Tensor:
         """``[n_items, D]``: the vectors items are embedded (input) and scored (output) with.
 
-        With side views, an inference-mode table is computed once per weight version and reused.
+        With side views, an inference-mode table is computed once per weight version and reused. Rows the
+        encoder holds after the catalogue (``spec.extra_rows``: BERT4Rec's mask token) are not in it.
         """
         w = self.encoder.item_embedding.weight
+        w = w[: self.n_items] if self.spec.extra_rows else w
         if self.side is None:
             return w
         if self.training or torch.is_grad_enabled():
@@ -365,14 +247,24 @@ class EditableSeqRec(nn.Module):
         finally:
             self.train(was_training)
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("side.")}
-        state["encoder.item_embedding.weight"] = table
+        extra = self.encoder.item_embedding.weight[self.n_items :].detach().clone()
+        state["encoder.item_embedding.weight"] = torch.cat([table, extra])
         out.load_state_dict(state)
         return out.eval()
 
     def position_states(self, item_seq: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, T, D]`` encoder output at every position of right-padded ``item_seq``
-        (``items``: the item table to embed with, default :attr:`item_embeddings`)."""
-        return self.spec.positions(self.encoder, item_seq, self.item_embeddings if items is None else items)
+        """``[B, T, D]``: the state of every prefix of right-padded ``item_seq``
+        (``items``: the item table to embed with, default :attr:`item_embeddings`).
+
+        For a causal model the encoder's output at every position, one pass; for a non-causal one
+        (BERT4Rec) each prefix is read on its own (one pass per position: T times the cost).
+        """
+        items = self.item_embeddings if items is None else items
+        if self.spec.causal:
+            return self.spec.positions(self.encoder, item_seq, items)
+        lengths = torch.arange(1, item_seq.size(1) + 1, device=item_seq.device)
+        return torch.stack([self.last_state(item_seq[:, :t], lengths[t - 1].expand(item_seq.size(0)), items)
+                            for t in range(1, item_seq.size(1) + 1)], dim=1)  # fmt: skip
 
     def user_state(self, item_seq: torch.Tensor, item_len: torch.Tensor) -> torch.Tensor:
         """``[B, D]`` state after the last real item of each row.

@@ -1,4 +1,5 @@
-"""Base-model training: next-item cross-entropy over all items at every position (SASRec's objective).
+"""Base-model training: the model's loss (:mod:`recsys.losses`; next-item cross-entropy over all items at
+every position for SASRec and GRU4Rec, cloze for BERT4Rec).
 
 RecBole's stock ``Trainer`` feeds one augmented row per user prefix (≈190 s per ml-100k epoch here,
 far from converged after one); training every position of each user's training-period sequence in
@@ -12,14 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from recsys import distributed
 from recsys.config import PersonaConfig
 from recsys.evaluate import evaluate_rows, model_score_fn
 from recsys.item_side import load_item_side
 from recsys.loop import FitResult, HasFit, LoopSettings, epoch_order, fit, seed_everything, settings_from
+from recsys.losses import training_loss
 from recsys.models import EditableSeqRec
 from recsys.splits import SplitData
 
@@ -45,32 +45,9 @@ def make_windows(sequences: list[np.ndarray], max_len: int) -> tuple[torch.Tenso
     return torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
 
 
-class PositionLossSum(nn.Module):
-    """Summed next-item cross-entropy over the non-padding positions of a batch of windows."""
-
-    def __init__(self, model: EditableSeqRec):
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        mask = targets > 0
-        width = max(int(mask.any(0).nonzero().max()) + 1, 1) if mask.any() else 1  # trailing padding: no loss
-        inputs, targets, mask = inputs[:, :width], targets[:, :width], mask[:, :width]
-        items = self.model.item_embeddings  # one table per batch (side views drop ID views per batch)
-        states = self.model.position_states(inputs, items)
-        query = self.model.head(states[mask])
-        logits = self.model.logits(query, items)
-        left_out = self.model.side.training_mask() if self.model.side is not None else None
-        if left_out is not None:  # never a target (an item with interactions but no side row stays in)
-            left_out = left_out.clone()
-            left_out[targets[mask]] = False
-            logits = logits.masked_fill(left_out, float("-inf"))
-        return F.cross_entropy(logits, targets[mask], reduction="sum")
-
-
 def next_item_loss(model: EditableSeqRec, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over all items at every non-padding position."""
-    return PositionLossSum(model)(inputs, targets) / (targets > 0).sum().clamp(min=1)
+    """The model's training loss (:func:`recsys.losses.training_loss`) per non-padding position of the windows."""
+    return training_loss(model)(inputs, targets) / (targets > 0).sum().clamp(min=1)
 
 
 def loop_settings(cfg: PersonaConfig) -> LoopSettings:
@@ -106,12 +83,12 @@ def train_model(split: SplitData, cfg: PersonaConfig, seed: int, progress: bool 
         return evaluate_rows(model_score_fn(model), valid_rows, split.config, cfg.eval.batch_size, device, True)
 
     result = fit(
-        model, PositionLossSum(model), batch_of, weights, validate, opt, loop_settings(cfg), seed,
+        model, training_loss(model), batch_of, weights, validate, opt, loop_settings(cfg), seed,
         desc=f"train {cfg.model} seed {seed}", progress=progress, lengths=weights,
     )
     model.cpu().eval()
     return TrainResult(model, result)
 
 
-__all__ = ["PositionLossSum", "TrainResult", "epoch_order", "loop_settings", "make_windows", "next_item_loss",
+__all__ = ["TrainResult", "epoch_order", "loop_settings", "make_windows", "next_item_loss",
            "seed_everything", "train_model"]
