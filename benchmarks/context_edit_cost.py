@@ -29,7 +29,7 @@ from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.adapter_data import training_samples
 from llm_cloud.artifacts import code_table_for, load_adapter, user_context_for
 from llm_cloud.editor import AdapterEditor
-from llm_cloud.prototypes import PrototypeBank
+from llm_cloud.prototype_build import build_bank
 from recsys import run_layout
 from recsys.atomic_io import atomic_write_text
 from recsys.checkpoint import load_checkpoint
@@ -96,7 +96,7 @@ def main() -> int:
         adapter, sources[name] = _adapter(run_dir, name, acfg, base, code_sizes, context)
         ctx = context if use else None
         with torch.enable_grad():
-            bank = PrototypeBank.build(PrototypeConfig(k=8, variant="centre"), base, adapter, samples, table, 0, ctx)
+            bank = build_bank(PrototypeConfig(k=8, variant="centre"), base, adapter, samples, table, 0, ctx)
         editors[name] = AdapterEditor(base, adapter, bank, table, f"bench-{name}", ctx)
     def hits_only(h):
         seq = torch.tensor([h[-base.max_seq_len :]])

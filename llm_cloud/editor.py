@@ -14,13 +14,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 
 from llm_cloud.adapter import Adapter, left_padded_windows
-from llm_cloud.prototypes import PrototypeBank, clipped_parts
+from llm_cloud.prototype_online import absorb_rows, observe
+from llm_cloud.prototypes import PrototypeBank, clipped_parts, is_ood, ood_scores
 from llm_cloud.user_context import UserContextHits
 from recsys import ood, run_layout
 from recsys.checkpoint import Loaded, load_checkpoint
@@ -193,26 +194,27 @@ def count_outcomes(base: EditableSeqRec, bank: PrototypeBank, state: torch.Tenso
                    logits: torch.Tensor | None = None) -> None:
     """A dynamic bank's OOD update once devices have consumed their next items (prequential): did the base
     model, at the state each was consumed from, leave it out of its top 10? Each outcome counts toward the
-    nearest prototype (by signature) of that state (:meth:`PrototypeBank.observe`)."""
+    nearest prototype (by signature) of that state (:func:`llm_cloud.prototype_online.observe`)."""
     with torch.no_grad():
         logits = base.logits(base.head(state, None)) if logits is None else logits
-        bank.observe(bank.nearest_signature(state), ood.missed(logits, next_item))
+        observe(bank, bank.nearest_signature(state), ood.missed(logits, next_item))
 
 
 def absorb(bank: PrototypeBank, served: Served) -> None:
-    """A dynamic bank takes in the windows it has just answered (:meth:`PrototypeBank.absorb`: an
-    out-of-distribution one opens a new prototype, the others refine theirs). With :func:`count_outcomes`,
-    the one dynamic update behind the cloud (``serve.dynamic_bank``) and the ``served-dyn`` method."""
-    bank.absorb(served.assigned, served.prototype < 0, served.codes.flatten(1), served.edit.dW + served.edit.db,
-                served.state)
+    """A dynamic bank takes in the windows it has just answered (:func:`llm_cloud.prototype_online.absorb_rows`:
+    an out-of-distribution one opens a new prototype, the others refine theirs). With :func:`count_outcomes`,
+    the one dynamic update behind the cloud (``serve.dynamic_bank``) and the ``served-dyn`` / ``proto-dyn``
+    methods."""
+    absorb_rows(bank, served.assigned, served.prototype < 0, served.codes.flatten(1),
+                served.edit.dW + served.edit.db, served.state)
 
 
 @dataclass
 class Served:
     edit: HeadEdit  # batched
     prototype: torch.Tensor  # [B] prototype id, -1 = the window's own edit (out of distribution)
-    assigned: torch.Tensor  # [B] the nearest prototype, out of distribution or not
-    distance: torch.Tensor  # [B] to the nearest prototype (code space)
+    assigned: torch.Tensor  # [B] the assigned prototype (bank.cfg.assignment), out of distribution or not
+    distance: torch.Tensor  # [B] code-space distance to the nearest prototype (or the assigned one: `distance`)
     ood_score: torch.Tensor  # [B] the bank's OOD score (recsys.ood; -inf: the bank has none)
     codes: torch.Tensor  # [B, L, code_dim] the windows' per-layer codes
     state: torch.Tensor  # [B, D] the base model's user states the edit applies to
@@ -228,12 +230,19 @@ def served_edit(
     seq: torch.Tensor,
     length: torch.Tensor,
     context: UserContextHits | None = None,
+    *,
+    residual: bool = True,
+    ood_override: bool = True,
+    distance: Literal["nearest", "assigned"] = "nearest",
 ) -> Served:
     """The edit the cloud serves for each history (rows of ``seq``, ``length`` items each; 0 = empty).
 
     The assigned prototype's head edit plus the window's clipped residual; a window whose OOD score is
     above the bank's threshold gets its own clipped edit instead.
-    The one implementation behind the cloud service and the ``served`` evaluation method.
+    The one implementation behind the cloud service and every prototype evaluation method (``served``, and
+    the ``proto*`` methods through the options: ``residual=False`` serves ``E_k`` alone, ``ood_override=False``
+    keeps the prototype's edit for out-of-distribution windows too, ``distance="assigned"`` reports the
+    distance to the assigned prototype rather than the nearest — they differ under min-residual assignment).
     ``context`` gives the window's user-context hits (for an adapter that reads them).
     """
     state = base.user_state(seq, length.clamp(min=1))
@@ -242,18 +251,31 @@ def served_edit(
     hits = context(window) if context is not None and adapter.context_sizes else None
     layer_codes = adapter.layer_codes(adapter.sequence_code(window, codes, state, hits))
     sample = adapter.edits_from_codes(layer_codes, base)
-    k, dist = bank.assign_nearest(layer_codes.flatten(1))
+    k, dist = _assign(bank, layer_codes.flatten(1), sample, distance)
+    if residual:
+        edit = bank.edit_for(k, sample, adapter.edits_from_codes(bank.centres[k].view_as(layer_codes), base))
+    else:
+        edit = bank.edit_for(k, None, None)
+    _, score, base_logits = ood_scores(bank, base, state)
+    proto = k
+    if ood_override:
+        far = is_ood(bank, score)
+        own = clipped_parts(sample, adapter.cfg.clip)  # within ±adapter clip ≤ the bank's total clip
+        parts = [torch.where(far.view(-1, *[1] * (p.dim() - 1)), m, p) for p, m in zip(edit.dW + edit.db, own)]
+        edit, proto = HeadEdit(parts[: bank.n_layers], parts[bank.n_layers :], clip=edit.clip), torch.where(far, -1, k)
+    return Served(edit, proto, k, dist, score, layer_codes, state, base_logits)
+
+
+def _assign(bank: PrototypeBank, flat: torch.Tensor, sample: HeadEdit,
+            distance: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each window's prototype (``bank.cfg.assignment``) and its code-space distance to the nearest centre, or
+    (``distance="assigned"``) to the assigned one."""
+    k, dist = bank.assign_nearest(flat)
     if bank.cfg.assignment == "min-residual":
         k = bank.assign_min_residual(sample)
-    centre = adapter.edits_from_codes(bank.centres[k].view_as(layer_codes), base)
-    edit = bank.edit_for(k, sample, centre)
-    _, score, base_logits = bank.ood_scores(base, state)
-    ood = bank.is_ood(score)
-    own = clipped_parts(sample, adapter.cfg.clip)  # within ±adapter clip ≤ the bank's total clip
-    parts = [torch.where(ood.view(-1, *[1] * (p.dim() - 1)), m, p) for p, m in zip(edit.dW + edit.db, own)]
-    n = bank.n_layers
-    return Served(HeadEdit(parts[:n], parts[n:], clip=edit.clip), torch.where(ood, -1, k), k, dist, score,
-                  layer_codes, state, base_logits)
+        if distance == "assigned":
+            dist = (flat - bank.centres[k]).norm(dim=1)
+    return k, dist
 
 
 def edit_decoder(adapter: Adapter, bank: PrototypeBank) -> EditDecoder | None:

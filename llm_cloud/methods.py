@@ -32,16 +32,16 @@ import numpy as np
 import torch
 
 from llm_cloud.adapter import Adapter, edited_logits
-from llm_cloud.adapter_data import batch_from_rows
 from llm_cloud.adapter_train import adapter_score_fn
 from llm_cloud.artifacts import ArtifactError, code_table_for, freeze, user_context_for
 from llm_cloud.editor import absorb, count_outcomes, served_edit
-from llm_cloud.prototypes import PrototypeBank, clipped_parts
+from llm_cloud.prototype_online import learn
+from llm_cloud.prototypes import PrototypeBank
 from llm_cloud.user_context import UserContextHits
 from recsys import ood
 from recsys.evaluate import evaluate_rows, model_score_fn
 from recsys.finetune import finetune_edit
-from recsys.models import EditableSeqRec, HeadEdit, score_with_edit
+from recsys.models import EditableSeqRec, score_with_edit
 from recsys.runtime import DeviceRuntime
 from recsys.splits import SplitData
 
@@ -70,7 +70,7 @@ class RowRecord:
     rank: list[torch.Tensor] = field(default_factory=list)
     auc: list[torch.Tensor] = field(default_factory=list)
     ood_score: list[torch.Tensor] = field(default_factory=list)  # the bank's OOD score (recsys.ood), as served
-    proto_distance: list[torch.Tensor] = field(default_factory=list)  # code-space distance to the nearest centre
+    proto_distance: list[torch.Tensor] = field(default_factory=list)  # to the nearest centre (proto*: the assigned one)
     base_entropy: list[torch.Tensor] = field(default_factory=list)  # the static model's softmax entropy
 
     def cat(self, name: str) -> np.ndarray:
@@ -167,11 +167,13 @@ class MethodEvaluator:
         if method in EDIT_METHODS:
             return adapter_score_fn(base, adapter, adapter.cfg.window, self.inputs.table_for(adapter),
                                     self.inputs.context_for(adapter))
-        frozen = method != "proto-dyn"
+        # proto*: E_k alone or + the residual; only proto-dyn learns from the stream and gives OOD windows their
+        # own edit; the distance recorded is to the assigned prototype
+        dynamic = method == "proto-dyn"
         bank = self.source.bank("centre" if method == "proto-centre" else "finetune")
-        bank = bank if frozen else bank.copy()
-        residual = method in ("proto-res", "proto-dyn")
-        return self._proto_fn(adapter, bank, residual=residual, dynamic=not frozen, record=record)
+        return self._served_fn(adapter, bank.copy() if dynamic else bank, dynamic, record, learns=dynamic,
+                               residual=method in ("proto-res", "proto-dyn"), ood_override=dynamic,
+                               distance="assigned")  # fmt: skip
 
     def _finetune_fn(self, lr: float):
         base, window = self.base, self.window
@@ -197,18 +199,27 @@ class MethodEvaluator:
             log.info("finetune lr on validation: %s → %s", scores, self.selected["finetune"])
         return self.selected["finetune"]
 
-    def _served_fn(self, adapter: Adapter, bank: PrototypeBank, dynamic: bool, record: RowRecord):
+    def _served_fn(self, adapter: Adapter, bank: PrototypeBank, dynamic: bool, record: RowRecord,
+                   learns: bool = False, **options):
+        """Rank with :func:`served_edit` of ``bank`` (``options``: its ``residual`` / ``ood_override`` /
+        ``distance``), recording each row's OOD score, prototype distance and base entropy. ``dynamic``: after
+        answering, the bank learns what the cloud's live bank learns (``serve.dynamic_bank``); ``learns``:
+        also the prequential head steps (``prototypes.online_lr``) on the rows it served a prototype."""
         base, table, context = self.base, self.inputs.table_for(adapter), self.inputs.context_for(adapter)
 
         def fn(rows):
-            out = served_edit(base, adapter, bank, table, rows["item_id_list"], rows["item_length"], context)
+            out = served_edit(base, adapter, bank, table, rows["item_id_list"], rows["item_length"], context,
+                              **options)  # fmt: skip
             record.ood_score.append(out.ood_score.cpu())
             record.proto_distance.append(out.distance.cpu())
             record.base_entropy.append(ood.entropy(out.base_logits).cpu())
             logits = edited_logits(base, out.state, out.edit)  # the answer, before its outcome is counted
-            if dynamic:  # what the cloud's live bank learns (serve.dynamic_bank), after answering
+            if dynamic:  # prequential: the items these devices consumed next, after the batch was answered
                 count_outcomes(base, bank, out.state, rows["item_id"], out.base_logits)
                 absorb(bank, out)
+            if dynamic and learns:
+                known = out.prototype >= 0
+                learn(bank, base, out.assigned[known], out.state[known], rows["item_id"][known])
             return logits
 
         return fn
@@ -226,43 +237,6 @@ class MethodEvaluator:
             far = device.ood_flags(state, protos)
             edits = [None if f else device.prototype_edit(k) for k, f in zip(protos, far)]
             return base.logits(device.head_batch(state, edits))
-
-        return fn
-
-    def _proto_fn(self, adapter: Adapter, bank: PrototypeBank, residual: bool, dynamic: bool, record: RowRecord):
-        base, table, context = self.base, self.inputs.table_for(adapter), self.inputs.context_for(adapter)
-
-        def fn(rows):
-            b = batch_from_rows(base, rows, adapter.cfg.window, table, context)
-            codes = adapter.layer_codes(adapter.sequence_code(b.window, b.codes, b.state, b.context))
-            flat = codes.flatten(1)
-            if bank.cfg.assignment == "min-residual":
-                k = bank.assign_min_residual(adapter.edits_from_codes(codes, base))
-                dist = (flat - bank.centres[k]).norm(dim=1)
-            else:
-                k, dist = bank.assign_nearest(flat)
-            sample_edit = adapter.edits_from_codes(codes, base)
-            centre_edit = adapter.edits_from_codes(bank.centres[k].view_as(codes), base)
-            _, score, base_logits = bank.ood_scores(base, b.state)
-            record.ood_score.append(score.cpu())
-            record.proto_distance.append(dist.cpu())
-            record.base_entropy.append(ood.entropy(base_logits).cpu())
-            edit = bank.edit_for(k, sample_edit, centre_edit) if residual else bank.edit_for(k, None, None)
-            if dynamic:
-                ood_rows = bank.is_ood(score)
-                mine = clipped_parts(sample_edit, adapter.cfg.clip)
-                parts = [torch.where(ood_rows.view(-1, *[1] * (p.dim() - 1)), m, p)
-                         for p, m in zip(edit.dW + edit.db, mine)]
-                edit = HeadEdit(parts[: bank.n_layers], parts[bank.n_layers:], clip=edit.clip)
-                logits = edited_logits(base, b.state, edit)  # the answer, before anything is learnt from it
-                # prequential: the items these devices consumed next count toward their prototypes' miss
-                # rates and refine their prototypes (after the batch was answered)
-                count_outcomes(base, bank, b.state, rows["item_id"], base_logits)
-                bank.absorb(k, ood_rows, flat, parts, b.state)
-                known = ~ood_rows
-                bank.learn(base, k[known], b.state[known], rows["item_id"][known])
-                return logits
-            return edited_logits(base, b.state, edit)
 
         return fn
 

@@ -13,6 +13,7 @@ from llm_cloud.adapter_data import TrainingSamples, row_states
 from llm_cloud.adapter_train import train_adapter
 from llm_cloud.artifacts import ArtifactError, freeze, load_adapter, load_bank, save_adapter, save_bank
 from llm_cloud.methods import VARIANTS, SeedInputs
+from llm_cloud.prototype_build import build_bank, fit_cache_gain
 from llm_cloud.prototypes import PrototypeBank
 from recipes.config import RecipeConfig
 from recsys import distributed, run_layout
@@ -98,17 +99,16 @@ class ArtifactBuilder:
                          {k: getattr(cfg, k) for k in BUILD_FIELDS})
             bank.cfg = cfg  # how it is refined while the test period streams in is today's config
             if bank.cache_gain is None and bank.ood_weights is not None:  # saved before the device-cache gate
-                bank.fit_cache_gain(inputs.base, *self._calibration())  # measured on validation, as a build does
+                fit_cache_gain(bank, inputs.base, *self._calibration())  # measured on validation, as a build does
                 save_bank(directory, bank)
             self.banks[variant] = bank
             return bank
         adapter, samples = self._adapter(run_layout.MAIN_ADAPTER)
         t0 = time.perf_counter()
         with torch.enable_grad():
-            self.banks[variant] = PrototypeBank.build(cfg, inputs.base, adapter,
-                                                      samples.subset(cfg.build_samples, inputs.seed),
-                                                      inputs.table_for(adapter), inputs.seed,
-                                                      inputs.context_for(adapter), self._calibration())
+            self.banks[variant] = build_bank(cfg, inputs.base, adapter, samples.subset(cfg.build_samples, inputs.seed),
+                                             inputs.table_for(adapter), inputs.seed, inputs.context_for(adapter),
+                                             self._calibration())
         self.timings[f"bank:{variant}"] = time.perf_counter() - t0
         save_bank(directory, self.banks[variant])
         run_layout.record(self.run, "bank", variant, cfg.model_dump())

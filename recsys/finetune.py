@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recsys.loop import optimizer_step
 from recsys.models import ACTIVATIONS, EditableSeqRec, HeadEdit
 
 NO_CLIP = 1e6
@@ -52,16 +53,13 @@ def _finetune(model, item_seq, item_len, window, steps, lr) -> HeadEdit:
     opt = torch.optim.Adam([*ws, *bs], lr=lr)
     emb = model.item_embeddings.detach()
     counts = valid.sum(1).clamp(min=1)
-    for _ in range(steps):
+    for _ in range(steps):  # a few full-batch steps per device: the loop's per-step update, not its epochs
         q = _per_sample_head(model, h, ws, bs)
         logits = q @ emb.T
         logits[..., 0] = float("-inf")
         flat = logits.reshape(-1, logits.size(-1))
         nll = F.cross_entropy(flat, targets.reshape(-1), ignore_index=0, reduction="none")
-        loss = (nll.view(b, -1).sum(1) / counts).sum()  # per-device mean, summed: independent gradients
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, (nll.view(b, -1).sum(1) / counts).sum())  # per-device mean, summed: independent
     return HeadEdit(
         [(w - a.detach()).detach() for w, (a, _) in zip(ws, anchors)],
         [(bb - a.detach()).detach() for bb, (_, a) in zip(bs, anchors)],

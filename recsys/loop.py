@@ -57,6 +57,7 @@ class LoopSettings:
     micro_batches: int | None = None  # parts per global batch; None = the world size
     samples_per_epoch: int | None = None  # None = every sample each epoch; N = a fresh random N
     dist_timeout_s: float = 300.0
+    alone: bool = False  # this process alone, even under torchrun (rank 0's own small fits: prototype heads)
 
 
 def settings_from(cfg, **overrides) -> LoopSettings:
@@ -179,8 +180,9 @@ def fit(
     on rank 0 only; its result and the stop decision are broadcast, so all ranks stop together and end
     with the same weights. ``model`` is left in eval mode holding the best state. ``validate=None`` runs
     ``settings.epochs`` epochs and keeps the last state (a refresh with a fixed schedule chosen elsewhere).
+    ``settings.alone`` trains in this process alone (no DDP, no collective) even inside a process group.
     """
-    rank, world = distributed.rank(), distributed.world_size()
+    rank, world = (0, 1) if settings.alone else (distributed.rank(), distributed.world_size())
     parts = _parts(settings, world)
     metric = settings.valid_metric.lower()
     n = len(weights)
@@ -227,7 +229,7 @@ def fit(
                     total += loss.detach().double() / world
                 torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
                 opt.step()
-            train_loss = distributed.all_reduce_sum(float(total)) / max(steps, 1)
+            train_loss = (float(total) if world == 1 else distributed.all_reduce_sum(float(total))) / max(steps, 1)
             train_s = time.perf_counter() - t_epoch
             loss_sum.eval()
             valid, over_budget = None, False
@@ -240,7 +242,8 @@ def fit(
                 if metric not in valid:
                     raise ConfigError(f"valid_metric '{settings.valid_metric}' is not one of {sorted(valid)}")
                 over_budget = settings.time_budget_s is not None and time.perf_counter() - t0 >= settings.time_budget_s
-            valid, over_budget = distributed.broadcast_object((valid, over_budget))
+            if world > 1:
+                valid, over_budget = distributed.broadcast_object((valid, over_budget))
             history.append(
                 {"epoch": epoch, "loss": train_loss, "train_s": round(train_s, 3),
                  "seconds": round(time.perf_counter() - t0, 1), **valid}
@@ -278,7 +281,17 @@ def fit(
     return FitResult(best_epoch, best_valid, history, time.perf_counter() - t0, stopped_by, converged)
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
+    """One update outside :func:`fit`'s epochs, for a learner that is genuinely per step (an online learner's
+    step on what was just revealed, a fixed few full-batch steps): zero the gradients, backpropagate
+    ``loss``, step. Returns the loss, detached."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
 __all__ = [
-    "BatchFn", "FitResult", "HasFit", "LoopSettings", "epoch_batches", "epoch_order", "fit", "seed_everything",
-    "settings_from",
+    "BatchFn", "FitResult", "HasFit", "LoopSettings", "epoch_batches", "epoch_order", "fit", "optimizer_step",
+    "seed_everything", "settings_from",
 ]

@@ -1,17 +1,17 @@
-"""Adapter edits, prototype bank assignment / refinement / OOD spawning, and a tiny end-to-end run."""
+"""Adapter edits, the edit payload, and a tiny end-to-end run (adapter + bank through the artifacts); the tiny base,
+adapter and bank the prototype tests share (``_bank``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from llm_cloud.adapter import Adapter, left_padded_windows
 from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.adapter_data import training_samples
-from llm_cloud.prototypes import PrototypeBank, sample_codes
-from recsys import ood
+from llm_cloud.prototype_build import build_bank
+from llm_cloud.prototypes import PrototypeBank
 from recsys.config import ModelConfig
 from recsys.models import EditableSeqRec, HeadEdit, score_with_edit
 from recsys.runtime import EditPayload
@@ -92,76 +92,8 @@ def _bank(cfg: PrototypeConfig) -> tuple[PrototypeBank, Adapter, object, Editabl
     samples = training_samples(base, seqs, n_window=4, n_future=1)
     with torch.enable_grad():
         calibration = (samples.state, samples.targets[:, 0])  # the OOD score's fit (held out in real runs)
-        bank = PrototypeBank.build(cfg, base, adapter, samples, None, seed=0, calibration=calibration)
+        bank = build_bank(cfg, base, adapter, samples, None, seed=0, calibration=calibration)
     return bank, adapter, samples, base
-
-
-def test_prototype_assignment_nearest_and_min_residual():
-    bank, adapter, samples, base = _bank(PrototypeConfig(k=4, variant="centre"))
-    assert bank.size == 4 and bank.centres.shape == (4, L * 8)
-    k, d = bank.assign_nearest(bank.centres + 1e-4)
-    assert k.tolist() == [0, 1, 2, 3] and float(d.max()) < 1e-2
-    centre_edit = adapter.edits_from_codes(bank.centres.view(4, L, 8), base)
-    assert bank.assign_min_residual(centre_edit).tolist() == [0, 1, 2, 3]  # a centre needs no residual
-    snap = bank.snapshot()
-    assert len(snap.signatures) == 4 and len(snap.edits) == 4
-    assert EditPayload.model_validate_json(snap.edits[2].model_dump_json()).prototype_id == 2
-
-
-def test_finetuned_prototypes_fit_their_cluster_better():
-    bank_c, adapter, samples, base = _bank(PrototypeConfig(k=2, variant="centre"))
-    bank_f, *_ = _bank(PrototypeConfig(k=2, variant="finetune", finetune_epochs=20, finetune_lr=1e-2))
-    assert torch.equal(bank_c.centres, bank_f.centres)  # same clusters: only the prototype heads differ
-    assign, _ = bank_c.assign_nearest(sample_codes(adapter, samples, None).flatten(1))
-
-    def cluster_loss(bank: PrototypeBank, k: int) -> float:
-        idx = torch.nonzero(assign == k).flatten()
-        with torch.no_grad():
-            edit = bank.edit_for(torch.full((len(idx),), k), None, None)
-            return float(F.cross_entropy(base.logits(base.head(samples.state[idx], edit)), samples.targets[idx, 0]))
-
-    # fine-tuning starts from the centre edit: its head must predict its own cluster's next items better
-    for k in range(2):  # measured: 3.667 → 3.589 and 3.672 → 3.605 (20 Adam steps on random sequences)
-        assert cluster_loss(bank_f, k) < 0.99 * cluster_loss(bank_c, k)
-
-
-def test_refinement_moves_the_prototype_and_ood_spawns_a_new_one():
-    bank, adapter, samples, base = _bank(PrototypeConfig(k=2, variant="centre", max_k=3, refine_rate=0.5))
-    before = bank.centres[0].clone()
-    far = before + 100.0
-    parts = [w[0] for w in bank.weights] + [b[0] for b in bank.biases]
-    bank.refine(0, far, parts, torch.zeros(D))
-    assert torch.allclose(bank.centres[0], before + 50.0)
-    new = bank.spawn(before + 1000.0, parts, torch.zeros(D))
-    assert new == 2 and bank.size == 3
-    assert bank.assign_nearest((before + 1000.0).view(1, -1))[0].item() == 2
-    assert bank.spawn(before - 1000.0, parts, torch.zeros(D)) is None  # max_k reached: per-sample fallback
-    # the new prototype starts at the bank-wide miss rate; observed misses move its log-odds
-    odds = bank.proto_logodds()
-    assert len(odds) == 3 and float(odds[2]) == pytest.approx(float(ood.logit(torch.tensor(bank.prior))), abs=1e-5)
-    bank.observe(torch.tensor([2, 2, 2]), torch.tensor([True, True, True]))
-    assert float(bank.proto_logodds()[2]) > float(odds[2])
-
-
-def test_running_mean_refinement_counts_the_training_cluster():
-    bank, adapter, samples, base = _bank(PrototypeConfig(k=2, variant="centre"))  # refine_rate None
-    n0 = float(bank.counts[0])
-    before = bank.centres[0].clone()
-    parts = [w[0] for w in bank.weights] + [b[0] for b in bank.biases]
-    bank.refine(0, before + 100.0, parts, torch.zeros(D))
-    assert torch.allclose(bank.centres[0], before + 100.0 / (n0 + 1), atol=1e-4)
-    assert float(bank.counts[0]) == n0 + 1
-
-
-def test_prequential_learning_fits_the_revealed_items():
-    bank, adapter, samples, base = _bank(PrototypeConfig(k=2, variant="centre", online_lr=0.05))
-    k = torch.zeros(16, dtype=torch.long)
-    state, target = samples.state[:16], samples.targets[:16, 0]
-    losses = [bank.learn(base, k, state, target) for _ in range(20)]
-    assert losses[-1] < 0.8 * losses[0]  # the assigned prototype's head learnt these next items
-    assert bank.weights[0].abs().max() <= bank.cfg.total_clip
-    off = PrototypeConfig(k=2, variant="centre")
-    assert _bank(off)[0].learn(base, k, state, target) is None  # online_lr None: unsupervised refinement only
 
 
 def test_payload_round_trip_reproduces_the_edit():

@@ -9,7 +9,9 @@ import torch
 from llm_cloud.adapter import edited_logits, left_padded_windows
 from llm_cloud.adapter_config import PrototypeConfig
 from llm_cloud.editor import AdapterEditor, served_edit
-from llm_cloud.prototypes import clipped_parts
+from llm_cloud.prototype_build import fit_cache_gain
+from llm_cloud.prototype_online import spawn
+from llm_cloud.prototypes import cache_ok, clipped_parts, is_ood, ood_scores
 from recsys import metrics, ood
 from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
 from tests.llm_cloud.test_adapter import N_ITEMS, _bank
@@ -66,6 +68,26 @@ def test_out_of_distribution_rows_get_their_own_edit_the_rest_prototype_plus_res
     assert all(torch.equal(a, b) for a, b in zip(edit.dW + edit.db, own))
 
 
+def test_the_proto_options_serve_e_k_alone_keep_it_out_of_distribution_and_report_the_assigned_distance():
+    """The ``proto*`` methods through the one served edit: ``residual=False`` is ``E_k`` alone,
+    ``ood_override=False`` keeps it for out-of-distribution windows, ``distance="assigned"`` measures to the
+    prototype the window was assigned (min-residual) instead of the nearest centre."""
+    bank, adapter, _, base = _bank(PrototypeConfig(k=3, variant="centre", assignment="min-residual"))
+    seq, length = _histories()
+    bank.ood_threshold = float("-inf")  # every row out of distribution
+    out = served_edit(base, adapter, bank, None, seq, length, residual=False, ood_override=False,
+                      distance="assigned")  # fmt: skip
+    assert torch.equal(out.prototype, out.assigned)  # no row fell back to its own edit
+    expected = bank.edit_for(out.assigned, None, None)
+    assert all(torch.equal(a, b) for a, b in zip(out.edit.dW + out.edit.db, expected.dW + expected.db))
+    flat = out.codes.flatten(1)
+    assert torch.allclose(out.distance, (flat - bank.centres[out.assigned]).norm(dim=1))
+    nearest = served_edit(base, adapter, bank, None, seq, length)
+    assert torch.equal(nearest.distance, bank.assign_nearest(flat)[1]) and nearest.prototype.eq(-1).all()
+    assert torch.equal(nearest.assigned, out.assigned) and (out.distance >= nearest.distance - 1e-5).all()
+    assert (out.distance > nearest.distance + 1e-3).any()  # a window whose min-residual prototype is not nearest
+
+
 def _device(base, editor):
     runtime = DeviceRuntime(base, np.array(["[PAD]"] + [str(i) for i in range(1, N_ITEMS)]))
     runtime.set_prototypes(PrototypeSnapshot.model_validate_json(editor.snapshot().model_dump_json()))
@@ -115,8 +137,8 @@ def test_the_ood_score_reaches_the_device_which_flags_what_the_cloud_flags():
     protos, _ = device.assign_batch(samples.state)
     flags = device.ood_flags(samples.state, protos)
     assert 0.03 < np.mean(flags) < 0.2  # ≈ 10 % of the calibration rows lie beyond the 0.9 quantile
-    _, cloud_score, _ = bank.ood_scores(base, samples.state)
-    assert flags == bank.is_ood(cloud_score).tolist()  # the device's test is the cloud's, row for row
+    _, cloud_score, _ = ood_scores(bank, base, samples.state)
+    assert flags == is_ood(bank, cloud_score).tolist()  # the device's test is the cloud's, row for row
     # the score follows the base model's entropy: a sharper (or flatter) softmax moves it by w_entropy
     with torch.no_grad():
         ent = ood.entropy(base.logits(base.head(samples.state, None)))
@@ -195,16 +217,16 @@ def test_a_device_serves_a_cached_edit_alone_only_where_it_beat_the_base_head_on
     with torch.no_grad():
         for part in bank.weights + bank.biases:
             part[2] = 0.0  # prototype 2: no edit at all (no gain: the base head is as good)
-        bank.fit_cache_gain(base, state, target)
-        k, score, logits = bank.ood_scores(base, state)
+        fit_cache_gain(bank, base, state, target)
+        k, score, logits = ood_scores(bank, base, state)
         for p in range(bank.size):  # the gain is the mean NDCG@10 difference on the rows a device serves with p
-            rows = (k == p) & ~bank.is_ood(score)
+            rows = (k == p) & ~is_ood(bank, score)
             edited = base.logits(base.head(state[rows], bank.prototype_edit(p)))
             want = float((_ndcg10(edited, target[rows]) - _ndcg10(logits[rows], target[rows])).mean())
             assert float(bank.cache_gain[p]) == pytest.approx(want, abs=1e-6)
-    assert float(bank.cache_gain[2]) == 0.0 and bank.cache_ok() == (bank.cache_gain > 0).tolist()
+    assert float(bank.cache_gain[2]) == 0.0 and cache_ok(bank) == (bank.cache_gain > 0).tolist()
     bank.cache_gain = torch.tensor([0.01, -0.02, 0.0])  # one edit that gained, one that lost, one level
-    ok = bank.cache_ok()
+    ok = cache_ok(bank)
     assert ok == [True, False, False]
 
     editor = AdapterEditor(base, adapter, bank, None, "v")
@@ -224,8 +246,8 @@ def test_a_device_serves_a_cached_edit_alone_only_where_it_beat_the_base_head_on
     copy = bank.copy()
     copy.load_state_dict(bank.state_dict())
     assert torch.equal(copy.cache_gain, bank.cache_gain)
-    assert copy.spawn(copy.centres[0], [w[0] for w in copy.weights + copy.biases], copy.signatures[0]) == 3
-    assert copy.cache_ok()[3] is False
+    assert spawn(copy, copy.centres[0], [w[0] for w in copy.weights + copy.biases], copy.signatures[0]) == 3
+    assert cache_ok(copy)[3] is False
     state_dict = {k: v for k, v in bank.state_dict().items() if k != "cache_gain"}
     copy.load_state_dict(state_dict)
-    assert copy.cache_gain is None and copy.cache_ok() == [True] * bank.size
+    assert copy.cache_gain is None and cache_ok(copy) == [True] * bank.size

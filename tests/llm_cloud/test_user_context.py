@@ -12,7 +12,7 @@ from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.adapter_data import batch_from_rows, training_samples
 from llm_cloud.artifacts import load_adapter, load_user_context, save_adapter
 from llm_cloud.editor import AdapterEditor, served_edit
-from llm_cloud.prototypes import PrototypeBank
+from llm_cloud.prototype_build import build_bank
 from llm_cloud.user_context import UserContextHits
 from tests.llm_cloud.test_adapter import N_ITEMS, D, L, _base
 
@@ -95,7 +95,7 @@ def test_training_evaluation_and_editor_compute_the_same_hits(context, tmp_path)
     assert torch.equal(b.context, context(left_padded_windows(seq, length, 5)))
 
     with torch.enable_grad():
-        bank = PrototypeBank.build(PrototypeConfig(k=2, variant="centre"), base, adapter, samples, None, 0, context)
+        bank = build_bank(PrototypeConfig(k=2, variant="centre"), base, adapter, samples, None, 0, context)
     bank.ood_threshold = float("inf")
     save_adapter(tmp_path / "adapter-main", adapter, {"seed": 0}, None, context)
     loaded, info = load_adapter(tmp_path / "adapter-main")

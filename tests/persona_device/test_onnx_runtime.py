@@ -16,7 +16,7 @@ from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.adapter_data import training_samples
 from llm_cloud.editor import AdapterEditor
 from llm_cloud.item_delta import ItemDeltaConfig, fit_item_delta
-from llm_cloud.prototypes import PrototypeBank
+from llm_cloud.prototype_build import build_bank
 from persona_device.runtime import OnnxDeviceRuntime
 from persona_device.wire import Snapshot
 from recsys.runtime import DeviceRuntime, EditPayload, ItemTableDelta, PrototypeSnapshot
@@ -49,8 +49,8 @@ def _editor(base, sequences) -> AdapterEditor:
         torch.nn.init.normal_(p, std=0.05)  # an untrained adapter's edit is zero: make it visible in rankings
     samples = training_samples(base, [np.asarray(s) for s in sequences], n_window=4, n_future=1)
     with torch.enable_grad():
-        bank = PrototypeBank.build(PrototypeConfig(k=3, variant="centre", ood_quantile=0.5), base, adapter,
-                                   samples, None, seed=0, calibration=(samples.state, samples.targets[:, 0]))
+        bank = build_bank(PrototypeConfig(k=3, variant="centre", ood_quantile=0.5), base, adapter,
+                          samples, None, seed=0, calibration=(samples.state, samples.targets[:, 0]))
     return AdapterEditor(base, adapter, bank, None, "v1")
 
 

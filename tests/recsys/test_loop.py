@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch import nn
 
+from recsys import loop
 from recsys.config import ConfigError
-from recsys.loop import LoopSettings, fit
+from recsys.loop import LoopSettings, fit, optimizer_step
 
 
 class SquaredError(nn.Module):
@@ -118,3 +119,30 @@ def test_without_validation_runs_every_epoch_and_keeps_the_last_state():
     res = fit(model, loss, batch_of, weights, None, opt, settings, seed=0, progress=False)
     assert len(res.history) == 3 and res.best_epoch == 2 and res.stopped_by == "epochs"
     assert loss(*batch_of(torch.arange(64))).item() < before  # it trained, and kept the trained state
+
+
+def test_alone_trains_in_this_process_even_inside_a_process_group(monkeypatch):
+    """Rank 0's own small fits (the prototype heads) run while the other ranks wait: no DDP, no collective."""
+    snaps: list = []
+    _run([0.1, 0.2, 0.3], snaps)
+    monkeypatch.setattr(loop.distributed, "world_size", lambda: 2)  # as under torchrun; a collective would hang
+    monkeypatch.setattr(loop.distributed, "all_reduce_sum", lambda v: pytest.fail("a collective was called"))
+    monkeypatch.setattr(loop.distributed, "broadcast_object", lambda v: pytest.fail("a collective was called"))
+    alone: list = []
+    _run([0.1, 0.2, 0.3], alone, alone=True)
+    assert all(torch.equal(a, b) for a, b in zip(snaps, alone))  # the same run as outside any group
+
+
+def test_optimizer_step_is_one_fresh_update():
+    model, loss, batch_of, _ = _task()
+    twin = nn.Linear(4, 1)
+    twin.load_state_dict(model.state_dict())
+    opt, twin_opt = torch.optim.Adam(model.parameters(), lr=0.1), torch.optim.Adam(twin.parameters(), lr=0.1)
+    model.weight.grad = torch.full_like(model.weight, 1e3)  # a stale gradient is dropped, not added
+    x, y = batch_of(torch.arange(8))
+    got = optimizer_step(opt, loss(x, y))
+    want = ((twin(x) - y) ** 2).sum()
+    want.backward()
+    twin_opt.step()
+    assert float(got) == float(want.detach()) and not got.requires_grad
+    assert torch.equal(model.weight, twin.weight) and torch.equal(model.bias, twin.bias)
