@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from recsys.config import StrictConfig
+from recsys.config import LoopConfig, StrictConfig
 
 
-class AdapterConfig(StrictConfig):
+class AdapterConfig(LoopConfig):
     """The cloud hypernetwork that turns a device's recent window into head edits."""
 
     window: int = Field(20, ge=1)  # last N items of the device's real-time data
@@ -27,18 +27,15 @@ class AdapterConfig(StrictConfig):
     n_future: int = Field(1, ge=1)  # train the edited head on the next n_future items
     train_item_emb: bool = True  # fine-tune the adapter's copy of the base item embeddings (False = frozen copy)
     dropout: float = Field(0.0, ge=0, lt=1)  # on the window's input embeddings and the sequence code (training)
+    # the loop (LoopConfig), with the adapter's defaults: it starts at "no edit", so no plateau to wait out
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(256, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     patience: int = Field(3, ge=1)  # counted after the warm-up (recsys.loop)
-    min_epochs: int = Field(0, ge=0)  # no early stop before this many epochs
-    plateau_gain: float = Field(0.0, ge=0)  # patience counts once validation beats epoch 0 by this fraction
-    micro_batches: int | None = Field(None, ge=1)  # parts per global batch (accumulated); None = DDP world size
+    min_epochs: int = Field(0, ge=0)
+    plateau_gain: float = Field(0.0, ge=0)
     samples_per_epoch: int | None = Field(None, ge=1)  # None = every training window each epoch; else a fresh
     # random subset of this many windows per epoch (large catalogues: more epochs, all windows still seen)
-    time_budget_s: float | None = Field(None, gt=0)  # stop after the epoch that crosses it (CPU budgets)
 
 
 class PrototypeConfig(StrictConfig):

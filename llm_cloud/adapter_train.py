@@ -63,7 +63,8 @@ class AdapterLossSum(nn.Module):
 
 
 def loop_settings(cfg: AdapterConfig, valid_metric: str, dist_timeout_s: float) -> LoopSettings:
-    return settings_from(cfg, valid_metric=valid_metric, dist_timeout_s=dist_timeout_s)
+    return settings_from(cfg, valid_metric=valid_metric, dist_timeout_s=dist_timeout_s,
+                         samples_per_epoch=cfg.samples_per_epoch)  # fmt: skip
 
 
 def train_adapter(

@@ -74,7 +74,10 @@ class ModelConfig(StrictConfig):
     # softmax (False: left out of it, as items that did not exist yet; a full softmax only ever pushes them down)
 
 
-class TrainConfig(StrictConfig):
+class LoopConfig(StrictConfig):
+    """What every trained thing tells the one fit loop (:func:`recsys.loop.fit`): the base model's ``train:``
+    and the adapter's ``adapter:`` sections extend it (with their own defaults)."""
+
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -85,6 +88,11 @@ class TrainConfig(StrictConfig):
     plateau_gain: float = Field(0.5, ge=0)  # patience counts once validation beats epoch 0 by this fraction
     time_budget_s: float | None = Field(None, gt=0)  # optional wall-clock cap per run (the run is marked unconverged)
     micro_batches: int | None = Field(None, ge=1)  # parts per global batch (accumulated); None = DDP world size
+
+
+class TrainConfig(LoopConfig):
+    """The base model's training (``train:``): the loop, plus how the windows are batched and run."""
+
     bucket_batches: int = Field(32, ge=0)  # sort each run of N batches by window length: less padding (0 = off)
     threads: int = Field(1, ge=1)
     nproc: int = Field(1, ge=1)  # `persona train` processes on this machine (DDP under torchrun when > 1)

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from recsys import distributed
-from recsys.config import ConfigError
+from recsys.config import ConfigError, LoopConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,14 @@ class LoopSettings:
     alone: bool = False  # this process alone, even under torchrun (rank 0's own small fits: prototype heads)
 
 
-def settings_from(cfg, **overrides) -> LoopSettings:
-    """The loop settings a config section (``TrainConfig``, ``AdapterConfig``) names, plus ``overrides``."""
-    names = {f.name for f in dataclasses.fields(LoopSettings)}
-    return LoopSettings(**{n: getattr(cfg, n) for n in names if hasattr(cfg, n)}, **overrides)
+LOOP_FIELDS = {f.name for f in dataclasses.fields(LoopSettings)}
+
+
+def settings_from(cfg: LoopConfig, **overrides) -> LoopSettings:
+    """The loop settings of a ``LoopConfig`` section (``train:``, ``adapter:``), plus ``overrides`` (what the
+    section adds: ``bucket_batches``, ``samples_per_epoch``, the validation metric, …)."""
+    loop = {n: getattr(cfg, n) for n in LoopConfig.model_fields if n in LOOP_FIELDS}
+    return LoopSettings(**{**loop, **overrides})
 
 
 @dataclass

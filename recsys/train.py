@@ -51,7 +51,9 @@ def next_item_loss(model: EditableSeqRec, inputs: torch.Tensor, targets: torch.T
 
 
 def loop_settings(cfg: PersonaConfig) -> LoopSettings:
-    return settings_from(cfg.train, valid_metric=cfg.eval.valid_metric)
+    t = cfg.train
+    return settings_from(t, valid_metric=cfg.eval.valid_metric, bucket_batches=t.bucket_batches,
+                         dist_timeout_s=t.dist_timeout_s)  # fmt: skip
 
 
 @dataclass
