@@ -33,7 +33,7 @@ from recsys.checkpoint import Loaded, checkpoint_reader
 from recsys.runtime import EditPayload, PrototypeSnapshot
 from serving.config import AppConfig
 from serving.edit_batcher import EditBatcher
-from serving.embeddings_api import DEFAULT_MODEL, OpenAIErrorBodies, describe_backbone, embeddings_router
+from serving.embeddings_api import OpenAIErrorBodies, describe_backbone, embeddings_router
 from serving.http_guards import app_options, install_http_guards
 from serving.metrics import Metrics
 from serving.schemas import AUTH_ERRORS, ERRORS, EditRequest, Health
@@ -252,16 +252,6 @@ class LazyBackbone(Backbone):
         return self.inner().encode(texts)
 
 
-def served_model_name(cfg: BackboneConfig) -> str:
-    """The ``model`` name the cloud's /v1/embeddings answers to: as vLLM, the model path's last part."""
-    if cfg.name == "openai-http":
-        return cfg.openai_http.model
-    model = cfg.sentence_transformers.model if cfg.name == "sentence-transformers" else cfg.hf.model
-    if model:
-        return Path(model).stem if model.endswith(".gguf") else Path(model).name
-    return DEFAULT_MODEL if cfg.name == "sentence-transformers" else "SmolLM2-135M-Instruct"
-
-
 def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | None = None) -> FastAPI:
     """The cloud FastAPI app; ``backbone`` defaults to the configured one, built lazily."""
 
@@ -325,7 +315,7 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
 
     app.include_router(keyed)
     backbone = backbone or LazyBackbone(service.cfg.backbone)
-    app.include_router(embeddings_router(backbone, served_model_name(service.cfg.backbone), api_key, describe=False))
+    app.include_router(embeddings_router(backbone, service.cfg.backbone.served_name(), api_key, describe=False))
 
     def openapi() -> dict:  # the schema states the backbone's width and token ids (the first call builds it)
         if app.openapi_schema is None:

@@ -8,10 +8,10 @@ OpenAI-compatible server) by name, and wraps it in the on-disk embedding cache.
 from llm_cloud.backbones.base import Backbone, BackboneError
 from llm_cloud.backbones.cache import CachedBackbone
 from llm_cloud.backbones.config import BACKBONE_NAMES, BackboneConfig
-from llm_cloud.backbones.registry import BACKBONES, build_backbone
+from llm_cloud.backbones.registry import BUILDERS, build_backbone
 
 __all__ = [
-    "BACKBONES",
+    "BUILDERS",
     "BACKBONE_NAMES",
     "Backbone",
     "BackboneConfig",

