@@ -163,6 +163,102 @@ def _warmup_done(settings: LoopSettings, epoch: int, first: float, best: float) 
     return epoch + 1 >= settings.min_epochs and best >= first * (1 + settings.plateau_gain)
 
 
+@dataclass
+class _Ranks:
+    """Who computes what of a global batch: this rank's micro-batch parts and the module it steps (DDP-wrapped
+    across ranks)."""
+
+    rank: int
+    world: int
+    parts: int
+    step_fn: nn.Module
+    trainable: list[torch.Tensor]
+    die_at: int | None = None  # test-only fault injection (recsys.distributed.TEST_DIE_ENV)
+
+    @property
+    def my_parts(self) -> list[int]:
+        return list(range(self.rank, self.parts, self.world))
+
+
+def _ranks(loss_sum: nn.Module, settings: LoopSettings, seed: int) -> _Ranks:
+    rank, world = (0, 1) if settings.alone else (distributed.rank(), distributed.world_size())
+    trainable = [p for p in loss_sum.parameters() if p.requires_grad]
+    if world == 1:
+        return _Ranks(rank, world, _parts(settings, world), loss_sum, trainable)
+    device = next(iter(trainable)).device
+    ids = [device.index] if device.type == "cuda" else None
+    step_fn = DistributedDataParallel(loss_sum, device_ids=ids, broadcast_buffers=False)
+    torch.manual_seed(seed + 100_003 * rank)  # same initial weights, independent dropout per rank
+    return _Ranks(rank, world, _parts(settings, world), step_fn, trainable, distributed.fault_step_for_tests())
+
+
+def _train_epoch(r: _Ranks, batches: list[np.ndarray], batch_of: BatchFn, weights: np.ndarray,
+                 opt: torch.optim.Optimizer, grad_clip: float, epoch: int) -> float:  # fmt: skip
+    """One pass over ``batches``; each global batch's parts accumulate (DDP all-reduces the last one). The
+    mean summed-and-scaled loss per step, over all ranks."""
+    total = torch.zeros((), dtype=torch.float64)
+    my_parts = r.my_parts
+    for step, batch_np in enumerate(batches):
+        if r.die_at is not None and epoch == 0 and step == r.die_at:
+            os._exit(1)  # test-only fault injection
+        batch = torch.from_numpy(batch_np)
+        scale = r.world / max(float(weights[batch_np].sum()), 1.0)
+        opt.zero_grad(set_to_none=True)
+        for j, part in enumerate(my_parts):
+            idx, s = batch[part :: r.parts], scale
+            if len(idx) == 0:
+                if r.world == 1:
+                    continue
+                idx, s = batch[:1], 0.0  # an empty part still joins DDP's all-reduce, with zeros
+            last = j == len(my_parts) - 1
+            sync = contextlib.nullcontext() if r.world == 1 or last else r.step_fn.no_sync()
+            with sync:
+                loss = r.step_fn(*batch_of(idx)) * s
+                loss.backward()
+            total += loss.detach().double() / r.world
+        torch.nn.utils.clip_grad_norm_(r.trainable, grad_clip)
+        opt.step()
+    return (float(total) if r.world == 1 else distributed.all_reduce_sum(float(total))) / max(len(batches), 1)
+
+
+def _validated(r: _Ranks, validate: Callable[[], dict[str, float]], settings: LoopSettings,
+               t0: float) -> tuple[dict[str, float], bool]:  # fmt: skip
+    """Rank 0 validates and decides on the time budget; every rank gets its decision."""
+    valid, over_budget = None, False
+    if r.rank == 0:
+        valid = validate()
+        if settings.valid_metric.lower() not in valid:
+            raise ConfigError(f"valid_metric '{settings.valid_metric}' is not one of {sorted(valid)}")
+        over_budget = settings.time_budget_s is not None and time.perf_counter() - t0 >= settings.time_budget_s
+    if r.world > 1:
+        valid, over_budget = distributed.broadcast_object((valid, over_budget))
+    return valid, over_budget
+
+
+@dataclass
+class _Selection:
+    """The epoch best on validation, and patience counted once the warm-up is done."""
+
+    settings: LoopSettings
+    metric: str
+    best_state: dict | None = None
+    best_valid: dict | None = None
+    best_epoch: int = -1
+    first: float | None = None
+    bad: int = 0
+
+    def update(self, model: nn.Module, epoch: int, valid: dict[str, float]) -> bool:
+        """Keep ``model``'s state if ``valid`` is the best yet; True when patience has run out."""
+        score = valid[self.metric]
+        self.first = score if self.first is None else self.first
+        if self.best_valid is None or score > self.best_valid[self.metric]:
+            self.best_state, self.best_valid, self.best_epoch, self.bad = (
+                copy.deepcopy(model.state_dict()), valid, epoch, 0)  # fmt: skip
+        elif _warmup_done(self.settings, epoch, self.first, self.best_valid[self.metric]):
+            self.bad += 1
+        return self.bad >= self.settings.patience
+
+
 def fit(
     model: nn.Module,
     loss_sum: nn.Module,
@@ -186,22 +282,10 @@ def fit(
     ``settings.epochs`` epochs and keeps the last state (a refresh with a fixed schedule chosen elsewhere).
     ``settings.alone`` trains in this process alone (no DDP, no collective) even inside a process group.
     """
-    rank, world = (0, 1) if settings.alone else (distributed.rank(), distributed.world_size())
-    parts = _parts(settings, world)
-    metric = settings.valid_metric.lower()
+    r = _ranks(loss_sum, settings, seed)
     n = len(weights)
     per_epoch = min(n, settings.samples_per_epoch or n)
-    trainable = [p for p in loss_sum.parameters() if p.requires_grad]
-    step_fn = loss_sum
-    die_at = None
-    if world > 1:
-        device = next(iter(trainable)).device
-        ids = [device.index] if device.type == "cuda" else None
-        step_fn = DistributedDataParallel(loss_sum, device_ids=ids, broadcast_buffers=False)
-        torch.manual_seed(seed + 100_003 * rank)  # same initial weights, independent dropout per rank
-        die_at = distributed.fault_step_for_tests()
-    my_parts = list(range(rank, parts, world))
-    best_state, best_valid, best_epoch, first, bad = None, None, -1, None, 0
+    sel = _Selection(settings, settings.valid_metric.lower())
     history: list[dict] = []
     stopped_by = "epochs"
     t0 = time.perf_counter()
@@ -211,78 +295,39 @@ def fit(
             loss_sum.train()
             t_epoch = time.perf_counter()
             batches = epoch_batches(n, settings.batch_size, seed, epoch, per_epoch, lengths, settings.bucket_batches)
-            total = torch.zeros((), dtype=torch.float64)
-            steps = len(batches)
-            for step, batch_np in enumerate(batches):
-                if die_at is not None and epoch == 0 and step == die_at:
-                    os._exit(1)  # test-only fault injection (recsys.distributed.TEST_DIE_ENV)
-                batch = torch.from_numpy(batch_np)
-                scale = world / max(float(weights[batch_np].sum()), 1.0)
-                opt.zero_grad(set_to_none=True)
-                for j, part in enumerate(my_parts):
-                    idx, s = batch[part::parts], scale
-                    if len(idx) == 0:
-                        if world == 1:
-                            continue
-                        idx, s = batch[:1], 0.0  # an empty part still joins DDP's all-reduce, with zeros
-                    last = j == len(my_parts) - 1
-                    sync = contextlib.nullcontext() if world == 1 or last else step_fn.no_sync()
-                    with sync:
-                        loss = step_fn(*batch_of(idx)) * s
-                        loss.backward()
-                    total += loss.detach().double() / world
-                torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
-                opt.step()
-            train_loss = (float(total) if world == 1 else distributed.all_reduce_sum(float(total))) / max(steps, 1)
-            train_s = time.perf_counter() - t_epoch
+            train_loss = _train_epoch(r, batches, batch_of, weights, opt, settings.grad_clip, epoch)
+            row = {"epoch": epoch, "loss": train_loss, "train_s": round(time.perf_counter() - t_epoch, 3)}
             loss_sum.eval()
-            valid, over_budget = None, False
             if validate is None:
-                history.append({"epoch": epoch, "loss": train_loss, "train_s": round(train_s, 3)})
+                history.append(row)
                 bar.set_postfix(loss=f"{train_loss:.3f}")
                 continue
-            if rank == 0:  # rank 0 validates and decides on the budget; every rank applies the decision
-                valid = validate()
-                if metric not in valid:
-                    raise ConfigError(f"valid_metric '{settings.valid_metric}' is not one of {sorted(valid)}")
-                over_budget = settings.time_budget_s is not None and time.perf_counter() - t0 >= settings.time_budget_s
-            if world > 1:
-                valid, over_budget = distributed.broadcast_object((valid, over_budget))
-            history.append(
-                {"epoch": epoch, "loss": train_loss, "train_s": round(train_s, 3),
-                 "seconds": round(time.perf_counter() - t0, 1), **valid}
-            )
-            bar.set_postfix(loss=f"{train_loss:.3f}", **{metric: f"{valid[metric]:.4f}"})
-            score = valid[metric]
-            first = score if first is None else first
-            if best_valid is None or score > best_valid[metric]:
-                best_state, best_valid, best_epoch, bad = copy.deepcopy(model.state_dict()), valid, epoch, 0
-            elif _warmup_done(settings, epoch, first, best_valid[metric]):
-                bad += 1
-            if bad >= settings.patience:
-                stopped_by = "patience"
+            valid, over_budget = _validated(r, validate, settings, t0)
+            history.append({**row, "seconds": round(time.perf_counter() - t0, 1), **valid})
+            bar.set_postfix(loss=f"{train_loss:.3f}", **{sel.metric: f"{valid[sel.metric]:.4f}"})
+            if sel.update(model, epoch, valid) or over_budget:
+                stopped_by = "patience" if sel.bad >= settings.patience else "time_budget"
                 break
-            if over_budget:
-                stopped_by = "time_budget"
-                break
-    if validate is None:
-        model.eval()
-        return FitResult(len(history) - 1, {}, history, time.perf_counter() - t0)
-    model.load_state_dict(best_state)
     model.eval()
-    converged = stopped_by == "patience"
-    left_plateau = best_valid[metric] > first * (1 + max(settings.plateau_gain, 0.05))
-    if not converged:
+    if validate is None:
+        return FitResult(len(history) - 1, {}, history, time.perf_counter() - t0)
+    model.load_state_dict(sel.best_state)
+    model.eval()
+    _warn_unconverged(desc, stopped_by, sel, len(history))
+    return FitResult(sel.best_epoch, sel.best_valid, history, time.perf_counter() - t0, stopped_by,
+                     stopped_by == "patience")  # fmt: skip
+
+
+def _warn_unconverged(desc: str, stopped_by: str, sel: _Selection, epochs: int) -> None:
+    best, metric = sel.best_valid[sel.metric], sel.metric
+    if stopped_by != "patience":
         log.warning(
             "%s: stopped by %s after %d epochs before validation plateaued (best %s %.4f at epoch %d): "
-            "not a converged result", desc, stopped_by, len(history), metric, best_valid[metric], best_epoch,
+            "not a converged result", desc, stopped_by, epochs, metric, best, sel.best_epoch,
         )
-    if not left_plateau:
-        log.warning(
-            "%s: ended near its starting score (%s %.4f vs %.4f after the first epoch)",
-            desc, metric, best_valid[metric], first,
-        )
-    return FitResult(best_epoch, best_valid, history, time.perf_counter() - t0, stopped_by, converged)
+    if not best > sel.first * (1 + max(sel.settings.plateau_gain, 0.05)):
+        log.warning("%s: ended near its starting score (%s %.4f vs %.4f after the first epoch)",
+                    desc, metric, best, sel.first)  # fmt: skip
 
 
 def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
