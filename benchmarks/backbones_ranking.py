@@ -28,16 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from recsys import run_layout
+from serving.local_services import PERSONA, free_port, start_service, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = {  # name → (runs directory, reports directory, overrides, the adapter's own overrides)
@@ -65,34 +65,21 @@ SERVER = (
 
 
 def persona(*args: str) -> None:
-    cmd = [sys.executable, "-m", "serving.cli", *args]
     print("+ persona " + " ".join(args), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    subprocess.run([*PERSONA, *args], cwd=ROOT, check=True)
 
 
 @contextmanager
 def own_embeddings_server():
     """The project's ``/v1/embeddings`` (MiniLM) in its own process; yields its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], cwd=ROOT)
-    try:
-        import httpx
-
-        for _ in range(600):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("own /v1/embeddings did not start")
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="embeddings-") as tmp:
+        proc = start_service([sys.executable, "-c", SERVER, str(port)], port, Path(tmp) / "server.log",
+                             "own /v1/embeddings", timeout_s=60)  # fmt: skip
+        try:
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            stop(proc)
 
 
 def _common(name: str, dataset: str) -> list[str]:

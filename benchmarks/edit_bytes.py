@@ -23,10 +23,12 @@ from pathlib import Path
 
 import httpx
 import torch
-from serve_load import free_port, start_service, stop
 
 from recsys import run_layout
+from recsys.experiment import load_dataset_split
 from recsys.runtime import ENCODINGS, DeviceRuntime, EditPayload, PrototypeSnapshot
+from serving.config import load_app_config
+from serving.local_services import free_port, serve_command, start_service, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,59 +41,50 @@ def head_bytes(r: httpx.Response) -> int:
     return status + sum(len(k) + len(v) + 4 for k, v in r.headers.raw) + 2
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--model", default="sasrec")
-    parser.add_argument("--rows", type=int, default=200)
-    parser.add_argument("--source", choices=["adapter", "distilled"], default="adapter", help="cloud.edit_source")
-    parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
-    args = parser.parse_args()
-    ckpt = run_layout.seed_dir(ROOT / "runs", args.dataset, args.model, 0)
-    if args.source == "adapter" and not run_layout.adapter_dir(ckpt).is_dir():
-        print(f"no adapter at {run_layout.adapter_dir(ckpt)}:"
-              f" run `make run` (or `persona adapter dataset={args.dataset}`)")
-        return 2
-    from recsys.experiment import load_dataset_split
-    from serving.config import load_app_config
+def sample_histories(dataset: str, runtime: DeviceRuntime, n: int) -> list[list[str]]:
+    """The last 20 items (tokens) of ``n`` test rows spread over the test split."""
+    rows = load_dataset_split(load_app_config(overrides=[f"dataset={dataset}"])).eval_rows("test")
+    step = max(len(rows) // n, 1)
+    out = []
+    for i in range(0, len(rows), step)[:n]:
+        length = int(rows["item_length"][i])
+        out.append([str(runtime.item_tokens[j]) for j in rows["item_id_list"][i, :length].tolist()][-20:])
+    return out
 
-    split = load_dataset_split(load_app_config(overrides=[f"dataset={args.dataset}"]))
-    rows = split.eval_rows("test")
-    step = max(len(rows) // args.rows, 1)
-    runtime = DeviceRuntime.load(ckpt)
-    histories = []
-    for i in range(0, len(rows), step)[: args.rows]:
-        n = int(rows["item_length"][i])
-        histories.append([str(runtime.item_tokens[j]) for j in rows["item_id_list"][i, :n].tolist()][-20:])
-    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+def ask_cloud(ckpt: Path, source: str, histories: list[list[str]]) -> tuple[bytes, dict[str, list[tuple]]]:
+    """The real cloud's bank snapshot (body) and its answer to every history in every encoding (body, head
+    bytes), as a device caching that bank receives them."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        cmd = [sys.executable, "-m", "serving.cli", "serve", "--role", "cloud", "--cloud-port", str(port),
-               f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}", f"data.workdir={ROOT / 'data' / 'atomic'}",
-               f"output_dir={ROOT / 'runs'}", f"cloud.edit_source={args.source}",
-               "serve.http.access_log=false"]  # fmt: skip
+        cmd = serve_command("cloud", port, [f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}",
+                                            f"data.workdir={ROOT / 'data' / 'atomic'}", f"output_dir={ROOT / 'runs'}",
+                                            f"cloud.edit_source={source}"])  # fmt: skip
         proc = start_service(cmd, port, Path(tmp) / "cloud.log", "cloud")
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers) as c:
-                snap_resp = c.get("/v1/prototypes")
-                snapshot = PrototypeSnapshot.model_validate_json(snap_resp.content)
-                runtime.set_prototypes(snapshot)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                              headers={"Authorization": f"Bearer {API_KEY}"}) as c:  # fmt: skip
+                snapshot = c.get("/v1/prototypes").content
+                version = PrototypeSnapshot.model_validate_json(snapshot).version
                 answers = {e: [] for e in ENCODINGS}
                 for items in histories:
                     for e in ENCODINGS:
-                        body = {"items": items, "encoding": e, "bank_version": snapshot.version}
-                        r = c.post("/v1/edits", json=body)
+                        r = c.post("/v1/edits", json={"items": items, "encoding": e, "bank_version": version})
                         r.raise_for_status()
                         answers[e].append((r.content, head_bytes(r)))
         finally:
             stop(proc)
-    results = {}
-    reference = []
-    for e in ENCODINGS:
+    return snapshot, answers
+
+
+def score_encodings(runtime: DeviceRuntime, histories: list[list[str]], answers: dict[str, list[tuple]]) -> dict:
+    """Per encoding: bytes, and the device-decoded edit (:meth:`DeviceRuntime.decode_edit`) against the ``json``
+    one: the largest absolute difference and the share of rows with the same top 10."""
+    results, reference = {}, []
+    for e in ENCODINGS:  # json first: the reference
         sizes, errs, same = [], [], []
         for i, (raw, _) in enumerate(answers[e]):
-            payload = EditPayload.model_validate_json(raw)
-            edit = runtime.decode_edit(payload)
+            edit = runtime.decode_edit(EditPayload.model_validate_json(raw))
             ids = [runtime.token_to_id[t] for t in histories[i] if t in runtime.token_to_id]
             top, _ = runtime.rank(ids, 10, exclude=set(ids), edit=edit)
             if e == "json":
@@ -111,21 +104,12 @@ def main() -> int:
             "max_abs_error_vs_json": max(errs),
             "same_top10_share": sum(same) / len(same),
         }
-    meta = {
-        "dataset": args.dataset,
-        "model": args.model,
-        "source": args.source,
-        "version": snapshot.version,
-        "rows": len(histories),
-        "snapshot_bytes": len(snap_resp.content),
-        "prototypes": snapshot.size,
-        "dim": snapshot.dim,
-        "torch": torch.__version__,
-        "machine": f"{os.cpu_count()} CPU cores",
-        "command": "python " + " ".join(["benchmarks/edit_bytes.py", *sys.argv[1:]]),
-    }
+    return results
+
+
+def report(args, snapshot: PrototypeSnapshot, meta: dict, results: dict) -> str:
     lines = [
-        f"# Bytes per adaptation on the wire ({args.dataset}, {args.model} seed 0, {len(histories)} test histories, "
+        f"# Bytes per adaptation on the wire ({args.dataset}, {args.model} seed 0, {meta['rows']} test histories, "
         f"cloud.edit_source={args.source})",
         "",
         "Measured as the HTTP response bodies of `POST /v1/edits` that a device receives from the real cloud "
@@ -144,8 +128,39 @@ def main() -> int:
             f"| {e} | {sent} | {r['bytes_mean']:,.0f} | {r['bytes_max']:,} | {base / r['bytes_mean']:.0f} | "
             f"{r['head_bytes_mean']:,.0f} | {r['max_abs_error_vs_json']:.2e} | {100 * r['same_top10_share']:.1f} % |"
         )
-    lines += ["", f"Command: `{meta['command']}`.", ""]
-    text = "\n".join(lines)
+    return "\n".join([*lines, "", f"Command: `{meta['command']}`.", ""])
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--model", default="sasrec")
+    parser.add_argument("--rows", type=int, default=200)
+    parser.add_argument("--source", choices=["adapter", "distilled"], default="adapter", help="cloud.edit_source")
+    parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    ckpt = run_layout.seed_dir(ROOT / "runs", args.dataset, args.model, 0)
+    if args.source == "adapter" and not run_layout.adapter_dir(ckpt).is_dir():
+        print(f"no adapter at {run_layout.adapter_dir(ckpt)}:"
+              f" run `make run` (or `persona adapter dataset={args.dataset}`)")
+        return 2
+    runtime = DeviceRuntime.load(ckpt)
+    histories = sample_histories(args.dataset, runtime, args.rows)
+    raw_snapshot, answers = ask_cloud(ckpt, args.source, histories)
+    snapshot = PrototypeSnapshot.model_validate_json(raw_snapshot)
+    runtime.set_prototypes(snapshot)  # cached, as a device does: code edits decode against it
+    results = score_encodings(runtime, histories, answers)
+    meta = {
+        "dataset": args.dataset, "model": args.model, "source": args.source, "version": snapshot.version,
+        "rows": len(histories), "snapshot_bytes": len(raw_snapshot), "prototypes": snapshot.size,
+        "dim": snapshot.dim, "torch": torch.__version__, "machine": f"{os.cpu_count()} CPU cores",
+        "command": "python " + " ".join(["benchmarks/edit_bytes.py", *sys.argv[1:]]),
+    }  # fmt: skip
+    text = report(args, snapshot, meta, results)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import threading
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from llm_cloud.pipeline import encode_items
 from recsys.datasets import prepare, read_items
 from serving.config import load_app_config
 from serving.embeddings_api import create_embeddings_app
+from serving.local_services import free_port
 
 
 def items_per_s(backbone, texts: list[str], repeat: int = 2) -> float:
@@ -48,9 +48,7 @@ def items_per_s(backbone, texts: list[str], repeat: int = 2) -> float:
 
 
 def serve_in_thread(app):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:

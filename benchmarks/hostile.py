@@ -1,6 +1,6 @@
 """A hostile client against the real services, as a user runs them: ``persona serve --role all`` on 127.0.0.1.
 
-Starts ``python -m serving.cli serve --role all`` on two free loopback ports from the main job's ml-100k seed-0
+Starts ``python -m cli.main serve --role all`` on two free loopback ports from the main job's ml-100k seed-0
 SASRec (``runs/ml-100k/sasrec/seed0`` and the adapter beside it) with ``$PERSONA_API_KEY`` set (role all: the
 device's operator key is the same key), its event log and prototype cache in a temporary directory and no access
 log, then attacks it group by group (the trust model is docs/security.md):
@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -51,8 +50,11 @@ import httpx
 import uvloop
 from tqdm import tqdm
 
+from serving import local_services
 from serving.auth import Credentials
 from serving.config import load_app_config
+from serving.load_gen import percentile
+from serving.local_services import free_ports, stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,54 +98,16 @@ class Target:
     items: list[str]  # catalogue item tokens (id 1...)
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def serve_command(ckpt: Path, tmp: Path, port: int, cloud_port: int) -> list[str]:
-    return [
-        sys.executable, "-m", "serving.cli", "serve", "--role", "all", "--port", str(port),
-        "--cloud-port", str(cloud_port), f"serve.checkpoint={ckpt}", f"serve.db_path={tmp / 'events.db'}",
-        f"serve.prototype_cache={tmp / 'prototypes.json'}", "serve.http.access_log=false",
-    ]
+    return local_services.serve_command("all", port, [f"serve.checkpoint={ckpt}", f"serve.db_path={tmp / 'events.db'}",
+                                                      f"serve.prototype_cache={tmp / 'prototypes.json'}"],
+                                        cloud_port=cloud_port)  # fmt: skip
 
 
 def start_services(cmd: list[str], log: Path) -> subprocess.Popen:
     """``persona serve --role all`` with only ``$PERSONA_API_KEY`` set (no separate operator key)."""
     env = {k: v for k, v in os.environ.items() if k != "PERSONA_OPERATOR_KEY"}
-    env.update(PERSONA_API_KEY=KEY, OMP_WAIT_POLICY="PASSIVE")
-    with open(log, "w") as err:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env=env)
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"persona serve exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer /healthz within {timeout_s:g} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
+    return local_services.launch(cmd, log, {**env, "PERSONA_API_KEY": KEY})
 
 
 def log_errors(log: Path) -> list[str]:
@@ -173,13 +137,6 @@ class Tally:
             "statuses": {str(s): n for s, n in sorted(self.statuses.items())},
             "5xx": sum(n for s, n in self.statuses.items() if s >= 500),
         }
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def latency_stats(ms: list[float]) -> dict:
@@ -1015,7 +972,7 @@ def run(ckpt: Path, n_events: int, meta: dict) -> dict:
             t = Target(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{cloud_port}", port, proc.pid,
                        (ckpt / "items.txt").read_text().splitlines()[1:])
             for url in (t.device, t.cloud):
-                wait_healthy(proc, url, log)
+                wait_healthy(proc, url, log, "persona serve")
             meta["health"] = {"device": httpx.get(f"{t.device}/healthz").json(),
                               "cloud": httpx.get(f"{t.cloud}/healthz").json()}
             groups = attack(t, n_events, cap)

@@ -28,12 +28,9 @@ which ``persona serve`` exports when it is missing.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +45,8 @@ import uvloop
 from recsys.checkpoint import load_checkpoint
 from recsys.runtime import DeviceRuntime
 from serving.config import load_app_config
+from serving.load_gen import load, ms, percentile
+from serving.local_services import free_port, serve_command, start_service, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,11 +69,6 @@ def checkpoint_for(dataset: str) -> tuple[Path, str]:
         )
         train_seeds(cfg, progress=False)
     return bench, "1-epoch checkpoint (timing only)"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def bare_scoring(ckpt: Path, histories: list[list[int]], repeats: int = 1000) -> dict:
@@ -104,84 +98,18 @@ def bare_scoring(ckpt: Path, histories: list[list[int]], repeats: int = 1000) ->
                     times[name][b].append((time.perf_counter() - t0) / b)
     out = {"n_items": runtimes["torch"].n_items - 1}
     for name, by_batch in times.items():
-        out[name] = {"p50_ms": round(percentile(by_batch[1], 50) * 1e3, 3),
-                     "p99_ms": round(percentile(by_batch[1], 99) * 1e3, 3),
-                     **{f"batch{b}_per_request_ms": round(percentile(by_batch[b], 50) * 1e3, 3) for b in (8, 32)}}
+        out[name] = {"p50_ms": ms(percentile(by_batch[1], 50)), "p99_ms": ms(percentile(by_batch[1], 99)),
+                     **{f"batch{b}_per_request_ms": ms(percentile(by_batch[b], 50)) for b in (8, 32)}}
     return out
-
-
-async def load(
-    port: int, bodies: list[bytes], n: int, concurrency: int, max_seconds: float, path: str = "/v1/rank",
-    headers: str = "",
-) -> dict:
-    """Closed-loop HTTP/1.1 keep-alive client: ``concurrency`` connections share ``n`` POSTs to ``path``.
-
-    ``headers``: extra header lines, each ending in CRLF (e.g. the cloud's API key).
-    """
-    latencies: list[float] = []
-    errors: list[str] = []
-    issued = 0
-    deadline = time.monotonic() + max_seconds
-
-    async def conn(cid: int) -> None:
-        nonlocal issued
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while issued < n and time.monotonic() < deadline:
-                body = bodies[issued % len(bodies)]
-                issued += 1
-                head = (
-                    f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}"
-                    f"Content-Length: {len(body)}\r\n\r\n"
-                ).encode()
-                t0 = time.perf_counter()
-                writer.write(head + body)
-                status = (await reader.readline()).split(b" ", 2)
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                payload = await reader.readexactly(length)
-                latencies.append(time.perf_counter() - t0)
-                if len(status) < 2 or status[1] != b"200":
-                    errors.append(payload[:200].decode(errors="replace"))
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            errors.append(f"connection {cid}: {exc!r}")
-        finally:
-            writer.close()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(conn(i) for i in range(concurrency)))
-    wall = time.perf_counter() - t0
-    return {
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "errors": len(errors),
-        "error_samples": errors[:3],
-        "seconds": round(wall, 3),
-        "p50_ms": round(percentile(latencies, 50) * 1e3, 3),
-        "p99_ms": round(percentile(latencies, 99) * 1e3, 3),
-        "req_per_s": round(len(latencies) / wall, 1),
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_device(ckpt: Path, workers: int, tmp: Path, extra: list[str] = ()) -> tuple[subprocess.Popen, int]:
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable, "-m", "serving.cli", "serve", "--role", "device",
-        "--port", str(port), "--workers", str(workers),
+    cmd = serve_command("device", port, [
         f"serve.checkpoint={ckpt}", f"data.workdir={ROOT / 'data' / 'atomic'}", f"serve.db_path={tmp / 'events.db'}",
-        f"serve.prototype_cache={tmp / 'prototypes.json'}", "serve.http.access_log=false",
-        f"serve.operator_key={OPERATOR_KEY}", *extra,
-    ]
+        f"serve.prototype_cache={tmp / 'prototypes.json'}", f"serve.operator_key={OPERATOR_KEY}", *extra,
+    ], workers=workers)  # fmt: skip
     return start_service(cmd, port, tmp / "server.log", "device"), port
 
 
@@ -216,31 +144,6 @@ def serve_floor(port: int) -> None:
 
     settle()
     uvicorn.Server(uvicorn_config(app, "127.0.0.1", port)).run()
-
-
-def start_service(cmd: list[str], port: int, log: Path, name: str) -> subprocess.Popen:
-    """Start ``persona serve`` (one torch thread per worker) and wait until ``/healthz`` on ``port`` answers."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} service exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"{name} service did not start")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 # the load sends the operator key (one constant-time compare; a user token costs one HMAC more per request)

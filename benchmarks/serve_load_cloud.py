@@ -8,7 +8,7 @@ processes sharing one port. Each worker answers concurrent requests in shared fo
 (``serve.max_batch``; 1 = one forward pass per request, as before :mod:`serving.edit_batcher`). For each
 worker count × ``serve.max_batch``: start ``persona serve --role cloud --workers N`` on 127.0.0.1 (one
 torch thread per worker), warm every worker up, then send a bounded number of edit requests (200 real
-ml-100k-style histories of 20 item ids) from the asyncio keep-alive client of ``serve_load.py`` with
+ml-100k-style histories of 20 item ids) from the asyncio keep-alive client :func:`serving.load_gen.load` with
 ``--concurrency`` connections. Prints requests/s, p50/p99, errors, the mean requests per forward pass
 (the cloud's ``persona_edit_batch_size``) and the throughput ratio against the first row; writes
 ``reports/benchmarks/serve_load_cloud.{json,md}``.
@@ -35,9 +35,10 @@ from pathlib import Path
 import httpx
 import torch
 import uvloop
-from serve_load import free_port, load, start_service, stop
 
 from recsys import run_layout
+from serving.load_gen import load
+from serving.local_services import free_port, serve_command, start_service, stop
 from serving.metrics import read_samples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,12 +48,10 @@ API_KEY = "bench-cloud-key"
 
 def start_cloud(ckpt: Path, workers: int, max_batch: int, tmp: Path, source: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    cmd = [
-        sys.executable, "-m", "serving.cli", "serve", "--role", "cloud", "--cloud-port", str(port),
-        "--workers", str(workers), f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}",
-        f"data.workdir={ROOT / 'data' / 'atomic'}", "serve.http.access_log=false", f"serve.max_batch={max_batch}",
-        f"output_dir={ROOT / 'runs'}", f"cloud.edit_source={source}",
-    ]  # fmt: skip
+    cmd = serve_command("cloud", port, [
+        f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}", f"data.workdir={ROOT / 'data' / 'atomic'}",
+        f"serve.max_batch={max_batch}", f"output_dir={ROOT / 'runs'}", f"cloud.edit_source={source}",
+    ], workers=workers)  # fmt: skip
     return start_service(cmd, port, tmp / "cloud.log", "cloud"), port
 
 
@@ -72,70 +71,37 @@ def mean_batch(port: int) -> float | None:
     return round(got["persona_edit_batch_size_sum"] / count, 2) if count else None
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--workers", default="1,2")
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--max-seconds", type=float, default=30.0)
-    parser.add_argument("--max-batch", default="1,64", help="serve.max_batch values (1 = a forward pass each)")
-    parser.add_argument("--concurrency", type=int, default=8, help="connections")
-    parser.add_argument("--sources", default="adapter", help="cloud.edit_source values: adapter and/or distilled")
-    parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
-    parser.add_argument("--name", default="serve_load_cloud", help="report file stem under --out")
-    args = parser.parse_args()
-    ckpt = run_layout.seed_dir(ROOT / "runs", args.dataset, "sasrec", 0)
-    sources = args.sources.split(",")
-    if "adapter" in sources and not run_layout.adapter_dir(ckpt).is_dir():
-        print(f"no adapter at {run_layout.adapter_dir(ckpt)}:"
-              f" run `make run` (or `persona adapter dataset={args.dataset}`)")
-        return 2
+def edit_bodies(ckpt: Path, n: int = 200) -> list[bytes]:
+    """``n`` edit requests, each a history of 20 random catalogue items (seeded)."""
     tokens = (ckpt / "items.txt").read_text().splitlines()
     rng = random.Random(0)
-    bodies = [
-        json.dumps({"items": [tokens[rng.randrange(1, len(tokens))] for _ in range(20)]}).encode() for _ in range(200)
-    ]
+    return [json.dumps({"items": [tokens[rng.randrange(1, len(tokens))] for _ in range(20)]}).encode()
+            for _ in range(n)]  # fmt: skip
+
+
+def measure(ckpt: Path, source: str, workers: int, max_batch: int, bodies: list[bytes], args) -> dict:
+    """One cloud (``source``, ``workers``, ``max_batch``): warm-up, one closed-loop phase, its batching, versions."""
     header = f"Authorization: Bearer {API_KEY}\r\n"
-    meta = {
-        "machine": f"{os.cpu_count()} CPU cores",
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-        "command": "python " + " ".join(["benchmarks/serve_load_cloud.py", *sys.argv[1:]]),
-        "torch": torch.__version__,
-        "dataset": args.dataset,
-    }
-    rows = []
-    grid = [(s, int(w), int(b)) for s in sources for w in args.workers.split(",") for b in args.max_batch.split(",")]
-    for source, workers, max_batch in grid:
-        with tempfile.TemporaryDirectory() as tmp:
-            proc, port = start_cloud(ckpt, workers, max_batch, Path(tmp), source)
-            try:
-                uvloop.run(load(port, bodies, 100 * workers, 2 * workers, 30, "/v1/edits", header))  # warm-up
-                phase = uvloop.run(load(port, bodies, args.requests, args.concurrency, args.max_seconds,
-                                        "/v1/edits", header))  # fmt: skip
-                batch = mean_batch(port)
-                versions = versions_seen(port, bodies[0], 20)
-            finally:
-                stop(proc)
-        rows.append({"source": source, "workers": workers, "max_batch": max_batch, **phase, "mean_batch": batch,
-                     "ms_per_edit": round(1000 / phase["req_per_s"], 2) if phase["req_per_s"] else None,
-                     "versions": sorted(versions)})
-    base = rows[0]["req_per_s"]
-    for r in rows:
-        r["ratio_vs_first"] = round(r["req_per_s"] / base, 2) if base else None
-        print(
-            f"cloud {r['source']} workers={r['workers']} max_batch={r['max_batch']} conc={r['concurrency']} "
-            f"n={r['requests']} "
-            f"err={r['errors']} p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms {r['req_per_s']:.0f} req/s "
-            f"mean batch {r['mean_batch']} {r['ms_per_edit']} ms/edit x{r['ratio_vs_first']} vs the first row; "
-            f"versions {r['versions']}",
-            flush=True,
-        )
-    meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    out = Path(args.out)
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, port = start_cloud(ckpt, workers, max_batch, Path(tmp), source)
+        try:
+            uvloop.run(load(port, bodies, 100 * workers, 2 * workers, 30, "/v1/edits", header))  # warm-up
+            phase = uvloop.run(load(port, bodies, args.requests, args.concurrency, args.max_seconds,
+                                    "/v1/edits", header))  # fmt: skip
+            batch = mean_batch(port)
+            versions = versions_seen(port, bodies[0], 20)
+        finally:
+            stop(proc)
+    return {"source": source, "workers": workers, "max_batch": max_batch, **phase, "mean_batch": batch,
+            "ms_per_edit": round(1000 / phase["req_per_s"], 2) if phase["req_per_s"] else None,
+            "versions": sorted(versions)}  # fmt: skip
+
+
+def write_report(rows: list[dict], meta: dict, out: Path, name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
-        f"# Cloud service load benchmark (`POST /v1/edits`, {args.dataset}, loopback): workers × edit batching",
+        f"# Cloud service load benchmark (`POST /v1/edits`, {meta['dataset']}, loopback): workers × edit batching",
         "",
         f"{meta['machine']}; load average at start {meta['loadavg_start']}, end {meta['loadavg_end']}; uvicorn "
         "workers on one port, one torch thread each; each request = for a 20-item history, `adapter`: adapter "
@@ -156,11 +122,54 @@ def main() -> int:
             f"| {r['mean_batch']} | {r['ratio_vs_first']} | {', '.join(r['versions'])} |"
         )
     lines += ["", f"Command: `{meta['command']}`.", ""]
-    (out / f"{args.name}.md").write_text("\n".join(lines))
+    (out / f"{name}.md").write_text("\n".join(lines))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--max-seconds", type=float, default=30.0)
+    parser.add_argument("--max-batch", default="1,64", help="serve.max_batch values (1 = a forward pass each)")
+    parser.add_argument("--concurrency", type=int, default=8, help="connections")
+    parser.add_argument("--sources", default="adapter", help="cloud.edit_source values: adapter and/or distilled")
+    parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
+    parser.add_argument("--name", default="serve_load_cloud", help="report file stem under --out")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    ckpt = run_layout.seed_dir(ROOT / "runs", args.dataset, "sasrec", 0)
+    sources = args.sources.split(",")
+    if "adapter" in sources and not run_layout.adapter_dir(ckpt).is_dir():
+        print(f"no adapter at {run_layout.adapter_dir(ckpt)}:"
+              f" run `make run` (or `persona adapter dataset={args.dataset}`)")
+        return 2
+    meta = {
+        "machine": f"{os.cpu_count()} CPU cores",
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "command": "python " + " ".join(["benchmarks/serve_load_cloud.py", *sys.argv[1:]]),
+        "torch": torch.__version__,
+        "dataset": args.dataset,
+    }
+    bodies = edit_bodies(ckpt)
+    grid = [(s, int(w), int(b)) for s in sources for w in args.workers.split(",") for b in args.max_batch.split(",")]
+    rows = [measure(ckpt, source, workers, max_batch, bodies, args) for source, workers, max_batch in grid]
+    base = rows[0]["req_per_s"]
+    for r in rows:
+        r["ratio_vs_first"] = round(r["req_per_s"] / base, 2) if base else None
+        print(f"cloud {r['source']} workers={r['workers']} max_batch={r['max_batch']} conc={r['concurrency']} "
+              f"n={r['requests']} err={r['errors']} p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms "
+              f"{r['req_per_s']:.0f} req/s mean batch {r['mean_batch']} {r['ms_per_edit']} ms/edit "
+              f"x{r['ratio_vs_first']} vs the first row; versions {r['versions']}", flush=True)  # fmt: skip
+    meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    write_report(rows, meta, Path(args.out), args.name)
     errors = sum(r["errors"] for r in rows)
     mixed = any(len(r["versions"]) != 1 for r in rows) or any(
         len({v for r in rows if r["source"] == s for v in r["versions"]}) != 1 for s in sources)
-    print(f"wrote {out}/{args.name}.{{json,md}}; errors: {errors}; one version per source: {not mixed}")
+    print(f"wrote {args.out}/{args.name}.{{json,md}}; errors: {errors}; one version per source: {not mixed}")
     return 1 if errors or mixed else 0
 
 

@@ -1,10 +1,17 @@
-"""CLI subcommands; each module exposes ``add_parser(subparsers)`` that sets ``func`` on its parser.
+"""The ``persona`` command line: :mod:`cli.main` (the parser and the one-line errors) and one module per
+subcommand (``prepare``, ``train``, ``evaluate``, ``run``, ``codebook``, ``adapter``, ``export``, ``serve``,
+``config``; :mod:`cli.launch` relaunches one under ``torchrun``). The top of the import graph:
+``cli → serving, recipes → llm_cloud, codebook → recsys``; nothing imports ``cli``.
 
-A command's ``func(args) -> int`` returns the exit code; expected failures raise ``CliError`` (or a
-known domain error) and are printed as one line by :mod:`serving.cli`.
+Each command module exposes ``add_parser(subparsers)`` that sets ``func`` on its parser. A command's
+``func(args) -> int`` returns the exit code; expected failures raise ``CliError`` (or a known domain
+error) and are printed as one line by :mod:`cli.main`. Commands are thin: arguments → config → a recipe
+(which validates what it is asked for) → a summary.
 """
 
 import argparse
+
+TRAIN_HINT = "run `persona train` (and `persona codebook`) first"  # after a missing checkpoint or codebook
 
 
 class CliError(RuntimeError):
@@ -24,3 +31,8 @@ def add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nproc", type=int, help="DDP processes on this machine, relaunched under torchrun (default train.nproc)"
     )
+
+
+def comma_list(text: str) -> list[str]:
+    """``--models`` / ``--methods``: the comma-separated names, blanks dropped."""
+    return [n.strip() for n in text.split(",") if n.strip()]

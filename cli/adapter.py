@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from serving.commands import CliError, add_training
-from serving.commands.launch import resolve_nproc, torchrun_self
+from cli import TRAIN_HINT, CliError, add_training
+from cli.launch import resolve_nproc, torchrun_self
 from serving.config import load_app_config
 
 
@@ -32,7 +32,7 @@ def run(args) -> int:
     try:
         written = adapter(cfg, progress=not args.quiet)
     except (CheckpointError, ArtifactError) as exc:
-        raise CliError(f"{exc}; run `persona train` (and `persona codebook`) first") from exc
+        raise CliError(f"{exc}; {TRAIN_HINT}") from exc
     except distributed.DistributedError as exc:
         raise CliError(str(exc)) from exc
     print_serving(written)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from cli import CliError, add_common
 from codebook import CodebookError
 from llm_cloud.backbones import BackboneError
 from llm_cloud.context import ContextError
 from recipes.codebook import CodebookResult, codebook
-from serving.commands import CliError, add_common
 from serving.config import AppConfig, load_app_config
 
 

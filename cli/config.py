@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from cli import add_common
 from recsys.config import CONFIG_DIR, dump_config, user_file_path
-from serving.commands import add_common
 from serving.config import load_app_config
 
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from serving.commands import CliError, add_common
+from cli import CliError, add_common
+from recsys import run_layout
 from serving.config import load_app_config
-
-DEVICE_DIR = "device"
-ONNX_DIR = "device-onnx"
 
 
 def add_parser(sub) -> None:
@@ -25,7 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--format", choices=["state_dict", "onnx"], default="state_dict",
                    help="state_dict: a torch checkpoint; onnx: graphs for onnxruntime, checked on the test rows")
     p.add_argument("--top-k", type=_positive, default=None, help="onnx: the ranker's top-k width (default 100)")
-    p.add_argument("--out", help=f"output dir (one seed); default <run dir>/{DEVICE_DIR}/ ({ONNX_DIR}/) for every seed")
+    default = f"<run dir>/{run_layout.DEVICE_DIR}/ ({run_layout.ONNX_DIR}/)"
+    p.add_argument("--out", help=f"output dir (one seed); default {default} for every seed")
     p.set_defaults(func=run)
 
 
@@ -44,7 +43,7 @@ def run(args) -> int:
 
     for seed in seeds:
         src = cfg.run_dir(seed)
-        out = export_for_device(src, Path(args.out) if args.out else src / DEVICE_DIR)
+        out = export_for_device(src, Path(args.out) if args.out else run_layout.device_dir(src))
         before, after = (src / "model.pt").stat().st_size, (out / "model.pt").stat().st_size
         print(f"seed {seed}: {out} (model.pt {after:,} B; the training checkpoint's {before:,} B)")
     return 0
@@ -60,7 +59,8 @@ def _run_onnx(cfg, seeds: list[int], args) -> int:
     for seed in seeds:
         src = cfg.run_dir(seed)
         model, meta, tokens = load_checkpoint(src)
-        out = export_onnx(model, Path(args.out) if args.out else src / ONNX_DIR, tokens, meta.dataset, options)
+        out = Path(args.out) if args.out else run_layout.onnx_dir(src)
+        out = export_onnx(model, out, tokens, meta.dataset, options)
         check = check_export(model, out, rows["item_id_list"], rows["item_length"])
         size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
         print(f"seed {seed}: {out} ({size:,} B in all); ONNX vs torch on the test split: {check.summary()}")

@@ -6,10 +6,10 @@ import subprocess
 import sys
 import uuid
 
+from cli import CliError
+
 
 def resolve_nproc(cli_value: int | None, config_value: int) -> int:
-    from serving.commands import CliError
-
     nproc = config_value if cli_value is None else cli_value
     if nproc < 1:
         raise CliError(f"--nproc must be >= 1, got {nproc}")
@@ -30,7 +30,7 @@ def torchrun_self(command: str, args, nproc: int, overrides: list[str] | None = 
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", "1", "--nproc-per-node", str(nproc), "--max-restarts", "0",
         "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", uuid.uuid4().hex,
-        "-m", "serving.cli", *(["-v"] if getattr(args, "verbose", False) else []), *child,
+        "-m", "cli.main", *(["-v"] if getattr(args, "verbose", False) else []), *child,
         *(args.overrides if overrides is None else overrides),
     ]  # fmt: skip
     code = subprocess.call(cmd)

@@ -1,4 +1,7 @@
-"""``persona`` command line: one subcommand per pipeline step."""
+"""``persona`` command line: the parser (one subcommand per module of :mod:`cli`) and the one-line errors.
+
+``persona = "cli.main:main"``; ``python -m cli.main ...`` is the same (what :mod:`cli.launch` relaunches).
+"""
 
 from __future__ import annotations
 
@@ -6,23 +9,27 @@ import argparse
 import logging
 import sys
 
+from cli import CliError
+from cli import adapter as adapter_cmd
+from cli import codebook as codebook_cmd
+from cli import config as config_cmd
+from cli import evaluate as evaluate_cmd
+from cli import export as export_cmd
+from cli import prepare as prepare_cmd
+from cli import run as run_cmd
+from cli import serve as serve_cmd
+from cli import train as train_cmd
+from recipes.adaptation import UnknownMethodError
 from recsys.checkpoint import CheckpointError
 from recsys.config import ConfigError
 from recsys.datasets import CsvFormatError, DatasetError
 from recsys.item_side import ItemSideError
 from recsys.models import UnknownModelError
-from serving.commands import CliError
-from serving.commands import adapter as adapter_cmd
-from serving.commands import codebook as codebook_cmd
-from serving.commands import config as config_cmd
-from serving.commands import data as data_cmd
-from serving.commands import export as export_cmd
-from serving.commands import serve as serve_cmd
-from serving.commands import train as train_cmd
 
-COMMANDS = [data_cmd, train_cmd, codebook_cmd, adapter_cmd, export_cmd, serve_cmd, config_cmd]
+COMMANDS = [prepare_cmd, train_cmd, evaluate_cmd, run_cmd, codebook_cmd, adapter_cmd, export_cmd, serve_cmd, config_cmd]
+# the recipes' and the layers' own errors about what they were asked for: one line each, exit code 2
 EXPECTED_ERRORS = (CliError, ConfigError, DatasetError, CsvFormatError, CheckpointError, UnknownModelError,
-                   ItemSideError)
+                   UnknownMethodError, ItemSideError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cli import CliError, add_common
 from recipes.base import prepare
 from recipes.data import PROTOCOLS, import_user_csv, summary
 from recsys.config import user_layers
-from serving.commands import CliError, add_common
 from serving.config import load_app_config
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serving.commands import CliError, add_common
+from cli import CliError, add_common
 from serving.config import load_app_config
 from serving.http_guards import is_loopback, is_wildcard
 from serving.serve_config import API_KEY_ENV, OPERATOR_KEY_ENV, ServeConfig

@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from codebook import CodebookConfig, CodebookError, SemanticCodebook
-from llm_cloud.backbones import Backbone, BackboneConfig, build_backbone
+from llm_cloud.backbones import Backbone, BackboneConfig
 from llm_cloud.context import ContextConfig, ContextError, fuse_image, item_texts, user_context
 from recsys import run_layout
 from recsys.config import DataConfig
@@ -79,16 +79,6 @@ def encode_user_contexts(
         unit = items.image / np.maximum(np.linalg.norm(items.image, axis=1, keepdims=True), 1e-12)
         emb = fuse_image(emb, np.stack([unit[h].mean(0) for h in recent]), context.image_weight)
     return emb
-
-
-def build_item_codebook(
-    cfg: PipelineConfig, dataset_name: str, backbone: Backbone | None = None, cutoff: float | None = None
-) -> tuple[list[str], np.ndarray, SemanticCodebook]:
-    """Item ids, item embeddings (cached encoding) and the semantic codebook built on them."""
-    backbone = backbone or build_backbone(cfg.backbone)
-    enc = encode_items(dataset_name, cfg.data, cfg.context, backbone, cutoff)
-    book = SemanticCodebook.build(enc.embeddings, cfg.codebook, item_ids=enc.item_ids)
-    return enc.item_ids, enc.embeddings, book
 
 
 def load_item_codebook(output_dir: str | Path, dataset: str) -> tuple[list[str], np.ndarray, SemanticCodebook]:

@@ -65,14 +65,28 @@ class MethodsReport:
     table: str  # Markdown, as in reports/<dataset>/adaptation-<model>.md
 
 
+class UnknownMethodError(ValueError):
+    """A method name that is not one of :data:`llm_cloud.methods.METHODS`."""
+
+
+def check_methods(methods: list[str]) -> list[str]:
+    """``methods`` when every one is known (``["all"]``: every method, in their order); else
+    :class:`UnknownMethodError` naming the first unknown one. The one place method names are checked."""
+    if list(methods) == ["all"]:
+        return list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UnknownMethodError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
+    return list(methods)
+
+
 def run_methods(cfg: RecipeConfig, methods: list[str], progress: bool = True, reuse: bool = False) -> dict:
-    """Evaluate ``methods`` for every seed; per-method runs, time-window NDCG, OOD AUROC and timings.
+    """Evaluate ``methods`` (:func:`check_methods`, first) for every seed; per-method runs, time-window NDCG,
+    OOD AUROC and timings.
 
     ``reuse``: evaluate the adapters and banks saved by an earlier run (same config) instead of training.
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
+    methods = check_methods(methods)
     split = load_dataset_split(cfg)
     window_of, edges = time_windows(split.eval_rows("test"))
     results: dict[str, list[dict]] = {m: [] for m in methods}

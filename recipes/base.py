@@ -10,6 +10,7 @@ from recsys import distributed, run_layout
 from recsys.config import PersonaConfig
 from recsys.datasets import prepare as prepare_dataset
 from recsys.experiment import evaluate_models, load_dataset_split, report_base, train_seeds
+from recsys.models import get_spec
 from recsys.splits import SplitData
 
 
@@ -22,6 +23,15 @@ class BaseReport:
     report: Path  # reports/<dataset>/base (.json / .md)
     seconds: float = 0.0
     checkpoints: list[Path] = field(default_factory=list)  # the main job's trained run dirs
+
+
+def check_models(names: list[str], popularity: bool = False) -> list[str]:
+    """``names`` when each is a registered model (``popularity``: or ``pop``, the popularity baseline); else
+    :class:`recsys.models.UnknownModelError` (:func:`recsys.models.get_spec`) naming the first unknown one."""
+    for name in names:
+        if not (popularity and name == "pop"):
+            get_spec(name)
+    return names
 
 
 def prepare(cfg: PersonaConfig, force: bool = False) -> Path:
@@ -45,10 +55,12 @@ def train(cfg: PersonaConfig, split: SplitData | None = None, progress: bool = T
 
 def evaluate(cfg: PersonaConfig, models: list[str], split: SplitData | None = None,
              since: float | None = None) -> BaseReport:
-    """Test metrics of trained ``models`` (``pop``: popularity) for every seed; writes reports/<dataset>/base.
+    """Test metrics of trained ``models`` (``pop``: popularity; each checked by :func:`check_models` first) for
+    every seed; writes reports/<dataset>/base.
 
     ``since``: the ``time.perf_counter()`` the reported seconds count from (default: now).
     """
+    check_models(models, popularity=True)
     t0 = time.perf_counter() if since is None else since
     results = evaluate_models(cfg, models, split)
     seconds = time.perf_counter() - t0

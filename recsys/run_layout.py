@@ -8,6 +8,8 @@
         adapter-<variant>/                           adapters (main, duet, no-xlayer, …)
         bank-<variant>/                              prototype banks (finetune, centre)
         prototypes.json                              the served bank's snapshot (device cache format)
+        device/                                      persona export: the device's torch checkpoint
+        device-onnx/                                 persona export --format onnx: the torch-free runtime's graphs
 
 The manifest is the index the loaders read (:func:`read_manifest`); a run dir written before manifests
 existed gets one derived from what is on disk (:func:`derive_manifest`). Plain paths only: this module
@@ -33,6 +35,8 @@ BANK_MARK = "bank.yaml"
 PROTOTYPES_FILE = "prototypes.json"
 ITEM_DELTA_FILE = "item-delta.json"  # the cloud's item rows for this checkpoint (llm_cloud.item_delta)
 MANIFEST_FILE = "manifest.json"
+DEVICE_DIR = "device"  # persona export: the device's copy of the checkpoint (item views folded in)
+ONNX_DIR = "device-onnx"  # persona export --format onnx (and the onnx runtime's default serve.onnx_dir)
 MAIN_ADAPTER = "main"  # the adapter the cloud serves
 BANK_SEARCH_ORDER = ("finetune", "centre")  # the bank served beside an adapter: the first one present
 MANIFEST_FORMAT = 1
@@ -79,6 +83,14 @@ def bank_dir(run: Path, variant: str) -> Path:
 
 def prototypes_file(run: Path) -> Path:
     return Path(run) / PROTOTYPES_FILE
+
+
+def device_dir(run: Path) -> Path:
+    return Path(run) / DEVICE_DIR
+
+
+def onnx_dir(run: Path) -> Path:
+    return Path(run) / ONNX_DIR
 
 
 def manifest_file(run: Path) -> Path:

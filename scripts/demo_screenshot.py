@@ -16,10 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from serving.local_services import free_ports, serve_command, start_service, stop
 
-from serve_load import free_port, start_service, stop  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def wait(predicate, timeout: float = 30.0) -> None:
@@ -44,11 +43,10 @@ def main() -> int:
     from selenium.webdriver.chrome.service import Service
 
     with tempfile.TemporaryDirectory(prefix="persona-demo-") as tmp:
-        port, cloud_port = free_port(), free_port()
-        cmd = [sys.executable, "-m", "serving.cli", "serve", "--role", "all", "--port", str(port),
-               "--cloud-port", str(cloud_port), f"serve.db_path={tmp}/events.db",
-               f"serve.prototype_cache={tmp}/prototypes.json", "serve.api_key=demo-key",
-               "serve.http.access_log=false"]  # fmt: skip
+        port, cloud_port = free_ports(2)
+        cmd = serve_command("all", port, [f"serve.db_path={tmp}/events.db",
+                                          f"serve.prototype_cache={tmp}/prototypes.json", "serve.api_key=demo-key"],
+                            cloud_port=cloud_port)  # fmt: skip
         proc = start_service(cmd, port, Path(tmp) / "serve.log", "persona serve")
         opts = webdriver.ChromeOptions()
         opts.binary_location = chromium

@@ -1,1 +1,1 @@
-"""Persona's serving layer: CLI, config composition, pipelines and the FastAPI apps."""
+"""Persona's serving layer: the app config (``serve:``) and the FastAPI device + cloud apps (the CLI: :mod:`cli`)."""

@@ -26,9 +26,9 @@ import torch
 from persona_device.model import META_FILE
 from persona_device.runtime import OnnxDeviceRuntime
 from persona_device.wire import Payload, Snapshot, pack
+from recsys import run_layout
 from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
 from serving.artifacts import Artifacts, require_checkpoint
-from serving.commands.export import ONNX_DIR
 from serving.config import AppConfig
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def onnx_export_dir(cfg: AppConfig, art: Artifacts | None = None) -> Path:
     from recsys.onnx_export import OnnxExportOptions, export_onnx
 
     ckpt = require_checkpoint(cfg)
-    out = Path(cfg.serve.onnx_dir) if cfg.serve.onnx_dir else ckpt / ONNX_DIR
+    out = Path(cfg.serve.onnx_dir) if cfg.serve.onnx_dir else run_layout.onnx_dir(ckpt)
     done, source = out / META_FILE, ckpt / "model.pt"
     if done.is_file() and (not source.is_file() or done.stat().st_mtime >= source.stat().st_mtime):
         return out

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,30 +13,30 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from recsys.config import load_config  # noqa: E402  (recsys's own loader: the splits need no other section)
 from recsys.datasets.registry import default_mirror  # noqa: E402
+from serving.local_services import PERSONA, free_port, free_ports  # noqa: E402, F401  (the `persona` command; ports)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports (all held open while chosen, so they cannot repeat)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+def persona(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``persona ARGS`` run to its end in a subprocess (stdout and stderr captured, text)."""
+    return subprocess.run([*PERSONA, *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
 
 
-def free_port() -> int:
-    return free_ports(1)[0]
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """``proc`` failed as expected: exit code 2 and one ``persona ...`` line on stderr holding each needle."""
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("persona ")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
 
 
 def persona_process(args: list[str], env: dict | None = None) -> subprocess.Popen:
-    """``python -m serving.cli ARGS`` in the repo root, stdout and stderr merged (text)."""
+    """``persona ARGS`` (``python -m cli.main``) in the repo root, stdout and stderr merged (text)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", *args],
+        [*PERSONA, *args],
         cwd=ROOT,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
+from cli.main import main
 from llm_cloud.pipeline import load_item_codebook
-from serving.cli import main
 from tests.llm_cloud.helpers import ml100k_embeddings
 
 
@@ -29,7 +29,7 @@ def test_persona_codebook_writes_artifacts_and_report(tmp_path, workdir, emb_cac
 
 
 def test_backbone_shorthand_combines_with_dotted_keys():
-    from serving.commands.codebook import expand_shorthand
+    from cli.codebook import expand_shorthand
     from serving.config import load_app_config
 
     cfg = load_app_config(None, expand_shorthand(["backbone=hf", "backbone.threads=1"]))
@@ -45,17 +45,3 @@ def test_persona_codebook_errors_are_one_line(tmp_path, workdir, capsys):
     assert len(err) == 1 and "hf model not found" in err[0]
 
 
-def test_build_item_codebook_api(workdir, emb_cache):
-    from llm_cloud.backbones import CachedBackbone
-    from llm_cloud.pipeline import build_item_codebook
-    from serving.config import load_app_config
-    from tests.llm_cloud.helpers import minilm
-
-    items = ml100k_embeddings(workdir, emb_cache)
-    cfg = load_app_config(None, [f"data.workdir={workdir}", "codebook.max_levels=3"])
-    backbone = CachedBackbone(minilm(), emb_cache)
-    item_ids, emb, book = build_item_codebook(cfg, "ml-100k", backbone=backbone)
-    assert backbone.hits == 1 and backbone.misses == 0  # the session cache already holds these texts
-    assert item_ids == items.item_ids == book.item_ids
-    np.testing.assert_array_equal(emb, items.embeddings)
-    assert book.levels == 3 and book.semantic_ids.shape == (1682, 4)

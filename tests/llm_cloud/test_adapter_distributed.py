@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
+from cli.main import main as persona
 from llm_cloud.artifacts import load_adapter
 from recsys.distributed import TEST_DIE_ENV
-from serving.cli import main as persona
 from tests.conftest import persona_process
 from tests.llm_cloud.helpers import tiny_base, tiny_overrides
 

@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 
+from cli.main import main as persona
 from codebook import CodebookConfig, SemanticCodebook
 from llm_cloud.methods import METHODS
-from serving.cli import main as persona
 from tests.llm_cloud.helpers import tiny_base, tiny_overrides
 
 

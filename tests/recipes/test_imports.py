@@ -1,4 +1,5 @@
-"""The import direction: serving → recipes → llm_cloud, codebook → recsys (recipes never import serving)."""
+"""The import direction: cli → serving, recipes → llm_cloud, codebook → recsys (cli at the top: nothing imports
+it; recipes never import serving)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from tests.import_rules import imports_of
 
 ROOT = Path(__file__).resolve().parents[2]
+BELOW_CLI = ("serving", "recipes", "llm_cloud", "codebook", "recsys", "persona_device")
 
 
 def _imported(package: str) -> dict[str, set[str]]:
@@ -14,6 +16,18 @@ def _imported(package: str) -> dict[str, set[str]]:
     for path in (ROOT / package).rglob("*.py"):
         out[str(path.relative_to(ROOT))] = imports_of(path)
     return out
+
+
+def test_nothing_imports_the_cli():
+    for package in BELOW_CLI:
+        for path, names in _imported(package).items():
+            assert "cli" not in names, f"{path} imports cli"
+
+
+def test_the_cli_is_on_top():
+    """The CLI imports the layers it drives (and nothing else of ours imports it: above)."""
+    imported = set().union(*_imported("cli").values())
+    assert {"serving", "recipes"} <= imported
 
 
 def test_recipes_import_nothing_of_serving():

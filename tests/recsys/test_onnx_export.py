@@ -14,7 +14,7 @@ from persona_device.model import META_FILE, OnnxModel
 from persona_device.runtime import OnnxDeviceRuntime
 from recsys.config import ModelConfig
 from recsys.item_side import ItemSide
-from recsys.models import EditableSeqRec
+from recsys.models import MODELS, EditableSeqRec
 from recsys.onnx_export import SCORE_TOL, OnnxExportOptions, check_export, export_onnx
 from recsys.runtime import DeviceRuntime
 from serving import cli
@@ -27,7 +27,7 @@ def models(ml100k_split, tmp_path_factory):
     return lambda name: trained(name, ml100k_split, root)
 
 
-@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_the_export_ranks_every_test_row_as_the_torch_model(models, ml100k_split, name):
     torch.set_num_threads(1)
     t = models(name)

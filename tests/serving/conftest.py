@@ -29,8 +29,8 @@ def checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     ml-100k, after the real MiniLM codebook that writes its side file (about 30 s)."""
     import argparse
 
+    from cli import codebook
     from recsys.experiment import train_seeds
-    from serving.commands import codebook
 
     root = tmp_path_factory.mktemp("serving")
     overrides = ["train.epochs=1", "seeds=[0]", f"output_dir={root / 'runs'}", f"data.workdir={root / 'atomic'}",
@@ -188,7 +188,7 @@ def real_editor_checkpoint(checkpoint, runtime, tmp_path):
     from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
     from llm_cloud.adapter_data import training_samples
     from llm_cloud.artifacts import save_adapter, save_bank
-    from llm_cloud.prototypes import PrototypeBank
+    from llm_cloud.prototype_build import build_bank
 
     ckpt = tmp_path / "seed0"
     shutil.copytree(checkpoint[0], ckpt)
@@ -202,8 +202,8 @@ def real_editor_checkpoint(checkpoint, runtime, tmp_path):
     seqs = [rng.integers(1, base.n_items, 15) for _ in range(60)]
     samples = training_samples(base, seqs, n_window=4, n_future=1)
     with torch.enable_grad():
-        bank = PrototypeBank.build(PrototypeConfig(k=3, variant="centre"), base, adapter, samples, None, seed=0,
-                                   calibration=(samples.state, samples.targets[:, 0]))
+        bank = build_bank(PrototypeConfig(k=3, variant="centre"), base, adapter, samples, None, seed=0,
+                          calibration=(samples.state, samples.targets[:, 0]))
     save_adapter(ckpt / "adapter-main", adapter, {"seed": 0})
     save_bank(ckpt / "bank-centre", bank)
     return ckpt

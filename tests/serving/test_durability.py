@@ -24,7 +24,7 @@ from tests.serving.conftest import API_KEY, AUTH, wait_for
 def start_device(checkpoint, tmp_path, port: int) -> subprocess.Popen:
     ckpt, workdir = checkpoint
     cmd = [
-        sys.executable, "-m", "serving.cli", "serve", "--role", "device", "--port", str(port),
+        sys.executable, "-m", "cli.main", "serve", "--role", "device", "--port", str(port),
         f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'events.db'}",
         f"serve.prototype_cache={tmp_path / 'prototypes.json'}", "serve.http.access_log=false",
         f"serve.operator_key={API_KEY}",
@@ -102,7 +102,7 @@ def test_sigkill_during_a_burst_loses_no_acknowledged_event(checkpoint, tmp_path
 
 def persona(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PERSONA_API_KEY"}
-    return subprocess.run([sys.executable, "-m", "serving.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env=env)
 
 
@@ -124,7 +124,7 @@ def test_role_all_serves_device_and_cloud_in_one_process(checkpoint, tmp_path):
     ckpt, workdir = checkpoint
     port, cloud_port = free_ports(2)
     cmd = [
-        sys.executable, "-m", "serving.cli", "serve", "--role", "all", "--port", str(port), "--cloud-port",
+        sys.executable, "-m", "cli.main", "serve", "--role", "all", "--port", str(port), "--cloud-port",
         str(cloud_port), f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'e.db'}",
         f"serve.prototype_cache={tmp_path / 'p.json'}", "serve.api_key=k", f"output_dir={tmp_path / 'runs'}",
     ]
@@ -159,7 +159,7 @@ def test_two_workers_share_port_event_log_and_metrics(checkpoint, tmp_path):
     ckpt, workdir = checkpoint
     port = free_port()
     cmd = [
-        sys.executable, "-m", "serving.cli", "serve", "--role", "device", "--workers", "2", "--port", str(port),
+        sys.executable, "-m", "cli.main", "serve", "--role", "device", "--workers", "2", "--port", str(port),
         f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'e.db'}",
         f"serve.prototype_cache={tmp_path / 'p.json'}", "serve.http.access_log=false", f"serve.operator_key={API_KEY}",
     ]

@@ -5,7 +5,7 @@ a small synthetic file in a tmp dir."""
 from __future__ import annotations
 
 from serving.config import load_app_config
-from tests.serving.test_cli import persona
+from tests.conftest import persona
 
 
 def _positions_csv(path):
