@@ -36,7 +36,8 @@ from recsys.checkpoint import load_checkpoint
 from recsys.config import ModelConfig
 from recsys.finetune import finetune_edit
 from recsys.models import EditableSeqRec, HeadEdit
-from recsys.runtime import DeviceRuntime, EditDecoder, EditPayload, PrototypeSnapshot, pack
+from recsys.runtime import DeviceRuntime
+from recsys.wire import EditDecoder, EditPayload, PrototypeSnapshot, pack
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = "bench"

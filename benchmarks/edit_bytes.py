@@ -26,7 +26,8 @@ import torch
 
 from recsys import run_layout
 from recsys.experiment import load_dataset_split
-from recsys.runtime import ENCODINGS, DeviceRuntime, EditPayload, PrototypeSnapshot
+from recsys.runtime import DeviceRuntime
+from recsys.wire import ENCODINGS, EditPayload, PrototypeSnapshot
 from serving.config import load_app_config
 from serving.local_services import free_port, serve_command, start_service, stop
 

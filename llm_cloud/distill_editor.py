@@ -26,7 +26,7 @@ from persona_device.wire import scoring_table, unpack
 from recsys import run_layout
 from recsys.checkpoint import CheckpointError, Loaded, load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
-from recsys.runtime import EditPayload, ItemTableDelta, PrototypeSnapshot
+from recsys.wire import EditPayload, ItemTableDelta, PrototypeSnapshot
 
 
 class DistilledEditor:

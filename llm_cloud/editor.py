@@ -26,7 +26,7 @@ from llm_cloud.user_context import UserContextHits
 from recsys import ood, run_layout
 from recsys.checkpoint import Loaded, load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit
-from recsys.runtime import EditDecoder, EditPayload, Encoding, PrototypeSnapshot, pack
+from recsys.wire import EditDecoder, EditPayload, Encoding, PrototypeSnapshot, pack
 
 
 @dataclass(frozen=True)

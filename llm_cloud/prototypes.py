@@ -27,7 +27,7 @@ from torch import nn
 from llm_cloud.adapter_config import PrototypeConfig
 from recsys import ood
 from recsys.models import EditableSeqRec, HeadEdit
-from recsys.runtime import EditDecoder, EditPayload, PrototypeSnapshot, prototype_plus_residual
+from recsys.wire import EditDecoder, EditPayload, PrototypeSnapshot, prototype_plus_residual
 
 
 def clipped_parts(edit: HeadEdit, c: float) -> list[torch.Tensor]:

@@ -1,6 +1,6 @@
 """The device's wire formats read with the standard library and numpy: edits and prototype snapshots.
 
-The same JSON as :class:`recsys.runtime.EditPayload` and :class:`recsys.runtime.PrototypeSnapshot` (which
+The same JSON as :class:`recsys.wire.EditPayload` and :class:`recsys.wire.PrototypeSnapshot` (which
 the cloud writes and the torch runtime reads), decoded into numpy arrays; the rules (code edits, prototype
 + residual, the OOD score) are those of :mod:`recsys.runtime` and :mod:`recsys.ood`, and
 ``tests/persona_device/test_runtime.py`` holds the two runtimes to the same rankings.
@@ -39,7 +39,7 @@ def part_names(n_layers: int) -> list[str]:
 
 
 def check_snapshot(snapshot, dim: int) -> None:
-    """A bank snapshot (this module's :class:`Snapshot` or ``recsys.runtime.PrototypeSnapshot``: the same fields)
+    """A bank snapshot (this module's :class:`Snapshot` or ``recsys.wire.PrototypeSnapshot``: the same fields)
     fits a head of width ``dim`` and is consistent with itself; ``ValueError`` naming what does not."""
     if snapshot.size and snapshot.dim != dim:
         raise ValueError(f"prototype dim {snapshot.dim} != model dim {dim}")
@@ -55,7 +55,7 @@ def pack(array: np.ndarray, dtype: str) -> str:
 
 
 def scoring_table(items: np.ndarray, delta) -> np.ndarray:
-    """``items`` ``[I, D]`` with an item delta (:class:`ItemDelta` or ``recsys.runtime.ItemTableDelta``) added: a
+    """``items`` ``[I, D]`` with an item delta (:class:`ItemDelta` or ``recsys.wire.ItemTableDelta``) added: a
     new array, the table the device scores with; ``ValueError`` naming what does not fit the table."""
     ids = np.asarray(delta.ids)
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
@@ -105,7 +105,7 @@ class Edit:
 
 @dataclass(frozen=True)
 class Payload:
-    """An edit as the cloud sends it (``POST /v1/edits``); see :class:`recsys.runtime.EditPayload`."""
+    """An edit as the cloud sends it (``POST /v1/edits``); see :class:`recsys.wire.EditPayload`."""
 
     version: str
     prototype_id: int | None = None
@@ -160,7 +160,7 @@ class Payload:
 
 @dataclass(frozen=True)
 class Decoder:
-    """The adapter's linear code → edit maps and the prototypes' codes (:class:`recsys.runtime.EditDecoder`)."""
+    """The adapter's linear code → edit maps and the prototypes' codes (:class:`recsys.wire.EditDecoder`)."""
 
     n_layers: int
     dim: int
@@ -230,7 +230,7 @@ class OodRule:
 
 @dataclass(frozen=True)
 class ItemDelta:
-    """Rows the cloud adds to the device's scoring table (``recsys.runtime.ItemTableDelta``, the same JSON)."""
+    """Rows the cloud adds to the device's scoring table (``recsys.wire.ItemTableDelta``, the same JSON)."""
 
     ids: list[int]
     rows: str  # base64 [M, D]
@@ -244,7 +244,7 @@ class ItemDelta:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The prototype bank as a device caches it (:class:`recsys.runtime.PrototypeSnapshot`, the same JSON)."""
+    """The prototype bank as a device caches it (:class:`recsys.wire.PrototypeSnapshot`, the same JSON)."""
 
     version: str
     dim: int

@@ -19,8 +19,8 @@ from recsys.atomic_io import atomic_write_text
 from recsys.checkpoint import load_checkpoint
 from recsys.experiment import load_dataset_split
 from recsys.models import EditableSeqRec
-from recsys.runtime import ItemTableDelta
 from recsys.splits import SplitData
+from recsys.wire import ItemTableDelta
 
 BATCH = 512
 

@@ -30,7 +30,7 @@ from llm_cloud.editor import EditAsk, Editor, load_editor
 from persona_device.wire import unpack
 from recsys import run_layout
 from recsys.checkpoint import Loaded, checkpoint_reader
-from recsys.runtime import EditPayload, PrototypeSnapshot
+from recsys.wire import EditPayload, PrototypeSnapshot
 from serving.config import AppConfig
 from serving.edit_batcher import EditBatcher
 from serving.embeddings_api import OpenAIErrorBodies, describe_backbone, embeddings_router

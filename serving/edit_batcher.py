@@ -14,7 +14,7 @@ import itertools
 from dataclasses import dataclass
 
 from llm_cloud.editor import EditAsk, Editor
-from recsys.runtime import EditPayload
+from recsys.wire import EditPayload
 
 
 @dataclass

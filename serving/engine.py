@@ -27,7 +27,8 @@ from persona_device.model import META_FILE
 from persona_device.runtime import OnnxDeviceRuntime
 from persona_device.wire import Payload, Snapshot, pack
 from recsys import run_layout
-from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
+from recsys.runtime import DeviceRuntime
+from recsys.wire import EditPayload, PrototypeSnapshot
 from serving.artifacts import Artifacts, require_checkpoint
 from serving.config import AppConfig
 

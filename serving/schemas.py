@@ -21,7 +21,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from recsys.runtime import Encoding
+from recsys.wire import Encoding
 
 
 def _utf8(value: str) -> str:

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_cloud.distill import DistillConfig
-from recsys.runtime import Encoding
+from recsys.wire import Encoding
 
 API_KEY_ENV = "PERSONA_API_KEY"
 OPERATOR_KEY_ENV = "PERSONA_OPERATOR_KEY"

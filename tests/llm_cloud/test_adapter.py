@@ -14,7 +14,7 @@ from llm_cloud.prototype_build import build_bank
 from llm_cloud.prototypes import PrototypeBank
 from recsys.config import ModelConfig
 from recsys.models import EditableSeqRec, HeadEdit, score_with_edit
-from recsys.runtime import EditPayload
+from recsys.wire import EditPayload
 
 D, L, N_ITEMS = 16, 2, 40
 

@@ -14,7 +14,8 @@ from llm_cloud.distill_editor import DistilledEditor
 from llm_cloud.editor import EditAsk, edit_one
 from llm_cloud.teacher import EnsembleTeacher
 from recsys.checkpoint import CheckpointError
-from recsys.runtime import DeviceRuntime, EditPayload
+from recsys.runtime import DeviceRuntime
+from recsys.wire import EditPayload
 from tests.llm_cloud.test_teacher import N_ITEMS, TOKENS, D, T, checkpoint, histories, tiny_model
 
 CFG = DistillConfig(steps=40, lr=0.1, clip=4.0)  # untrained toy models sit far apart (see test_distill)

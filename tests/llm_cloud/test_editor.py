@@ -13,7 +13,8 @@ from llm_cloud.prototype_build import fit_cache_gain
 from llm_cloud.prototype_online import spawn
 from llm_cloud.prototypes import cache_ok, clipped_parts, is_ood, ood_scores
 from recsys import metrics, ood
-from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
+from recsys.runtime import DeviceRuntime
+from recsys.wire import EditPayload, PrototypeSnapshot
 from tests.llm_cloud.test_adapter import N_ITEMS, _bank
 
 

@@ -11,7 +11,8 @@ import torch
 
 from llm_cloud.item_delta import ItemDeltaConfig, fit_item_delta
 from persona_device.wire import ItemDelta, Snapshot, scoring_table
-from recsys.runtime import DeviceRuntime, ItemTableDelta, PrototypeSnapshot
+from recsys.runtime import DeviceRuntime
+from recsys.wire import ItemTableDelta, PrototypeSnapshot
 from tests.llm_cloud.test_teacher import N_ITEMS, TOKENS, histories, tiny_model
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from llm_cloud.adapter_config import PrototypeConfig
 from llm_cloud.prototypes import PrototypeBank, PrototypeHeads, cache_ok
-from recsys.runtime import EditPayload
+from recsys.wire import EditPayload
 from tests.llm_cloud.test_adapter import L, _bank
 
 

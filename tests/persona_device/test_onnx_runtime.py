@@ -19,7 +19,8 @@ from llm_cloud.item_delta import ItemDeltaConfig, fit_item_delta
 from llm_cloud.prototype_build import build_bank
 from persona_device.runtime import OnnxDeviceRuntime
 from persona_device.wire import Snapshot
-from recsys.runtime import DeviceRuntime, EditPayload, ItemTableDelta, PrototypeSnapshot
+from recsys.runtime import DeviceRuntime
+from recsys.wire import EditPayload, ItemTableDelta, PrototypeSnapshot
 from tests.device_models import trained
 
 TIE = 1e-4

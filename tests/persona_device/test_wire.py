@@ -11,8 +11,8 @@ import torch
 from persona_device.wire import Edit, OodRule, Payload, Snapshot, part_names
 from recsys import ood
 from recsys.models import HeadEdit
-from recsys.runtime import EditDecoder, EditPayload, PrototypeSnapshot, pack
-from recsys.runtime import part_names as torch_part_names
+from recsys.wire import EditDecoder, EditPayload, PrototypeSnapshot, pack
+from recsys.wire import part_names as torch_part_names
 
 L, D, C = 2, 6, 4
 

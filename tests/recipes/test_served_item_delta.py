@@ -14,7 +14,7 @@ from recipes.item_delta import fit_served_item_delta
 from recsys import run_layout
 from recsys.checkpoint import load_checkpoint
 from recsys.experiment import load_dataset_split
-from recsys.runtime import ItemTableDelta
+from recsys.wire import ItemTableDelta
 from tests.llm_cloud.helpers import tiny_overrides
 
 

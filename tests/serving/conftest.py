@@ -15,7 +15,8 @@ import torch
 import uvicorn
 
 from llm_cloud.editor import edit_one
-from recsys.runtime import DeviceRuntime, EditPayload, PrototypeSnapshot
+from recsys.runtime import DeviceRuntime
+from recsys.wire import EditPayload, PrototypeSnapshot
 from serving.config import AppConfig, load_app_config
 from serving.server import bind, uvicorn_config
 

@@ -9,7 +9,8 @@ import asyncio
 import httpx
 import pytest
 
-from recsys.runtime import DeviceRuntime, PrototypeSnapshot
+from recsys.runtime import DeviceRuntime
+from recsys.wire import PrototypeSnapshot
 from serving.bank_sync import BankSync
 from serving.cloud_client import Breaker, CloudClient, CloudError
 from serving.engine import TorchEngine

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from recsys.runtime import EditPayload, PrototypeSnapshot
+from recsys.wire import EditPayload, PrototypeSnapshot
 from serving.cloud_client import Breaker, CloudClient, CloudError
 from serving.metrics import Metrics
 from tests.serving.conftest import API_KEY, LiveServer, RandomEditor, serve_config

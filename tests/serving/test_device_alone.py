@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from llm_cloud.editor import load_editor
-from recsys.runtime import DeviceRuntime, PrototypeSnapshot
+from recsys.runtime import DeviceRuntime
+from recsys.wire import PrototypeSnapshot
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.engine import onnx_export_dir
 from tests.conftest import ROOT

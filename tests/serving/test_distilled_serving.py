@@ -18,7 +18,8 @@ from llm_cloud.item_delta import ItemDeltaConfig, fit_item_delta
 from llm_cloud.teacher import EnsembleTeacher
 from recsys import run_layout
 from recsys.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from recsys.runtime import DeviceRuntime, EditPayload, ItemTableDelta, PrototypeSnapshot, pack
+from recsys.runtime import DeviceRuntime
+from recsys.wire import EditPayload, ItemTableDelta, PrototypeSnapshot, pack
 from serving.artifacts import load_artifacts
 from serving.auth import Credentials
 from serving.cloud_app import CloudService, create_cloud_app

@@ -10,7 +10,7 @@ import httpx
 import torch
 
 from llm_cloud.editor import EditAsk, edit_one, load_editor
-from recsys.runtime import EditPayload
+from recsys.wire import EditPayload
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.edit_batcher import EditBatcher
 from serving.metrics import read_samples

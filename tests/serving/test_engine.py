@@ -17,7 +17,7 @@ import torch
 
 from llm_cloud.editor import load_editor
 from persona_device.model import META_FILE
-from recsys.runtime import EditPayload
+from recsys.wire import EditPayload
 from serving.artifacts import load_artifacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.device_app import DeviceService, create_device_app

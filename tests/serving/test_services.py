@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from recsys.runtime import EditPayload, PrototypeSnapshot
+from recsys.wire import EditPayload, PrototypeSnapshot
 from serving.artifacts import load_artifacts
 from serving.cloud_app import CloudService, create_cloud_app
 from serving.cloud_client import Breaker, CloudClient
