@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli import main as cli
 from persona_device.model import META_FILE, OnnxModel
 from persona_device.runtime import OnnxDeviceRuntime
 from recsys.config import ModelConfig
@@ -17,7 +18,6 @@ from recsys.item_side import ItemSide
 from recsys.models import MODELS, EditableSeqRec
 from recsys.onnx_export import SCORE_TOL, OnnxExportOptions, check_export, export_onnx
 from recsys.runtime import DeviceRuntime
-from serving import cli
 from tests.device_models import trained
 
 
