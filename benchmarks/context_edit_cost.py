@@ -4,7 +4,7 @@ Builds the cloud's :class:`llm_cloud.editor.AdapterEditor` twice on the same bas
 same prototype bank settings — an adapter without user context and one with it (``use_context``;
 trained ones from ``adapter-main`` / ``adapter-context`` when present, else freshly initialised: the
 cost does not depend on the weights) — and times ``editor.edit(history)`` per real test history, one
-thread, batch 1. Also timed: the context hits alone (:class:`llm_cloud.user_context.UserContextHits`,
+thread, batch 1. Also timed: the context hits alone (:class:`llm_cloud.context_hits.UserContextHits`,
 cached item embeddings → mean → FAISS), and the alternative of re-encoding the user-context text with
 the configured backbone per edit (``--no-backbone`` skips it). Writes
 ``reports/benchmarks/context_edit_cost.{json,md}``.
@@ -110,7 +110,7 @@ def main() -> int:
     times = _times_ms(fns, histories)
     if not args.no_backbone:
         from llm_cloud.backbones import build_backbone
-        from llm_cloud.context import item_texts, user_context
+        from llm_cloud.context_text import item_texts, user_context
         from recsys.datasets import prepare
         from recsys.datasets.atomic import read_items
 

@@ -28,7 +28,7 @@ import uvicorn
 from codebook import SemanticCodebook
 from llm_cloud.backbones import BackboneConfig, build_backbone
 from llm_cloud.backbones.config import OpenAIHTTPConfig
-from llm_cloud.context import item_texts
+from llm_cloud.context_text import item_texts
 from llm_cloud.pipeline import encode_items
 from recsys.datasets import prepare, read_items
 from serving.config import load_app_config

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from cli import CliError, add_common
 from codebook import CodebookError
 from llm_cloud.backbones import BackboneError
-from llm_cloud.context import ContextError
+from llm_cloud.context_text import ContextError
 from recipes.codebook import CodebookResult, codebook
 from serving.config import AppConfig, load_app_config
 

@@ -2,7 +2,7 @@
 
 ``window items (+ their semantic codes) → GRU → z`` (with the device model's user state ``h`` and, with
 ``use_context``, the codebook hits of the LLM encoding of the user's context: per-level embeddings,
-summed, projected into the mix; :mod:`llm_cloud.user_context`). With ``semantic_main`` (SOLID) the
+summed, projected into the mix; :mod:`llm_cloud.context_hits`). With ``semantic_main`` (SOLID) the
 semantic path — context hits + the window's semantic codes — gives the main code and the ID path
 (item-id GRU + ``h``) a residual scaled by a learned gate (starting at 0.1). Then
 per-layer codes ``z_1 … z_L``: with ``cross_layer`` a stacked recurrent net (``z_l = GRUCell_l(z,

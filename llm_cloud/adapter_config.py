@@ -17,7 +17,7 @@ class AdapterConfig(LoopConfig):
     cross_layer: bool = True  # stacked recurrent codes across layers (False = independent maps)
     use_codebook: bool = True  # semantic-code embeddings of the window's items as input
     use_state: bool = True  # the device model's user state h as input
-    use_context: bool = False  # codebook hits of the user-context encoding (LLM) as input (llm_cloud.user_context)
+    use_context: bool = False  # codebook hits of the user-context encoding (LLM) as input (llm_cloud.context_hits)
     context_items: int = Field(10, ge=1)  # the user context = the window's last this-many items
     semantic_main: bool = False  # SOLID: the semantic path (context hits + window codes) gives the main code,
     # the ID path (GRU over item ids + h) a gated residual; needs use_context

@@ -1,5 +1,5 @@
 """Adapter inputs from RecBole rows or training sequences: windows, semantic codes, frozen user states,
-user-context hits (:class:`llm_cloud.user_context.UserContextHits`, computed from the window per batch)."""
+user-context hits (:class:`llm_cloud.context_hits.UserContextHits`, computed from the window per batch)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from llm_cloud.adapter import left_padded_windows
-from llm_cloud.user_context import UserContextHits
+from llm_cloud.context_hits import UserContextHits
 from recsys.models import EditableSeqRec
 from recsys.train import make_windows
 

@@ -11,7 +11,7 @@ from torch import nn
 from llm_cloud.adapter import Adapter, edited_logits
 from llm_cloud.adapter_config import AdapterConfig
 from llm_cloud.adapter_data import TrainingSamples, batch_from_rows, training_samples
-from llm_cloud.user_context import UserContextHits
+from llm_cloud.context_hits import UserContextHits
 from recsys.evaluate import evaluate_rows
 from recsys.loop import FitResult, HasFit, LoopSettings, fit, seed_everything, settings_from
 from recsys.models import EditableSeqRec

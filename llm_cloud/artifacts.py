@@ -11,8 +11,8 @@ import yaml
 from codebook import CodebookError, SemanticCodebook
 from llm_cloud.adapter import Adapter
 from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
+from llm_cloud.context_hits import UserContextHits
 from llm_cloud.prototypes import PrototypeBank
-from llm_cloud.user_context import UserContextHits
 from recsys.atomic_io import atomic_torch_save, atomic_write_text
 from recsys.item_side import rows_for, take_rows
 from recsys.models import EditableSeqRec

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from llm_cloud.adapter import Adapter, left_padded_windows
+from llm_cloud.context_hits import UserContextHits
 from llm_cloud.prototype_online import absorb_rows, observe
 from llm_cloud.prototypes import PrototypeBank, clipped_parts, is_ood, ood_scores
-from llm_cloud.user_context import UserContextHits
 from recsys import ood, run_layout
 from recsys.checkpoint import Loaded, load_checkpoint
 from recsys.models import EditableSeqRec, HeadEdit

@@ -34,10 +34,10 @@ import torch
 from llm_cloud.adapter import Adapter, edited_logits
 from llm_cloud.adapter_train import adapter_score_fn
 from llm_cloud.artifacts import ArtifactError, code_table_for, freeze, user_context_for
+from llm_cloud.context_hits import UserContextHits
 from llm_cloud.editor import absorb, count_outcomes, served_edit
 from llm_cloud.prototype_online import learn
 from llm_cloud.prototypes import PrototypeBank
-from llm_cloud.user_context import UserContextHits
 from recsys import ood
 from recsys.evaluate import evaluate_rows, model_score_fn
 from recsys.finetune import finetune_edit

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -12,7 +11,7 @@ import numpy as np
 
 from codebook import CodebookConfig, CodebookError, SemanticCodebook
 from llm_cloud.backbones import Backbone, BackboneConfig
-from llm_cloud.context import ContextConfig, ContextError, fuse_image, item_texts, user_context
+from llm_cloud.context_text import ContextConfig, fuse_image, item_texts
 from recsys import run_layout
 from recsys.config import DataConfig
 from recsys.datasets import prepare, read_arrays, read_items
@@ -58,27 +57,6 @@ def encode_items(
     log.info("%s: %d items encoded by %s → %s%s", dataset, len(texts), backbone.name, emb.shape,
              " (text ⊕ image)" if fused else "")
     return ItemEmbeddings(items["item_id"].tolist(), texts, emb, fused, image if fused else None)
-
-
-def encode_user_contexts(
-    histories: Sequence[Sequence[int]], items: ItemEmbeddings, context: ContextConfig, backbone: Backbone
-) -> np.ndarray:
-    """LLM encodings of users' contexts, one row per history of item rows (oldest first).
-
-    The text is :func:`user_context` of the recent items; where item embeddings are text ⊕ image,
-    the user's image part is the mean of the recent items' image features, fused the same way, so
-    the result lives in the codebook's space (``codebook.hits(...)`` takes it directly).
-    """
-    if not histories:
-        raise ContextError("no user histories to encode")
-    recent = [list(h)[-context.user_max_items :] for h in histories]
-    if any(not h for h in recent):
-        raise ContextError("a user history is empty")
-    emb = backbone.encode([user_context([items.texts[r] for r in h], context) for h in recent])
-    if items.image is not None:
-        unit = items.image / np.maximum(np.linalg.norm(items.image, axis=1, keepdims=True), 1e-12)
-        emb = fuse_image(emb, np.stack([unit[h].mean(0) for h in recent]), context.image_weight)
-    return emb
 
 
 def load_item_codebook(output_dir: str | Path, dataset: str) -> tuple[list[str], np.ndarray, SemanticCodebook]:

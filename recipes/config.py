@@ -12,7 +12,7 @@ from pydantic import Field
 from codebook import CodebookConfig
 from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.backbones.config import BackboneConfig
-from llm_cloud.context import ContextConfig
+from llm_cloud.context_text import ContextConfig
 from llm_cloud.item_delta import ItemDeltaConfig
 from recsys.config import PersonaConfig, deep_merge, load_config, parse_overrides, validate
 

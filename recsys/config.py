@@ -49,7 +49,7 @@ class DataConfig(StrictConfig):
     max_seq_len: int = Field(50, ge=2)
     download: bool = False  # fetch from the official URL when the mirror lacks the dataset
     item_side: str | None = None  # side file (model_params.item_side); None → <output_dir>/<dataset>/codebook/
-    # item context text for the LLM (llm_cloud.context), e.g. "{title}.[ Tags: {tags}.]": a [...] segment is
+    # item context text for the LLM (llm_cloud.context_text), e.g. "{title}.[ Tags: {tags}.]": a [...] segment is
     # dropped when a field in it is empty; set per dataset in configs/datasets/; None → "column: value." each
     text_template: str | None = None
 

@@ -14,7 +14,7 @@ import uvicorn
 
 from llm_cloud.backbones import Backbone, BackboneError, CachedBackbone
 from llm_cloud.backbones.st import SentenceTransformerBackbone
-from llm_cloud.context import ContextConfig
+from llm_cloud.context_text import ContextConfig
 from llm_cloud.pipeline import ItemEmbeddings, encode_items
 from recsys.config import load_config
 from serving.config import load_app_config

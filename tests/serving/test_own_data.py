@@ -81,7 +81,7 @@ def test_csv_text_columns_make_the_llm_item_text(tmp_path):
     """Synthetic CSV with title and brand: the LLM item text is built from them (title first), as for any dataset."""
     import numpy as np
 
-    from llm_cloud.context import ContextConfig
+    from llm_cloud.context_text import ContextConfig
     from llm_cloud.pipeline import encode_items
     from recsys.config import DataConfig
     from recsys.datasets import import_csv

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llm_cloud.context import ContextConfig, ContextError, fuse_image, item_texts, render, user_context
+from llm_cloud.context_text import ContextConfig, ContextError, fuse_image, item_texts, render, user_context
 from recsys.config import DataConfig, load_config
 from recsys.datasets import prepare, read_arrays, read_items
 from tests.conftest import has_mirror, needs_mirror
@@ -30,7 +30,7 @@ def test_ml100k_item_texts(workdir):
 
 
 def test_dataset_templates_render_the_texts_they_rendered_in_code(workdir):
-    """The templates moved from llm_cloud.context into configs/datasets/: the same bytes as before (these strings
+    """The templates moved from llm_cloud.context_text into configs/datasets/: the same bytes as before (these strings
     come from the old in-code templates; all 25,110 texts of the four datasets were compared when moving them)."""
     texts = _texts("ml-100k", workdir)
     assert texts["1"] == "Toy Story (1995). Genres: Animation, Children's, Comedy."
@@ -81,36 +81,3 @@ def test_amazon_scientific_text_and_image(workdir):
     texts = list(_texts("amazon-scientific", workdir, 16).values())
     fused = fuse_image(minilm().encode(texts), image[:16], 0.3)
     assert fused.shape == (16, 384 + 512) and np.isfinite(fused).all()
-
-
-def test_user_context_encodings_hit_the_codebook(workdir, emb_cache):
-    from codebook import CodebookConfig, SemanticCodebook
-    from llm_cloud.pipeline import encode_user_contexts
-    from tests.llm_cloud.helpers import ml100k_embeddings
-
-    items = ml100k_embeddings(workdir, emb_cache)
-    book = SemanticCodebook.build(items.embeddings, CodebookConfig(bits=6, levels=2, max_levels=2))
-    star_wars, empire, jedi = (items.item_ids.index(i) for i in ("50", "172", "181"))
-    users = encode_user_contexts([[0, 1, star_wars, empire, jedi], [2]], items, ContextConfig(), minilm())
-    assert users.shape == (2, 384)
-    hits = book.hits(users)
-    assert hits.shape == (2, 2) and (hits < 64).all()
-    _, rows = book.neighbours(users[:1], 20)
-    assert {star_wars, empire, jedi} & set(rows[0].tolist())
-    with pytest.raises(ContextError, match="empty"):
-        encode_user_contexts([[]], items, ContextConfig(), minilm())
-
-
-@needs_mirror
-def test_user_context_fused_with_images(workdir):
-    from llm_cloud.pipeline import ItemEmbeddings, encode_user_contexts
-
-    out = prepare("amazon-scientific", DataConfig(workdir=str(workdir)))
-    table = read_items(out, "amazon-scientific").iloc[:8]
-    image = read_arrays(out)["image_features"][:8]
-    texts = list(_texts("amazon-scientific", workdir, 8).values())
-    items = ItemEmbeddings(table["item_id"].tolist(), texts, np.zeros((8, 896), np.float32), True, image)
-    users = encode_user_contexts([[0, 1, 2], [5]], items, ContextConfig(), minilm())
-    assert users.shape == (2, 896)
-    unit = image[5] / np.linalg.norm(image[5])
-    np.testing.assert_allclose(users[1, 384:], np.sqrt(0.3) * unit, atol=1e-5)

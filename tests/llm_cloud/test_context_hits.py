@@ -11,9 +11,9 @@ from llm_cloud.adapter import Adapter, left_padded_windows
 from llm_cloud.adapter_config import AdapterConfig, PrototypeConfig
 from llm_cloud.adapter_data import batch_from_rows, training_samples
 from llm_cloud.artifacts import load_adapter, load_user_context, save_adapter
+from llm_cloud.context_hits import UserContextHits
 from llm_cloud.editor import AdapterEditor, served_edit
 from llm_cloud.prototype_build import build_bank
-from llm_cloud.user_context import UserContextHits
 from tests.llm_cloud.test_adapter import N_ITEMS, D, L, _base
 
 TOKENS = np.array(["[PAD]"] + [f"i{i}" for i in range(1, N_ITEMS)])
