@@ -1,9 +1,43 @@
-"""Codebook quality: utilisation, entropy/perplexity per level, collisions, reconstruction, recall@k."""
+"""Codebook quality: utilisation, entropy/perplexity per level, collisions, reconstruction, recall@k, and
+:func:`quality`, the report of a built codebook that puts them together."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import faiss
 import numpy as np
+
+from codebook import quantizer
+
+if TYPE_CHECKING:
+    from codebook.semantic import SemanticCodebook
+
+
+def quality(book: SemanticCodebook, emb: np.ndarray) -> dict:
+    """Quality report of ``book`` on item embeddings ``emb`` (the ones it was built from)."""
+    x = book.transform(emb)
+    codes = quantizer.encode(book.index, x)
+    own = len(x) == len(book.semantic_ids)  # the build's items: report their stored IDs
+    learned = book.semantic_ids[:, : book.levels] if own else codes
+    levels = level_stats(learned, book.level_sizes[: book.levels])
+    cfg = book.cfg
+    return {
+        "n_items": len(x),
+        "dim": book.dim,
+        "levels": book.levels,
+        "bits": cfg.bits,
+        "width": book.width,
+        "level_sizes": book.level_sizes,
+        "per_level": levels,
+        "min_utilisation": min(level["utilisation"] for level in levels),
+        "collision_rate_learned": collision_rate(learned),
+        "collision_rate": collision_rate(book.semantic_ids if own else codes),
+        "duplicate_vector_rate": collision_rate(np.round(x, 5)),
+        "reconstruction": reconstruction(x, quantizer.decode(book.index, codes)),
+        f"recall@{cfg.recall_k}": neighbour_recall(x, book.index, cfg.recall_k, cfg.recall_queries, cfg.seed),
+        "build_log": book.build_log,
+    }
 
 
 def level_stats(codes: np.ndarray, sizes: list[int]) -> list[dict]:

@@ -152,40 +152,9 @@ class SemanticCodebook:
         mask = (self.semantic_ids[:, : len(prefix)] == prefix).all(axis=1)
         return np.flatnonzero(mask)
 
-    def item_ids_with_prefix(self, prefix: Sequence[int]) -> list[str]:
-        return [self.item_ids[i] for i in self.items_with_prefix(prefix)]
-
     def neighbours(self, embeddings: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Nearest items by codebook-decoded distance (FAISS ADC search): (distances, rows)."""
         return self.index.search(self.transform(embeddings), k)
-
-    # ---- quality -----------------------------------------------------------------------------
-    def quality(self, emb: np.ndarray) -> dict:
-        """Quality report on item embeddings ``emb`` (the ones the codebook was built from)."""
-        x = self.transform(emb)
-        codes = quantizer.encode(self.index, x)
-        own = len(x) == len(self.semantic_ids)  # the build's items: report their stored IDs
-        learned = self.semantic_ids[:, : self.levels] if own else codes
-        levels = metrics.level_stats(learned, self.level_sizes[: self.levels])
-        report = {
-            "n_items": len(x),
-            "dim": self.dim,
-            "levels": self.levels,
-            "bits": self.cfg.bits,
-            "width": self.width,
-            "level_sizes": self.level_sizes,
-            "per_level": levels,
-            "min_utilisation": min(level["utilisation"] for level in levels),
-            "collision_rate_learned": metrics.collision_rate(learned),
-            "collision_rate": metrics.collision_rate(self.semantic_ids if own else codes),
-            "duplicate_vector_rate": metrics.collision_rate(np.round(x, 5)),
-            "reconstruction": metrics.reconstruction(x, quantizer.decode(self.index, codes)),
-            f"recall@{self.cfg.recall_k}": metrics.neighbour_recall(
-                x, self.index, self.cfg.recall_k, self.cfg.recall_queries, self.cfg.seed
-            ),
-            "build_log": self.build_log,
-        }
-        return report
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

@@ -17,7 +17,16 @@ from persona_device.wire import Edit, Payload, Snapshot, check_snapshot, scoring
 
 
 class OnnxDeviceRuntime:
-    """A device's model on onnxruntime: states, prototype assignment, OOD flag, edits, rankings."""
+    """A device's model on onnxruntime: states, prototype assignment, OOD flag, edits, rankings.
+
+    More than 12 methods, on purpose: they are the steps of the one rank path the device service calls
+    (``encode_histories`` → ``user_states`` (``empty_state``) → ``assign_batch`` / ``ood_flags`` →
+    ``rank_states`` (``stacked``, ``exclusion_mask``)), the cached prototype bank those steps read
+    (``set_prototypes``, ``prototype_edit``, ``decode_edit``, ``edit_encoding_ready``) and thin one-request
+    wrappers of them (``user_state``, ``assign``, ``scores``, ``rank``), mirroring
+    :class:`recsys.runtime.DeviceRuntime` method for method; split up, the one API would be scattered over
+    objects both runtimes would have to mirror.
+    """
 
     def __init__(self, model: OnnxModel, cache_gate: bool = True):
         self.model = model

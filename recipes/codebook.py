@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codebook import SemanticCodebook
+from codebook import SemanticCodebook, metrics
 from codebook.report import quality_markdown
 from llm_cloud.backbones import build_backbone
 from llm_cloud.pipeline import encode_items
@@ -47,7 +47,7 @@ def codebook(cfg: RecipeConfig) -> CodebookResult:
     t0 = time.perf_counter()
     book = SemanticCodebook.build(enc.embeddings, cfg.codebook, item_ids=enc.item_ids)
     build_s = time.perf_counter() - t0
-    report = book.quality(enc.embeddings)
+    report = metrics.quality(book, enc.embeddings)
     out = book.save(run_layout.codebook_dir(cfg.output_dir, cfg.dataset))
     np.save(out / run_layout.ITEM_EMBEDDINGS_FILE, enc.embeddings, allow_pickle=False)
     save_item_side(out / run_layout.ITEM_SIDE_FILE, enc.item_ids, enc.embeddings, book.semantic_ids)

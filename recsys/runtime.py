@@ -20,7 +20,16 @@ from recsys.wire import EditPayload, PrototypeSnapshot
 
 
 class DeviceRuntime:
-    """A device's model: map item tokens, compute the user state, assign a prototype, rank."""
+    """A device's model: map item tokens, compute the user state, assign a prototype, rank.
+
+    More than 12 methods, on purpose: they are the steps of the one rank path the device service calls
+    (``encode_histories`` → ``user_states`` → ``assign_batch`` / ``ood_flags`` → ``head_batch`` →
+    ``rank_states``), the cached prototype bank those steps read (``set_prototypes``, ``prototype_edit``,
+    ``decode_edit``, ``edit_encoding_ready``) and thin one-request wrappers of them (``encode_history``,
+    ``user_state``, ``assign``, ``scores``, ``rank``), mirrored method for method by
+    :class:`persona_device.runtime.OnnxDeviceRuntime`; split up, the one API would be scattered over objects
+    both runtimes would have to mirror.
+    """
 
     def __init__(self, model: EditableSeqRec, item_tokens: np.ndarray, cache_gate: bool = True):
         self.model = model.eval()

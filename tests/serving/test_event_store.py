@@ -108,18 +108,18 @@ def test_one_conflicting_caller_does_not_affect_the_others_in_its_group_commit(p
     store = stores(path)
     append(store, [("e1", "u", "1", 1.0)])
     batches: list[int] = []
-    commit = store._commit
+    commit = store.writer._commit
 
     def recording(conn, batch):
         batches.append(len(batch))
         commit(conn, batch)
 
-    store._commit = recording
+    store.writer._commit = recording
     lock = sqlite3.connect(path, isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")  # the writer blocks on its next transaction until this ends
     first = store.append_future([("warm", "w", "1", 1.0)])
     deadline = time.monotonic() + 10
-    while not store._queue.empty() and time.monotonic() < deadline:  # the writer holds `first`
+    while not store.writer._queue.empty() and time.monotonic() < deadline:  # the writer holds `first`
         time.sleep(0.01)
     time.sleep(0.05)
     good = store.append_future([("g1", "a", "1", 1.0), ("g2", "a", "2", 2.0)])
@@ -322,7 +322,7 @@ def test_a_user_with_many_unknown_items_reads_small(path, stores, cache_users):
     assert append(store, rows) == WriteResult(n, 0)
     append(store, [("l0", "light", "1", 1.0)])
     store.history("light")  # the catch-up of the bulk insert is not what is measured
-    conn = store._reader()
+    conn = store.reader.connection()
     with VMSteps(conn) as vm:
         hist = store.user_history("heavy")
     assert hist.items == [r[2] for r in rows[-20:]]
@@ -370,5 +370,5 @@ def test_a_cached_user_with_little_new_is_read_on_the_callers_thread(path, store
     b.append_future([(f"x{i}", "bob", "3", float(i)) for i in range(10)]).result(timeout=30)
     assert a.user_history_now("ann", max_fold=5) is None  # 10 rows to fold: in a thread
     assert a.user_history_now("ann", max_fold=64) == a.user_history_uncached("ann")
-    with a._cache_lock:  # another reader at work: never wait for it on an event loop
+    with a.reader._cache_lock:  # another reader at work: never wait for it on an event loop
         assert a.user_history_now("ann") is None

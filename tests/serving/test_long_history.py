@@ -50,7 +50,7 @@ def test_store_reads_only_the_window(runtime, tmp_path, cache_users):
         store.append_future(rows).result(timeout=300)
         store.append_future([("light-0", "light", rows[0][2], 1.0)]).result(timeout=30)
         store.history("light")  # folds the bulk insert (the catch-up), not what is measured here
-        conn = store._reader()
+        conn = store.reader.connection()
         with VMSteps(conn) as vm:
             hist = store.user_history("heavy")
         assert hist.items == [r[2] for r in rows[-window:]]  # exactly the last max_seq_len, in order
