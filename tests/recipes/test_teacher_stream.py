@@ -8,7 +8,7 @@ import torch
 from llm_cloud.distill import DistillConfig
 from llm_cloud.fresh_teacher import RefreshConfig
 from llm_cloud.teacher import EnsembleTeacher
-from recipes.teacher_stream import RATES, evaluate_stream, fresh_teacher_valid_score, stream_of
+from recipes.teacher_stream import RATES, evaluate_stream, fresh_teacher_valid_score, stream_of, teacher_table
 from recsys.config import ModelConfig
 from recsys.models import EditableSeqRec
 
@@ -42,3 +42,20 @@ def test_every_method_and_policy_on_the_same_rows(ml100k_split):
     assert np.isclose(fresh_all, res.table["device + fresh edit, fresh teacher"][0]["ndcg@10"])
     assert set(curves["random"]) == set(RATES)
     assert 0 <= fresh_teacher_valid_score(members, split, refresh, limit=200) <= 1
+
+
+def test_the_teacher_alone_frozen_and_fresh_on_the_test_rows(ml100k_split):
+    """``--teacher-only``: the frozen teacher scores as the evaluation scores it; the fresh one is refreshed
+    before every version and never on a row at or after the version's first row."""
+    _, split = ml100k_split
+    n = split.n_items
+    members = EnsembleTeacher([small("sasrec", 1, n), small("gru4rec", 2, n)], split.item_tokens, ["a", "b"])
+    before = [p.detach().clone() for p in members.models[0].parameters()]
+    refresh = RefreshConfig(every_events=100, epochs=1, lr=1e-2, batch_size=64)
+    table, versions = teacher_table(split, members, refresh, limit=200)
+    assert set(table) == {"teacher, frozen", "teacher, fresh"}
+    assert all(torch.equal(a, b) for a, b in zip(before, members.models[0].parameters()))  # frozen stays frozen
+    assert len(versions) == 2 and all(v["trained_until"] < v["valid_from"] for v in versions)
+    frozen, fresh = table["teacher, frozen"][0], table["teacher, fresh"][0]
+    assert frozen["seen/rows"] + frozen["new/rows"] == 200
+    assert frozen["ndcg@10"] != fresh["ndcg@10"]  # lr 1e-2 on 300 rows moves an untrained teacher
