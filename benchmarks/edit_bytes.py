@@ -1,7 +1,7 @@
 """Bytes on the wire per adaptation, measured from the cloud's HTTP responses, per edit encoding.
 
 Starts the real cloud service (``persona serve --role cloud``) on 127.0.0.1 serving the edit source
-``--source`` (``cloud.edit_source``: ``adapter``, the trained adapter + prototype bank; ``distilled``, the edit
+``--source`` (``serve.cloud.edit_source``: ``adapter``, the trained adapter + prototype bank; ``distilled``, the edit
 distilled from the teacher, by default the main job's checkpoints), fetches the bank snapshot as a device does
 (``GET /v1/prototypes``, once, then cached), and asks ``POST /v1/edits`` for the same real histories (the last
 20 items of test-split rows) in each encoding. For each encoding: response bytes (mean / max, the whole HTTP
@@ -60,7 +60,7 @@ def ask_cloud(ckpt: Path, source: str, histories: list[list[str]]) -> tuple[byte
         port = free_port()
         cmd = serve_command("cloud", port, [f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}",
                                             f"data.workdir={ROOT / 'data' / 'atomic'}", f"output_dir={ROOT / 'runs'}",
-                                            f"cloud.edit_source={source}"])  # fmt: skip
+                                            f"serve.cloud.edit_source={source}"])  # fmt: skip
         proc = start_service(cmd, port, Path(tmp) / "cloud.log", "cloud")
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
@@ -111,7 +111,7 @@ def score_encodings(runtime: DeviceRuntime, histories: list[list[str]], answers:
 def report(args, snapshot: PrototypeSnapshot, meta: dict, results: dict) -> str:
     lines = [
         f"# Bytes per adaptation on the wire ({args.dataset}, {args.model} seed 0, {meta['rows']} test histories, "
-        f"cloud.edit_source={args.source})",
+        f"serve.cloud.edit_source={args.source})",
         "",
         "Measured as the HTTP response bodies of `POST /v1/edits` that a device receives from the real cloud "
         f"service (`{snapshot.version}`; the response head, status line and headers, beside it); the bank snapshot "
@@ -137,7 +137,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--model", default="sasrec")
     parser.add_argument("--rows", type=int, default=200)
-    parser.add_argument("--source", choices=["adapter", "distilled"], default="adapter", help="cloud.edit_source")
+    parser.add_argument("--source", choices=["adapter", "distilled"], default="adapter", help="serve.cloud.edit_source")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     return parser.parse_args()
 

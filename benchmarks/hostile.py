@@ -67,7 +67,7 @@ BATCH = 1000  # events per flood request (the API's maximum)
 LONG_HISTORY = 10_000  # unknown ids in the hostile rank's `history` (the API's maximum)
 LONG_RANKS = 20  # rank requests with that history in group 4
 NEIGHBOURS = 8  # connections the normal users rank over
-NEIGHBOUR_USERS = 200  # normal users, each with its own token, each well under serve.user_rate_per_s
+NEIGHBOUR_USERS = 200  # normal users, each with its own token, each well under serve.device.user_rate_per_s
 NEIGHBOUR_HISTORY = 50  # catalogue items each normal user stores
 NEIGHBOUR_REQUESTS = 2000  # normal rank requests per phase
 FLOOD_CONNECTIONS = 2  # hostile connections per kind (events, long-history ranks) while the neighbours rank
@@ -80,9 +80,10 @@ IDLE_HOLD_S = 12.0  # serve.http.header_timeout_s is 10 s
 PROBES = 50  # requests of each kind on new connections while the idle ones are held
 FOUR_XX = tuple(range(400, 500))
 # docs/security.md: a well-formed event refused for the server's state (a timestamp past its clock + skew, the user's
-# serve.max_unknown_items reached) is a 409 naming the field, nothing of the request stored (it was 422 before)
+# serve.device.max_unknown_items reached) is a 409 naming the field, nothing of the request stored (it was 422 before)
 STATE_REFUSAL = 409
-RATE_REFUSAL = 429  # a user token past serve.user_rate_per_s / serve.user_burst, refused before the body is read
+# a user token past serve.device.user_rate_per_s / serve.device.user_burst, refused before the body is read
+RATE_REFUSAL = 429
 CONN_ERRORS = (OSError, asyncio.IncompleteReadError, IndexError, ValueError)
 
 
@@ -99,8 +100,9 @@ class Target:
 
 
 def serve_command(ckpt: Path, tmp: Path, port: int, cloud_port: int) -> list[str]:
-    return local_services.serve_command("all", port, [f"serve.checkpoint={ckpt}", f"serve.db_path={tmp / 'events.db'}",
-                                                      f"serve.prototype_cache={tmp / 'prototypes.json'}"],
+    return local_services.serve_command("all", port, [f"serve.checkpoint={ckpt}",
+                                                      f"serve.device.db_path={tmp / 'events.db'}",
+                                                      f"serve.device.prototype_cache={tmp / 'prototypes.json'}"],
                                         cloud_port=cloud_port)  # fmt: skip
 
 
@@ -423,7 +425,8 @@ def long_history_body() -> bytes:
 
 
 def flood_cases(t: Target, hostile: dict, n_events: int, cap: int) -> list[Case]:
-    """Batches of distinct unknown ids: those within ``serve.max_unknown_items`` accepted, the rest refused whole."""
+    """Batches of distinct unknown ids: those within ``serve.device.max_unknown_items`` accepted, the rest refused
+    whole."""
     cases = []
     for start in range(0, n_events, BATCH):
         n = min(BATCH, n_events - start)
@@ -839,7 +842,7 @@ def md_flood(g: dict) -> list[str]:
         f"{g['flood_events']:,} events of one user (its own token) on distinct item ids outside the catalogue, "
         f"{BATCH:,} per request: {g['batches_sent']} requests in {g['flood_seconds']} s, by status "
         f"{statuses_text(g['batches_by_status'])}; {g['events_accepted']:,} events accepted "
-        f"(`serve.max_unknown_items` = {g['max_unknown_items']:,}); latency per request p50 {lat['p50_ms']} ms, "
+        f"(`serve.device.max_unknown_items` = {g['max_unknown_items']:,}); latency per request p50 {lat['p50_ms']} ms, "
         f"p99 {lat['p99_ms']} ms.",
         "",
         f"Then {LONG_RANKS} × `POST /v1/rank` with its `user_id` and a {rank['history']:,}-item unknown `history` "
@@ -961,7 +964,7 @@ def attack(t: Target, n_events: int, cap: int) -> dict:
 
 
 def run(ckpt: Path, n_events: int, meta: dict) -> dict:
-    cap = load_app_config().serve.max_unknown_items
+    cap = load_app_config().serve.device.max_unknown_items
     with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
         tmp, (port, cloud_port) = Path(tmp), free_ports(2)
         cmd, log = serve_command(ckpt, tmp, port, cloud_port), Path(tmp) / "server.log"

@@ -16,20 +16,20 @@ static base model, so the replay with the cloud always answering can be compared
 Conditions: ``exact`` (a cloud edit for every new event, budget 10 s: what ``served`` measures),
 ``exact-fp32`` (the same with dense fp32 edits on the wire instead of codes), ``default`` (the shipped
 serve config), ``default-unbatched`` (the same against a cloud that answers each edit request in its own
-forward pass, ``serve.max_batch=1``: the cloud before :mod:`serving.edit_batcher`), ``cloud-down`` (dead
-cloud, the cached bank only; ``cloud-down-ungated`` and ``default-ungated`` with ``serve.cache_gate=false``:
+forward pass, ``serve.cloud.max_batch=1``: the cloud before :mod:`serving.edit_batcher`), ``cloud-down`` (dead
+cloud, the cached bank only; ``cloud-down-ungated`` and ``default-ungated`` with ``serve.device.cache_gate=false``:
 every cached prototype's edit served, also those that did not beat the base head on validation), ``slow``
 (a link that adds 50 ms each way: answers 100 ms late, past the 50 ms budget) and
 ``throttled`` (the default config over a link with +20 ms each way and 1 Mbit/s), ``exact-dynamic``
-(``exact`` against a cloud whose bank learns from the replayed traffic, ``serve.dynamic_bank=true``: what
+(``exact`` against a cloud whose bank learns from the replayed traffic, ``serve.cloud.dynamic_bank=true``: what
 ``served-dyn`` measures offline; not in the default set, nor are the ``-ungated`` ones). Those clouds serve the
-adapter (``cloud.edit_source=adapter``); ``exact-distilled`` and ``default-distilled`` are ``exact`` and
-``default`` against a cloud serving the edit distilled from the teacher (``cloud.edit_source=distilled``, the
+adapter (``serve.cloud.edit_source=adapter``); ``exact-distilled`` and ``default-distilled`` are ``exact`` and
+``default`` against a cloud serving the edit distilled from the teacher (``serve.cloud.edit_source=distilled``, the
 teacher the main job's checkpoints: what ``make serve`` serves), beside the offline ``distilled_edit`` of each
 row (:meth:`llm_cloud.distill_editor.DistilledEditor.solve`, the item delta included); ``every-event-distilled`` (not
 by default) asks it on every event within the default budget; ``cloud-down-distilled``, a dead cloud with that
 cloud's bank cached (its item delta, no edit). Then the request-rate
-curve: policy ``drift`` against ``random`` (``serve.request_policy``)
+curve: policy ``drift`` against ``random`` (``serve.device.request_policy``)
 at each ``--rates`` value, budget 10 s so that only the policy decides what is served (rate 0 is the
 cached bank alone; rate 1 is ``exact``). Each condition reports the adaptation-source shares, cloud
 edit requests per event, downlink bytes per edit response (measured on the relay: everything the
@@ -65,31 +65,32 @@ from serving.replay_client import run_condition
 ROOT = Path(__file__).resolve().parents[1]
 
 API_KEY = "bench-replay-key"
-LONG_BUDGET = ["serve.budget_ms=10000"]  # the cloud always answers in time: only the policy decides
+LONG_BUDGET = ["serve.device.budget_ms=10000"]  # the cloud always answers in time: only the policy decides
 SLOW_MS = 100  # the `slow` link's added round trip
 CONDITIONS = {
-    "exact": {"device": ["serve.refresh_every=1", *LONG_BUDGET]},
-    "exact-fp32": {"device": ["serve.refresh_every=1", "serve.edit_encoding=fp32", *LONG_BUDGET]},
+    "exact": {"device": ["serve.device.refresh_every=1", *LONG_BUDGET]},
+    "exact-fp32": {"device": ["serve.device.refresh_every=1", "serve.device.edit_encoding=fp32", *LONG_BUDGET]},
     "default": {"device": []},
-    "default-ungated": {"device": ["serve.cache_gate=false"]},
+    "default-ungated": {"device": ["serve.device.cache_gate=false"]},
     "default-unbatched": {"device": [], "cloud": "unbatched"},
     "cloud-down": {"device": [], "cloud": None},
-    "cloud-down-ungated": {"device": ["serve.cache_gate=false"], "cloud": None},  # every cached edit (no gate)
+    "cloud-down-ungated": {"device": ["serve.device.cache_gate=false"], "cloud": None},  # every cached edit (no gate)
     "slow": {"device": [], "link": (SLOW_MS / 2e3, None)},  # each way: the round trip SLOW_MS longer
     "throttled": {"device": [], "link": (0.020, 1_000_000)},
-    "exact-dynamic": {"device": ["serve.refresh_every=1", *LONG_BUDGET], "cloud": "dynamic"},
-    "exact-distilled": {"device": ["serve.refresh_every=1", *LONG_BUDGET], "cloud": "distilled"},
+    "exact-dynamic": {"device": ["serve.device.refresh_every=1", *LONG_BUDGET], "cloud": "dynamic"},
+    "exact-distilled": {"device": ["serve.device.refresh_every=1", *LONG_BUDGET], "cloud": "distilled"},
     "default-distilled": {"device": [], "cloud": "distilled"},
-    "every-event-distilled": {"device": ["serve.refresh_every=1"], "cloud": "distilled"},  # asks per event, 50 ms
+    # asks per event, 50 ms
+    "every-event-distilled": {"device": ["serve.device.refresh_every=1"], "cloud": "distilled"},
     "cloud-down-distilled": {"device": [], "cloud": None, "bank": "distilled"},  # the distilled bank's item delta
 }
 OPTIONAL = ("exact-dynamic", "cloud-down-ungated", "default-ungated", "every-event-distilled")  # not by default
-ADAPTER = "cloud.edit_source=adapter"
+ADAPTER = "serve.cloud.edit_source=adapter"
 CLOUDS = {  # cloud processes by kind: the overrides each is started with
     "live": [ADAPTER],
-    "unbatched": [ADAPTER, "serve.max_batch=1"],  # a forward pass per edit request (no serving.edit_batcher batches)
-    "dynamic": [ADAPTER, "serve.dynamic_bank=true"],  # the bank learns from the replayed traffic (served-dyn)
-    "distilled": ["cloud.edit_source=distilled"],  # the teacher's distilled edit (default teacher: the main job's)
+    "unbatched": [ADAPTER, "serve.cloud.max_batch=1"],  # a forward pass per edit request (no edit_batcher batches)
+    "dynamic": [ADAPTER, "serve.cloud.dynamic_bank=true"],  # the bank learns from the replayed traffic (served-dyn)
+    "distilled": ["serve.cloud.edit_source=distilled"],  # the teacher's distilled edit (default teacher: main job's)
 }
 DISTILLED = [name for name, spec in CONDITIONS.items() if spec.get("cloud") == "distilled"]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -106,7 +107,7 @@ def seed_rows(args, ckpt: Path, names: list[str]):
                                      f"output_dir={args.runs}"])  # fmt: skip
     distilled = any(n in DISTILLED for n in names)
     return load_rows(cfg, ckpt, args.users, seed=0, teachers=teacher_dirs(cfg, ckpt) if distilled else None,
-                     distill=cfg.cloud.distill)  # fmt: skip
+                     distill=cfg.serve.cloud.distill)  # fmt: skip
 
 
 def start_clouds(ckpt: Path, names: list[str], runs: str, tmp: Path) -> dict[str, tuple]:
@@ -145,7 +146,7 @@ def condition_spec(name: str, curve_extra: list[str]) -> tuple[list[str], str | 
         spec = CONDITIONS[name]
         return spec["device"], spec.get("cloud", "live"), spec.get("link"), spec.get("bank")
     policy, rate = ("drift", 0.0) if name == "rate-0" else name.rsplit("-", 1)
-    extra = [f"serve.request_policy={policy}", f"serve.request_rate={rate}", *LONG_BUDGET, *curve_extra]
+    extra = [f"serve.device.request_policy={policy}", f"serve.device.request_rate={rate}", *LONG_BUDGET, *curve_extra]
     return extra, "live", None, None
 
 
@@ -156,7 +157,7 @@ def one_condition(name: str, ckpt: Path, rows, clouds: dict, snapshots: dict, tm
     work.mkdir(parents=True, exist_ok=True)
     shutil.copy(snapshots[bank or cloud or "live"], work / "prototypes.json")
     device = [f"serve.checkpoint={ckpt}", f"data.workdir={ROOT / 'data' / 'atomic'}",
-              f"serve.db_path={work / 'events.db'}", f"serve.prototype_cache={work / 'prototypes.json'}",
+              f"serve.device.db_path={work / 'events.db'}", f"serve.device.prototype_cache={work / 'prototypes.json'}",
               f"serve.api_key={API_KEY}", f"serve.operator_key={API_KEY}"]  # fmt: skip
     res = run_condition(name, extra, rows, args.lanes, API_KEY, work / "device.log", device,
                         None if cloud is None else clouds[cloud][1], link)  # fmt: skip
@@ -333,7 +334,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--conditions", default=",".join(c for c in CONDITIONS if c not in OPTIONAL))
     parser.add_argument("--no-curve", action="store_true")
     parser.add_argument("--curve-extra", nargs="*", default=[], help="device overrides for every curve point "
-                        "(e.g. serve.edit_max_age=5)")
+                        "(e.g. serve.device.edit_max_age=5)")
     parser.add_argument("--runs", default=str(ROOT / "runs"), help="the runs root holding <dataset>/<model>/seed<N>")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     parser.add_argument("--name", default="replay", help="report file stem under --out")

@@ -3,8 +3,8 @@ route (the floor), side by side in one run.
 
 For each dataset, start on 127.0.0.1 at once: the floor (a FastAPI app whose ``POST /v1/rank`` parses the JSON
 body and returns a fixed small JSON answer, served by the same uvicorn settings as the services: httptools +
-uvloop, the same HTTP guards), and ``persona serve --role device`` once per target runtime (``serve.runtime``
-torch / onnx; ``:b1`` appended means ``serve.max_batch=1``), each with ``--workers`` workers and one model thread
+uvloop, the same HTTP guards), and ``persona serve --role device`` once per target runtime (``serve.device.runtime``
+torch / onnx; ``:b1`` appended means ``serve.device.max_batch=1``), each with ``--workers`` workers and one model thread
 per worker. Store 50 events for each of 200 users on every device, then send rank requests (by user id, k=10,
 seen items excluded, no cloud: base head) from a small asyncio HTTP/1.1 keep-alive client in this process with
 each connection count (closed loop), the targets in turns within each round and ``--rounds`` rounds, so every
@@ -107,8 +107,9 @@ def start_device(ckpt: Path, workers: int, tmp: Path, extra: list[str] = ()) -> 
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     cmd = serve_command("device", port, [
-        f"serve.checkpoint={ckpt}", f"data.workdir={ROOT / 'data' / 'atomic'}", f"serve.db_path={tmp / 'events.db'}",
-        f"serve.prototype_cache={tmp / 'prototypes.json'}", f"serve.operator_key={OPERATOR_KEY}", *extra,
+        f"serve.checkpoint={ckpt}", f"data.workdir={ROOT / 'data' / 'atomic'}",
+        f"serve.device.db_path={tmp / 'events.db'}", f"serve.device.prototype_cache={tmp / 'prototypes.json'}",
+        f"serve.operator_key={OPERATOR_KEY}", *extra,
     ], workers=workers)  # fmt: skip
     return start_service(cmd, port, tmp / "server.log", "device"), port
 
@@ -153,11 +154,12 @@ AUTH_LINE = f"Authorization: Bearer {OPERATOR_KEY}\r\n"
 
 
 def target_overrides(target: str) -> list[str]:
-    """``torch`` / ``onnx``: ``serve.runtime``; a ``:b1`` suffix: batch-1 scoring (``serve.max_batch=1``)."""
+    """``torch`` / ``onnx``: ``serve.device.runtime``; a ``:b1`` suffix: batch-1 scoring
+    (``serve.device.max_batch=1``)."""
     runtime, _, mode = target.partition(":")
     if runtime not in ("torch", "onnx") or mode not in ("", "b1"):
         raise SystemExit(f"unknown target {target!r}: floor, torch, onnx, torch:b1, onnx:b1")
-    return [f"serve.runtime={runtime}", *(["serve.max_batch=1"] if mode == "b1" else [])]
+    return [f"serve.device.runtime={runtime}", *(["serve.device.max_batch=1"] if mode == "b1" else [])]
 
 
 def batch_counts(port: int) -> tuple[float, float]:
@@ -286,8 +288,9 @@ def write_reports(rows: list[dict], phases: list[dict], bare: dict, out: Path, m
         "(it competes with the servers for the cores). Every target is up for the whole run and the phases go in "
         f"turns (targets within each connection count, {meta['rounds']} rounds; medians over the rounds). Requests "
         "rank by user id (50 stored events), k=10, seen items excluded, no cloud (base head), micro-batched as "
-        f"configured (`serve.max_batch={meta['max_batch']}`, `serve.batch_wait_ms={meta['batch_wait_ms']}`; a "
-        "`:b1` target: `serve.max_batch=1`). floor = a FastAPI route that parses the body and returns a fixed "
+        f"configured (`serve.device.max_batch={meta['max_batch']}`, "
+        f"`serve.device.batch_wait_ms={meta['batch_wait_ms']}`; a "
+        "`:b1` target: `serve.device.max_batch=1`). floor = a FastAPI route that parses the body and returns a fixed "
         "answer, on the same server settings; over floor = p50 − the floor's p50 in the same round.",
         "",
         "## Side by side",
@@ -344,7 +347,7 @@ def main() -> int:
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "command": "python " + " ".join(["benchmarks/serve_load.py", *sys.argv[1:]]),
         "torch": torch.__version__, "targets": args.targets.split(","), "rounds": args.rounds,
-        "max_batch": serve.max_batch, "batch_wait_ms": serve.batch_wait_ms,
+        "max_batch": serve.device.max_batch, "batch_wait_ms": serve.device.batch_wait_ms,
     }
     phases, bare = [], {}
     for dataset in args.datasets.split(","):

@@ -1,12 +1,12 @@
 """Loopback load benchmark of the cloud service's ``POST /v1/edits``: 1 vs N uvicorn workers, batch-1 vs batched,
-per edit source (``cloud.edit_source``: ``adapter``, the adapter + prototype bank; ``distilled``, the teacher's
+per edit source (``serve.cloud.edit_source``: ``adapter``, the adapter + prototype bank; ``distilled``, the teacher's
 distilled edit: one teacher pass and one batched solve per batch).
 
 The cloud role holds no per-request state (every worker loads the same read-only adapter + prototype
 bank), so replicas behind any load balancer answer identically; here the replicas are uvicorn worker
 processes sharing one port. Each worker answers concurrent requests in shared forward passes
-(``serve.max_batch``; 1 = one forward pass per request, as before :mod:`serving.edit_batcher`). For each
-worker count × ``serve.max_batch``: start ``persona serve --role cloud --workers N`` on 127.0.0.1 (one
+(``serve.cloud.max_batch``; 1 = one forward pass per request, as before :mod:`serving.edit_batcher`). For each
+worker count × ``serve.cloud.max_batch``: start ``persona serve --role cloud --workers N`` on 127.0.0.1 (one
 torch thread per worker), warm every worker up, then send a bounded number of edit requests (200 real
 ml-100k-style histories of 20 item ids) from the asyncio keep-alive client :func:`serving.load_gen.load` with
 ``--concurrency`` connections. Prints requests/s, p50/p99, errors, the mean requests per forward pass
@@ -50,7 +50,7 @@ def start_cloud(ckpt: Path, workers: int, max_batch: int, tmp: Path, source: str
     port = free_port()
     cmd = serve_command("cloud", port, [
         f"serve.checkpoint={ckpt}", f"serve.api_key={API_KEY}", f"data.workdir={ROOT / 'data' / 'atomic'}",
-        f"serve.max_batch={max_batch}", f"output_dir={ROOT / 'runs'}", f"cloud.edit_source={source}",
+        f"serve.cloud.max_batch={max_batch}", f"output_dir={ROOT / 'runs'}", f"serve.cloud.edit_source={source}",
     ], workers=workers)  # fmt: skip
     return start_service(cmd, port, tmp / "cloud.log", "cloud"), port
 
@@ -106,7 +106,8 @@ def write_report(rows: list[dict], meta: dict, out: Path, name: str) -> None:
         f"{meta['machine']}; load average at start {meta['loadavg_start']}, end {meta['loadavg_end']}; uvicorn "
         "workers on one port, one torch thread each; each request = for a 20-item history, `adapter`: adapter "
         "forward + prototype assignment + residual edit; `distilled`: the teacher's log-probabilities + the "
-        "distilled edit's solve (`cloud.distill`); `max_batch` = `serve.max_batch` (1: a forward pass per request; "
+        "distilled edit's solve (`serve.cloud.distill`); `max_batch` = `serve.cloud.max_batch` (1: a forward pass "
+        "per request; "
         "else concurrent requests share one); mean batch = requests per forward pass (the cloud's "
         "`persona_edit_batch_size`); ms / edit = 1000 / req/s; client = asyncio HTTP/1.1 keep-alive on the same "
         "machine.",
@@ -131,9 +132,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--max-seconds", type=float, default=30.0)
-    parser.add_argument("--max-batch", default="1,64", help="serve.max_batch values (1 = a forward pass each)")
+    parser.add_argument("--max-batch", default="1,64", help="serve.cloud.max_batch values (1 = a forward pass each)")
     parser.add_argument("--concurrency", type=int, default=8, help="connections")
-    parser.add_argument("--sources", default="adapter", help="cloud.edit_source values: adapter and/or distilled")
+    parser.add_argument("--sources", default="adapter", help="serve.cloud.edit_source values: adapter and/or distilled")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     parser.add_argument("--name", default="serve_load_cloud", help="report file stem under --out")
     return parser.parse_args()

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="run the device and/or cloud services (uvicorn, 127.0.0.1 by default)")
     add_common(p)
     p.add_argument("--role", choices=["device", "cloud", "all"], help="which service (default: serve.role)")
-    p.add_argument("--cloud-url", help="the device's cloud service URL (default: serve.cloud_url)")
+    p.add_argument("--cloud-url", help="the device's cloud service URL (default: serve.device.cloud_url)")
     p.add_argument("--host", help="bind address (default: serve.host)")
     p.add_argument("--port", type=int, help="device port (role device/all; default: serve.port)")
     p.add_argument("--cloud-port", type=int, help="cloud port (role cloud/all; default: serve.cloud_port)")
@@ -24,7 +24,7 @@ def run_serve(args) -> int:
     from serving.server import serve
     from serving.web import setup_json_logging
 
-    flags = {"role": args.role, "cloud_url": args.cloud_url, "host": args.host, "port": args.port,
+    flags = {"role": args.role, "device.cloud_url": args.cloud_url, "host": args.host, "port": args.port,
              "cloud_port": args.cloud_port, "workers": args.workers}
     overrides = [f"serve.{k}={v}" for k, v in flags.items() if v is not None]
     cfg = load_app_config(args.config, [*args.overrides, *overrides])

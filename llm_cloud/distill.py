@@ -12,15 +12,16 @@ the device's own path with the edit reproduces the teacher).
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from recsys.config import StrictConfig
 from recsys.models import EditableSeqRec, HeadEdit
 
 
-class DistillConfig(BaseModel):
+class DistillConfig(StrictConfig):
     """Solver settings: a fixed number of batched Adam steps (on the CPU) and the edit's clip."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)  # with the base's: an unknown key is an error
 
     steps: int = Field(60, ge=1, description="Adam steps per batch")
     lr: float = Field(0.05, gt=0, description="Adam learning rate")

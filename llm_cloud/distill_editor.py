@@ -1,4 +1,4 @@
-"""The cloud's distilled edit as an :class:`~llm_cloud.editor.Editor` (``cloud.edit_source=distilled``).
+"""The cloud's distilled edit as an :class:`~llm_cloud.editor.Editor` (``serve.cloud.edit_source=distilled``).
 
 It holds the device's model (the served checkpoint) and the teacher (:class:`~llm_cloud.teacher.EnsembleTeacher`)
 and answers each batch of devices with one teacher pass and one batched solve
@@ -54,7 +54,7 @@ class DistilledEditor:
         device_dir = Path(device_dir)
         teacher_dirs = [Path(p) for p in teacher_dirs]
         if not teacher_dirs:
-            raise CheckpointError("the distilled edit needs a teacher: set cloud.teacher=[DIR,...] or train one "
+            raise CheckpointError("the distilled edit needs a teacher: set serve.cloud.teacher=[DIR,...] or train one "
                                   "(`make run`)")  # fmt: skip
         device, _, tokens = read(device_dir)
         try:
@@ -68,7 +68,7 @@ class DistilledEditor:
             teacher.check_serves(tokens, f"the served checkpoint {device_dir}")
             return cls(device, teacher, cfg, version(device_dir, teacher_dirs, cfg), delta)
         except ValueError as exc:
-            raise CheckpointError(f"cloud.teacher cannot teach this device: {exc}") from exc
+            raise CheckpointError(f"serve.cloud.teacher cannot teach this device: {exc}") from exc
 
     def solve(self, seq: torch.Tensor, length: torch.Tensor, states: torch.Tensor | None = None) -> HeadEdit:
         """The batched edit (last layer's bias ``[B, D]``) for right-padded histories ``seq`` of ``length`` items

@@ -203,7 +203,7 @@ def count_outcomes(base: EditableSeqRec, bank: PrototypeBank, state: torch.Tenso
 def absorb(bank: PrototypeBank, served: Served) -> None:
     """A dynamic bank takes in the windows it has just answered (:func:`llm_cloud.prototype_online.absorb_rows`:
     an out-of-distribution one opens a new prototype, the others refine theirs). With :func:`count_outcomes`,
-    the one dynamic update behind the cloud (``serve.dynamic_bank``) and the ``served-dyn`` / ``proto-dyn``
+    the one dynamic update behind the cloud (``serve.cloud.dynamic_bank``) and the ``served-dyn`` / ``proto-dyn``
     methods."""
     absorb_rows(bank, served.assigned, served.prototype < 0, served.codes.flatten(1),
                 served.edit.dW + served.edit.db, served.state)

@@ -11,7 +11,7 @@ what the cloud service answers (:func:`llm_cloud.editor.served_edit`: prototype 
 window's own edit when out of distribution, the configured bank variant, frozen); ``served-dyn`` the same
 with the bank learning from the test period as it streams in time order — answered windows refine their
 prototypes or open new ones, consumed items count into the OOD score (:func:`llm_cloud.editor.absorb`,
-:func:`~llm_cloud.editor.count_outcomes`) — as the service runs it with ``serve.dynamic_bank=true``;
+:func:`~llm_cloud.editor.count_outcomes`) — as the service runs it with ``serve.cloud.dynamic_bank=true``;
 ``cached`` what a device serves from its cached bank alone (cloud slow or down): its nearest signature's
 edit where the snapshot's ``cache_ok`` allows it and the device is not out of distribution, else the base
 head (no adapter, no cloud call).
@@ -203,7 +203,7 @@ class MethodEvaluator:
                    learns: bool = False, **options):
         """Rank with :func:`served_edit` of ``bank`` (``options``: its ``residual`` / ``ood_override`` /
         ``distance``), recording each row's OOD score, prototype distance and base entropy. ``dynamic``: after
-        answering, the bank learns what the cloud's live bank learns (``serve.dynamic_bank``); ``learns``:
+        answering, the bank learns what the cloud's live bank learns (``serve.cloud.dynamic_bank``); ``learns``:
         also the prequential head steps (``prototypes.online_lr``) on the rows it served a prototype."""
         base, table, context = self.base, self.inputs.table_for(adapter), self.inputs.context_for(adapter)
 

@@ -1,4 +1,4 @@
-"""What a dynamic prototype bank learns while the test period streams in (the cloud's ``serve.dynamic_bank``,
+"""What a dynamic prototype bank learns while the test period streams in (the cloud's ``serve.cloud.dynamic_bank``,
 the ``proto-dyn`` and ``served-dyn`` methods).
 
 Answered windows, in time order, pull their prototype's centre, head and signature along (:func:`refine`),

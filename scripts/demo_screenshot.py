@@ -44,8 +44,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="persona-demo-") as tmp:
         port, cloud_port = free_ports(2)
-        cmd = serve_command("all", port, [f"serve.db_path={tmp}/events.db",
-                                          f"serve.prototype_cache={tmp}/prototypes.json", "serve.api_key=demo-key"],
+        cmd = serve_command("all", port, [f"serve.device.db_path={tmp}/events.db",
+                                          f"serve.device.prototype_cache={tmp}/prototypes.json",
+                                          "serve.api_key=demo-key"],
                             cloud_port=cloud_port)  # fmt: skip
         proc = start_service(cmd, port, Path(tmp) / "serve.log", "persona serve")
         opts = webdriver.ChromeOptions()

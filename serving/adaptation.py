@@ -7,9 +7,9 @@ user's cached cloud edit), in this order:
 2. a cached cloud edit that is current for this history (:mod:`serving.edit_cache`): that edit;
 3. a request policy other than ``refresh`` decides once per new event whether to ask
    (:mod:`serving.request_policy`); when it does not, the user's edit of this bank is reused (at most
-   ``serve.edit_max_age`` events old), else the fallback;
+   ``serve.device.edit_max_age`` events old), else the fallback;
 4. the breaker open: the fallback; else the cloud is asked (sharing a request in flight for the same history) and
-   waited for at most ``serve.budget_ms``. Over budget or failing: the fallback, and the late answer still fills
+   waited for at most ``serve.device.budget_ms``. Over budget or failing: the fallback, and the late answer still fills
    the cache (background catch-up).
 
 The fallback is the nearest cached prototype's edit where the bank's OOD rule and cache gate allow it
@@ -31,7 +31,7 @@ from serving.engine import Engine, Row
 from serving.metrics import Metrics
 from serving.rank_input import RankInput
 from serving.request_policy import RequestPolicy
-from serving.serve_config import ServeConfig
+from serving.serve_config import DeviceConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ BASE = Choice("base", None, None, None)
 class Adaptation:
     """The decision and the edit for each request (see the module docstring); ``client`` None: no cloud."""
 
-    def __init__(self, engine: Engine, client: CloudClient | None, s: ServeConfig, metrics: Metrics):
+    def __init__(self, engine: Engine, client: CloudClient | None, s: DeviceConfig, metrics: Metrics):
         self.engine, self.client, self.s, self.metrics = engine, client, s, metrics
         self.policy = None if s.request_policy == "refresh" else RequestPolicy(s.request_policy, s.request_rate)
         self.cache = EditCache(s.edit_cache_size, s.refresh_every if self.policy is None else None)
@@ -101,7 +101,7 @@ class Adaptation:
         return asked
 
     def _reuse(self, usable: CachedEdit | None, n_events: int, prototype: int | None) -> Choice:
-        """The user's edit of this bank while the policy does not ask, unless older than ``serve.edit_max_age``
+        """The user's edit of this bank while the policy does not ask, unless older than ``serve.device.edit_max_age``
         events (a stale edit can rank below the fallback)."""
         limit = self.s.edit_max_age
         fresh = usable is not None and usable.received is not None and (
@@ -109,7 +109,7 @@ class Adaptation:
         return _from_cloud(usable.received) if fresh else self.fallback(prototype)
 
     async def _ask(self, key: str, inp: RankInput, row: Row) -> Choice:
-        """Ask the cloud (or join the request in flight for this history); wait at most ``serve.budget_ms``."""
+        """Ask the cloud (or join the request in flight for this history); wait at most ``serve.device.budget_ms``."""
         bank = self.engine.bank_version
         request = self.cache.joinable(key, inp.n_events, row.prototype, bank)
         if request is None:

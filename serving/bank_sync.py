@@ -1,5 +1,5 @@
 """The device's copy of the cloud's prototype bank: loaded from the cache file at start, refetched in the
-background every ``serve.prototypes_refresh_s`` while the cloud is reachable (``ETag``: an unchanged bank costs a
+background every ``serve.device.prototypes_refresh_s`` while the cloud is reachable (``ETag``: an unchanged bank costs a
 304), kept in the engine and written back to the file, so a restarted device works offline."""
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """The cloud service: edits for devices, the prototype bank snapshot, embeddings; API key on all but health.
 
-The editor is chosen by ``cloud.edit_source`` (:func:`edit_source`): the edit distilled from a teacher
+The editor is chosen by ``serve.cloud.edit_source`` (:func:`edit_source`): the edit distilled from a teacher
 (:class:`llm_cloud.distill_editor.DistilledEditor`) or the adapter + prototype bank
 (:func:`llm_cloud.editor.load_editor`); it is held in one immutable :class:`CloudState`. A reload
 (``POST /admin/reload``, or a changed file in the checkpoint, adapter or teacher dirs, polled every
-``serve.reload_poll_s``) builds the new state in a thread and swaps the reference,
+``serve.cloud.reload_poll_s``) builds the new state in a thread and swaps the reference,
 so requests in flight finish on the state they started with and none is dropped. Concurrent edit requests
-are answered together, one forward pass per batch (:mod:`serving.edit_batcher`, up to ``serve.max_batch``).
+are answered together, one forward pass per batch (:mod:`serving.edit_batcher`, up to ``serve.cloud.max_batch``).
 """
 
 from __future__ import annotations
@@ -79,15 +79,15 @@ class CloudService:
     """Loads the checkpoint's vocabulary and the editor; reloads both when their files change."""
 
     def __init__(self, cfg: AppConfig, checkpoint_dir: Path, editor_factory: EditorFactory | None = None):
-        self.cfg, self.s = cfg, cfg.serve
+        self.cfg, self.s, self.c = cfg, cfg.serve, cfg.serve.cloud
         self.checkpoint_dir = Path(checkpoint_dir)
         # default: the artifacts `persona adapter` writes beside the checkpoint (base editor when absent)
         self.adapter_dir = (
-            Path(cfg.serve.adapter_dir) if cfg.serve.adapter_dir else run_layout.adapter_dir(self.checkpoint_dir)
+            Path(self.c.adapter_dir) if self.c.adapter_dir else run_layout.adapter_dir(self.checkpoint_dir)
         )
         self._factory = editor_factory
         self.metrics = Metrics("cloud")
-        self.batcher = EditBatcher(self.s.max_batch, self.metrics.edit_batch.observe)
+        self.batcher = EditBatcher(self.c.max_batch, self.metrics.edit_batch.observe)
         self._reload_lock: asyncio.Lock | None = None
         self._fingerprint = self._files_fingerprint()
         self.state = self._build_state()
@@ -113,14 +113,14 @@ class CloudService:
         source = edit_source(self.cfg, teachers)
         log.info("cloud edit source", extra={"source": source, "teacher": [str(t) for t in teachers]})
         if source == "distilled":
-            return DistilledEditor.load(self.checkpoint_dir, teachers, self.cfg.cloud.distill, read)
-        return load_editor(self.checkpoint_dir, dim, self.adapter_dir, self.s.dynamic_bank, self.s.bank_publish_every,
-                           self.s.bank_keep, read)  # fmt: skip
+            return DistilledEditor.load(self.checkpoint_dir, teachers, self.c.distill, read)
+        return load_editor(self.checkpoint_dir, dim, self.adapter_dir, self.c.dynamic_bank, self.c.bank_publish_every,
+                           self.c.bank_keep, read)  # fmt: skip
 
     def _watched_dirs(self) -> list[Path]:
         """The checkpoint dir, and the teacher's dirs unless the adapter is the set source (``auto`` watches them:
         a second checkpoint turns the distilled edit on)."""
-        teachers = [] if self.cfg.cloud.edit_source == "adapter" else teacher_dirs(self.cfg, self.checkpoint_dir)
+        teachers = [] if self.c.edit_source == "adapter" else teacher_dirs(self.cfg, self.checkpoint_dir)
         return [self.checkpoint_dir, *teachers]
 
     def _files_fingerprint(self) -> tuple:
@@ -151,14 +151,14 @@ class CloudService:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self.s.reload_poll_s)
+            await asyncio.sleep(self.c.reload_poll_s)
             if self._files_fingerprint() != self._fingerprint:
                 with contextlib.suppress(Exception):
                     await self.reload()
 
     async def start(self) -> None:
         self._reload_lock = asyncio.Lock()  # bound to the serving loop
-        if self.s.reload_poll_s > 0:
+        if self.c.reload_poll_s > 0:
             self._watcher = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
@@ -197,10 +197,10 @@ def device_state(packed: str, dim: int) -> np.ndarray:
 
 
 def teacher_dirs(cfg: AppConfig, checkpoint_dir: Path) -> list[Path]:
-    """``cloud.teacher``, else the main job's checkpoints of the served checkpoint's dataset: every model's
+    """``serve.cloud.teacher``, else the main job's checkpoints of the served checkpoint's dataset: every model's
     ``<output_dir>/<dataset>/<model>/seed<k>`` for k in ``seeds`` that holds a complete checkpoint."""
-    if cfg.cloud.teacher is not None:
-        return [Path(p) for p in cfg.cloud.teacher]
+    if cfg.serve.cloud.teacher is not None:
+        return [Path(p) for p in cfg.serve.cloud.teacher]
     mark = Path(checkpoint_dir) / run_layout.CHECKPOINT_MARK
     if not mark.is_file():
         return []
@@ -209,13 +209,13 @@ def teacher_dirs(cfg: AppConfig, checkpoint_dir: Path) -> list[Path]:
 
 
 def edit_source(cfg: AppConfig, teachers: list[Path]) -> str:
-    """``cloud.edit_source``; ``auto``: ``distilled`` when the teacher knows more than the device — it was set
-    (``cloud.teacher``), or the default one has two checkpoints or more (one of them is the device's own) —
+    """``serve.cloud.edit_source``; ``auto``: ``distilled`` when the teacher knows more than the device — it was set
+    (``serve.cloud.teacher``), or the default one has two checkpoints or more (one of them is the device's own) —
     else ``adapter``."""
-    source = cfg.cloud.edit_source
+    source = cfg.serve.cloud.edit_source
     if source != "auto":
         return source
-    return "distilled" if cfg.cloud.teacher is not None or len(teachers) >= 2 else "adapter"
+    return "distilled" if cfg.serve.cloud.teacher is not None or len(teachers) >= 2 else "adapter"
 
 
 class LazyBackbone(Backbone):

@@ -1,7 +1,8 @@
 """The device's link to its cloud: async HTTP with hard timeouts, the operator's switch, and the circuit breaker.
 
 The breaker is here and only here (:class:`Breaker`): a failed call (an error, a timeout, a 4xx/5xx, a malformed
-edit) opens it for ``serve.cloud_retry_s``; so do ``serve.breaker_overruns`` of the last ``serve.breaker_window``
+edit) opens it for ``serve.device.cloud_retry_s``; so do ``serve.device.breaker_overruns`` of the last
+``serve.device.breaker_window``
 edit answers that came after the device's budget (:meth:`CloudClient.within`), so a few slow answers under load
 do not send every user to the fallback while a slow cloud is skipped. While it is open, or while the operator
 has cut the cloud (``PUT /v1/cloud``), :attr:`CloudClient.reachable` is false and the device serves alone.

@@ -2,7 +2,7 @@
 
 Each part has one job, in its own module:
 
-- :mod:`serving.engine` — the device model (``serve.runtime``: torch, or onnx on the torch-free runtime);
+- :mod:`serving.engine` — the device model (``serve.device.runtime``: torch, or onnx on the torch-free runtime);
 - :mod:`serving.event_store` + :mod:`serving.event_intake` — durable events, ``POST /v1/events``;
 - :mod:`serving.ranker` — ``POST /v1/rank`` in one pass: input (:mod:`serving.rank_input`) → user state
   (:mod:`serving.rank_batcher`) → decision and edit (:mod:`serving.adaptation`, with :mod:`serving.edit_cache`
@@ -70,7 +70,7 @@ class DeviceService:
 
     def __init__(self, cfg: AppConfig, art: Artifacts, cloud_url: str | None = None, api_key: str | None = None):
         self.cfg, self.s, self.art = cfg, cfg.serve, art
-        s = self.s
+        s = self.s.device
         self.engine = load_engine(cfg, art)
         db_path, self.cache_path = s.state_paths(cfg.output_dir, art.meta.dataset)
         self.metrics = Metrics("device")
@@ -136,8 +136,8 @@ def _caller(request: Request, credential: str) -> Caller | None:
         wait = request.app.state.rate_limit.wait_s(caller.user_id, request_cost(request.headers.get("content-length")))
         if wait > 0:  # closing: the refused body is never read nor parsed
             headers = {"Retry-After": UserRateLimit.retry_after(wait), "Connection": "close"}
-            raise field_error("authorization", "this user's request rate is over serve.user_rate_per_s / "
-                              "serve.user_burst", 429, headers=headers)
+            raise field_error("authorization", "this user's request rate is over serve.device.user_rate_per_s / "
+                              "serve.device.user_burst", 429, headers=headers)
     return caller
 
 
@@ -181,7 +181,7 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
     )
     app.state.service = service
     app.state.credentials = creds = Credentials(operator_key)
-    app.state.rate_limit = UserRateLimit(service.s.user_rate_per_s, service.s.user_burst)
+    app.state.rate_limit = UserRateLimit(service.s.device.user_rate_per_s, service.s.device.user_burst)
     install_error_handlers(app)
     keyed = APIRouter(route_class=key_first_route(check_caller))
     ranker = service.ranker
@@ -190,7 +190,7 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
                 summary="issue a token that covers one user (operator key)")
     async def tokens(body: TokenRequest, caller: CallerDep) -> TokenResponse:
         require_operator(caller)
-        token, expires = creds.issue(body.user_id, body.ttl_s or service.s.user_token_ttl_s)
+        token, expires = creds.issue(body.user_id, body.ttl_s or service.s.device.user_token_ttl_s)
         return TokenResponse(token=token, user_id=body.user_id, expires_at=expires)
 
     @keyed.post("/v1/events", response_model=EventsResponse, responses=EVENTS_ERRORS, openapi_extra=BEARER,

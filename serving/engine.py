@@ -1,7 +1,7 @@
-"""The device model behind one interface, on torch or on the torch-free runtime (``serve.runtime``).
+"""The device model behind one interface, on torch or on the torch-free runtime (``serve.device.runtime``).
 
 ``torch``: :class:`recsys.runtime.DeviceRuntime` on the checkpoint. ``onnx``: :class:`persona_device.runtime.
-OnnxDeviceRuntime` on the checkpoint's ONNX export (``serve.onnx_dir``, default ``<checkpoint>/device-onnx``;
+OnnxDeviceRuntime` on the checkpoint's ONNX export (``serve.device.onnx_dir``, default ``<checkpoint>/device-onnx``;
 :func:`onnx_export_dir` writes it when it is missing or older than the checkpoint). Both read the same snapshot and
 edit JSON and give the same rankings (``tests/serving/test_engine.py``).
 
@@ -187,14 +187,14 @@ class OnnxEngine(Engine):
 
 
 def onnx_export_dir(cfg: AppConfig, art: Artifacts | None = None) -> Path:
-    """``serve.onnx_dir`` (default ``<checkpoint>/device-onnx``), exported from the served checkpoint first when it
-    holds no complete export or one older than the checkpoint (``persona export --format onnx`` writes the same
+    """``serve.device.onnx_dir`` (default ``<checkpoint>/device-onnx``), exported from the served checkpoint first
+    when it holds no complete export or one older than the checkpoint (``persona export --format onnx`` writes the same
     files and also checks them against torch on every test row)."""
     from recsys.checkpoint import load_checkpoint
     from recsys.onnx_export import OnnxExportOptions, export_onnx
 
     ckpt = require_checkpoint(cfg)
-    out = Path(cfg.serve.onnx_dir) if cfg.serve.onnx_dir else run_layout.onnx_dir(ckpt)
+    out = Path(cfg.serve.device.onnx_dir) if cfg.serve.device.onnx_dir else run_layout.onnx_dir(ckpt)
     done, source = out / META_FILE, ckpt / "model.pt"
     if done.is_file() and (not source.is_file() or done.stat().st_mtime >= source.stat().st_mtime):
         return out
@@ -204,9 +204,9 @@ def onnx_export_dir(cfg: AppConfig, art: Artifacts | None = None) -> Path:
 
 
 def load_engine(cfg: AppConfig, art: Artifacts) -> Engine:
-    """The engine ``serve.runtime`` names, on the served checkpoint."""
-    gate = cfg.serve.cache_gate
-    if cfg.serve.runtime == "onnx":
+    """The engine ``serve.device.runtime`` names, on the served checkpoint."""
+    gate = cfg.serve.device.cache_gate
+    if cfg.serve.device.runtime == "onnx":
         rt = OnnxDeviceRuntime.load(onnx_export_dir(cfg, art), threads=1)  # one thread per worker, as torch's
         rt.cache_gate = gate
         return OnnxEngine(rt)

@@ -1,7 +1,7 @@
 """``POST /v1/events`` behind the route: refuse what the server's state rules out, append durably, count.
 
-A timestamp later than server time + ``serve.max_clock_skew_s`` would pin its item last in the history for good;
-an event id stored with another item or time, or a user past ``serve.max_unknown_items`` distinct unknown ids, is
+A timestamp later than server time + ``serve.device.max_clock_skew_s`` would pin its item last in the history for good;
+an event id stored with another item or time, or a user past ``serve.device.max_unknown_items`` distinct unknown ids, is
 refused too. Those are 409 (the request is well-formed; the server's state refuses it) and nothing of the request
 is stored. Events with unknown items are stored all the same and listed.
 """
@@ -25,7 +25,7 @@ class EventIntake:
         latest = time.time() + self.skew_s
         for i, e in enumerate(req.events):
             if e.timestamp is not None and e.timestamp > latest:
-                raise field_error(f"events.{i}.timestamp", "is later than server time + serve.max_clock_skew_s "
+                raise field_error(f"events.{i}.timestamp", "is later than server time + serve.device.max_clock_skew_s "
                                   f"({self.skew_s:g} s; nothing of this request was stored)", 409)
         rows = [(e.event_id, e.user_id, e.item_id, e.timestamp) for e in req.events]  # None: the commit's time
         try:
@@ -36,7 +36,8 @@ class EventIntake:
                               "item or timestamp (nothing of this request was stored)", 409) from exc
         except TooManyUnknownItems as exc:
             raise field_error(f"events.{exc.index}.item_id", f"the user already stores {exc.cap} distinct item ids "
-                              "outside the catalogue (serve.max_unknown_items; nothing of this request was stored)",
+                              "outside the catalogue (serve.device.max_unknown_items; nothing of this request was "
+                              "stored)",
                               409) from exc
         self.metrics.events.labels("inserted").inc(result.inserted)
         self.metrics.events.labels("duplicate").inc(result.duplicates)

@@ -6,7 +6,7 @@
    (ids for the model, the same tokens for the cloud), exclusions, unknown ids;
 2. :meth:`serving.rank_batcher.RankBatcher.encode` — the user state and its fallback prototype (batched);
 3. :meth:`serving.adaptation.Adaptation.choose` — which edit: the cached or fresh cloud edit, the cached
-   prototype's, or the base head (waits for the cloud within ``serve.budget_ms`` when it must ask);
+   prototype's, or the base head (waits for the cloud within ``serve.device.budget_ms`` when it must ask);
 4. :meth:`serving.rank_batcher.RankBatcher.score` — the top-k under that edit (batched);
 
 and builds the answer (tokens and titles looked up by id, a plain dict the route dumps once).

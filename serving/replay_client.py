@@ -139,7 +139,7 @@ def run_condition(name: str, overrides: Sequence[str], rows: Rows, lanes: int, a
         relay = None if cloud_port is None else await Link(cloud_port, *(link or (0.0, None))).start()
         port = free_port()
         cloud_url = f"http://127.0.0.1:{relay.port if relay else free_port()}"
-        cmd = serve_command("device", port, [*device, f"serve.cloud_url={cloud_url}", *overrides])
+        cmd = serve_command("device", port, [*device, f"serve.device.cloud_url={cloud_url}", *overrides])
         proc = await asyncio.to_thread(start_service, cmd, port, log, "device")
         try:
             outcome = await replay(port, rows, lanes, name, api_key)

@@ -1,8 +1,8 @@
 """When the device asks the cloud for a fresh edit, from what it can compute itself.
 
-Three policies (``serve.request_policy``):
+Three policies (``serve.device.request_policy``):
 
-- ``refresh``: every ``serve.refresh_every`` new events of a user, or when its prototype or the bank
+- ``refresh``: every ``serve.device.refresh_every`` new events of a user, or when its prototype or the bank
   changed (the original rule; the request rate follows from the traffic);
 - ``drift``: when the user state has drifted far from the state its cached cloud edit was asked with
   (a device with no edit of the current bank has drifted infinitely: it asks first). The threshold is

@@ -65,7 +65,7 @@ class Event(_Body):
     item_id: Token = Field(..., description="item token of the dataset (e.g. a MovieLens item id)")
     timestamp: StrictFloat | None = Field(
         None, ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False,
-        description="unix seconds, at most server time + serve.max_clock_skew_s; default: time of receipt "
+        description="unix seconds, at most server time + serve.device.max_clock_skew_s; default: time of receipt "
                     "(orders the history)",
     )
 
@@ -170,7 +170,7 @@ TokenTtl = Annotated[StrictInt, Field(ge=60, le=MAX_TOKEN_TTL_S),
 class TokenRequest(_Body):
     user_id: Token = Field(..., description="the one user the token covers")
     ttl_s: TokenTtl | None = Field(
-        None, description="lifetime in seconds, 60 s to 30 days (default serve.user_token_ttl_s)"
+        None, description="lifetime in seconds, 60 s to 30 days (default serve.device.user_token_ttl_s)"
     )
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"user_id": "u1", "ttl_s": 3600}]})
@@ -203,13 +203,14 @@ USER_ERRORS = {
     **ERRORS,
     401: {"model": ErrorResponse, "description": "missing, invalid or expired credential"},
     403: {"model": ErrorResponse, "description": "the credential does not cover this user (`message` names the field)"},
-    429: {"model": ErrorResponse, "description": "the user is over serve.user_rate_per_s (see Retry-After)"},
+    429: {"model": ErrorResponse, "description": "the user is over serve.device.user_rate_per_s (see Retry-After)"},
 }
 EVENTS_ERRORS = {
     **USER_ERRORS,
     409: {"model": ErrorResponse, "description": "refused for the server's state, nothing stored: an event id of this "
-          "user stored with another item or timestamp, a timestamp beyond server time + serve.max_clock_skew_s, or "
-          "the user's serve.max_unknown_items reached (`message` names the field)"},
+          "user stored with another item or timestamp, a timestamp beyond server time + "
+          "serve.device.max_clock_skew_s, or "
+          "the user's serve.device.max_unknown_items reached (`message` names the field)"},
 }
 OPERATOR_ERRORS = {
     **USER_ERRORS,

@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 def cloud_url_for(cfg: AppConfig) -> str | None:
     s = cfg.serve
-    if s.cloud_url:
-        return s.cloud_url
+    if s.device.cloud_url:
+        return s.device.cloud_url
     return f"http://{s.host}:{s.cloud_port}" if s.role == "all" else None
 
 
@@ -254,7 +254,7 @@ def serve(cfg: AppConfig) -> int:
         uvloop.run(_serve_all(servers))
         return 0
     port = s.port if s.role == "device" else s.cloud_port
-    if s.role == "device" and s.runtime == "onnx":
+    if s.role == "device" and s.device.runtime == "onnx":
         onnx_export_dir(cfg)  # once, before any worker loads it
     if s.workers > 1:
         return _supervise(cfg, s.role, api_key, port)

@@ -92,7 +92,7 @@ def test_the_bank_is_empty_and_the_version_names_weights_and_solver(dirs):
 def test_a_teacher_that_cannot_teach_the_device_is_refused_by_name(dirs, tmp_path):
     device_dir, teacher_dirs = dirs
     renamed = checkpoint(tmp_path, tiny_model("sasrec", 3), "renamed", np.array([*TOKENS[:-1], "other"]))
-    with pytest.raises(CheckpointError, match=f"cloud.teacher.*{device_dir}"):
+    with pytest.raises(CheckpointError, match=f"serve.cloud.teacher.*{device_dir}"):
         DistilledEditor.load(device_dir, [renamed], CFG)
     with pytest.raises(CheckpointError, match=str(renamed)):  # members of two vocabularies
         DistilledEditor.load(device_dir, [*teacher_dirs, renamed], CFG)

@@ -236,7 +236,7 @@ def test_a_device_serves_a_cached_edit_alone_only_where_it_beat_the_base_head_on
     for p in range(bank.size):
         edit = device.prototype_edit(p)
         assert (edit is not None) == ok[p]
-    ungated = DeviceRuntime(base, device.item_tokens, cache_gate=False)  # serve.cache_gate=false: every edit
+    ungated = DeviceRuntime(base, device.item_tokens, cache_gate=False)  # serve.device.cache_gate=false: every edit
     ungated.set_prototypes(device.prototypes)
     assert all(ungated.prototype_edit(p) is not None for p in range(bank.size))
     older = PrototypeSnapshot.model_validate(editor.snapshot().model_dump(exclude={"cache_ok"}))  # before the gate

@@ -52,4 +52,4 @@ def test_main_job_adapter_config_is_the_layered_one():
 
 def test_app_config_is_a_recipe_config():
     assert issubclass(AppConfig, RecipeConfig)
-    assert set(RecipeConfig.model_fields) | {"serve", "cloud"} == set(AppConfig.model_fields)
+    assert set(RecipeConfig.model_fields) | {"serve"} == set(AppConfig.model_fields)

@@ -24,15 +24,15 @@ def ask(runtime, user: str, n: int) -> RankInput:
 def test_the_decision_and_the_edit(checkpoint, runtime, tmp_path):
     dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
     editor = RandomEditor(dim, n_layers)
-    cfg = serve_config(checkpoint, tmp_path, "serve.budget_ms=300")
+    cfg = serve_config(checkpoint, tmp_path, "serve.device.budget_ms=300")
     capp, _ = cloud_app(cfg, lambda: editor)
     engine = TorchEngine(DeviceRuntime(runtime.model, runtime.item_tokens))
     engine.load_bank(editor.snapshot().model_dump_json().encode())
     metrics = Metrics("device")
-    alone = Adaptation(engine, None, cfg.serve, metrics)
+    alone = Adaptation(engine, None, cfg.serve.device, metrics)
     with LiveServer(capp) as srv:
         client = CloudClient(srv.url, API_KEY, 5, Breaker(30), metrics, engine.parse_edit)
-        adapt = Adaptation(engine, client, cfg.serve, metrics)
+        adapt = Adaptation(engine, client, cfg.serve.device, metrics)
 
         async def choose(a, user, n):
             inp = ask(runtime, user, n)
@@ -64,15 +64,15 @@ def test_the_decision_and_the_edit(checkpoint, runtime, tmp_path):
 def test_a_policy_that_does_not_ask_reuses_the_users_edit(checkpoint, runtime, tmp_path):
     dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
     editor = RandomEditor(dim, n_layers)
-    cfg = serve_config(checkpoint, tmp_path, "serve.request_policy=drift", "serve.request_rate=0.0",
-                       "serve.edit_max_age=2")  # fmt: skip
+    cfg = serve_config(checkpoint, tmp_path, "serve.device.request_policy=drift", "serve.device.request_rate=0.0",
+                       "serve.device.edit_max_age=2")  # fmt: skip
     capp, _ = cloud_app(cfg, lambda: editor)
     engine = TorchEngine(DeviceRuntime(runtime.model, runtime.item_tokens))
     engine.load_bank(editor.snapshot().model_dump_json().encode())
     metrics = Metrics("device")
     with LiveServer(capp) as srv:
         client = CloudClient(srv.url, API_KEY, 5, Breaker(30), metrics, engine.parse_edit)
-        adapt = Adaptation(engine, client, cfg.serve, metrics)
+        adapt = Adaptation(engine, client, cfg.serve.device, metrics)
 
         async def go():
             inp = ask(runtime, "ann", 3)

@@ -203,7 +203,7 @@ def test_past_and_present_timestamps_are_accepted_the_future_beyond_the_skew_is_
     device, _, c = services
     now = time.time()
     events = [{"event_id": f"ts-{t}", "user_id": "ts-user", "item_id": "50", "timestamp": t}
-              for t in (0, 1_700_000_000, now, now + 60)]  # 60 s ahead: within serve.max_clock_skew_s (300 s)
+              for t in (0, 1_700_000_000, now, now + 60)]  # 60 s ahead: within serve.device.max_clock_skew_s (300 s)
     assert c.post(f"{device}/v1/events", json={"events": events}).json()["accepted"] == 4
     for ahead in (4_102_444_800.5, 7_258_118_400, now + 3600):  # 2100, 2200, an hour ahead: each would pin its item
         late = {"event_id": f"late-{ahead}", "user_id": "ts-user", "item_id": "51", "timestamp": ahead}

@@ -88,7 +88,7 @@ def test_headline_results_come_from_the_reports(tmp_path):
 def test_demo_page_clicks_adapt_the_ranking_and_cutting_the_cloud_shows_the_fallback(checkpoint, runtime, tmp_path):
     ckpt = real_editor_checkpoint(checkpoint, runtime, tmp_path)
     reports = _reports(tmp_path, load_artifacts(serve_config(checkpoint, tmp_path)).meta.dataset)
-    cfg = serve_config((ckpt, checkpoint[1]), tmp_path, f"reports_dir={reports}", "serve.budget_ms=2000")
+    cfg = serve_config((ckpt, checkpoint[1]), tmp_path, f"reports_dir={reports}", "serve.device.budget_ms=2000")
     driver = chromium()
     try:
         cloud_app = create_cloud_app(CloudService(cfg, ckpt), API_KEY)

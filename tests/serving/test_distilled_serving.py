@@ -53,17 +53,18 @@ def offline(runtime, teacher_dirs, cfg, rows: list[list[int]]) -> list:
     """``benchmarks/distill.py``'s edit for each history, solved in one batch: the device's own encoding."""
     seq, length = runtime.encode_histories(rows)
     target = EnsembleTeacher.load(teacher_dirs).log_probs(seq, length)
-    delta = distilled_edit(runtime.model, seq, length, target, cfg.cloud.distill).db[-1]
-    return [last_bias_edit(delta[b], len(runtime.model.head.layers), cfg.cloud.distill.clip) for b in range(len(rows))]
+    delta = distilled_edit(runtime.model, seq, length, target, cfg.serve.cloud.distill).db[-1]
+    clip = cfg.serve.cloud.distill.clip
+    return [last_bias_edit(delta[b], len(runtime.model.head.layers), clip) for b in range(len(rows))]
 
 
 def test_the_default_serves_the_distilled_edit_when_the_main_jobs_checkpoints_are_there(checkpoint, tmp_path):
     seed0, seed1 = main_job_runs(checkpoint, tmp_path)
     cfg = serve_config(checkpoint, tmp_path, f"serve.checkpoint={seed0}")  # output_dir: <tmp>/runs
-    assert cfg.cloud.edit_source == "auto" and cfg.cloud.teacher is None
+    assert cfg.serve.cloud.edit_source == "auto" and cfg.serve.cloud.teacher is None
     editor = CloudService(cfg, seed0).state.editor
     assert isinstance(editor, DistilledEditor) and editor.teacher.names == [str(seed0), str(seed1)]
-    adapter = serve_config(checkpoint, tmp_path, f"serve.checkpoint={seed0}", "cloud.edit_source=adapter")
+    adapter = serve_config(checkpoint, tmp_path, f"serve.checkpoint={seed0}", "serve.cloud.edit_source=adapter")
     assert not isinstance(CloudService(adapter, seed0).state.editor, DistilledEditor)  # the adapter path stays
     shutil.rmtree(seed1)  # the device's own checkpoint alone teaches it nothing: no distilled edit
     assert not isinstance(CloudService(cfg, seed0).state.editor, DistilledEditor)
@@ -72,7 +73,7 @@ def test_the_default_serves_the_distilled_edit_when_the_main_jobs_checkpoints_ar
 def test_the_device_ranks_with_the_served_distilled_edit_as_offline_row_by_row(checkpoint, runtime, tmp_path):
     torch.set_num_threads(1)
     seed0, seed1 = main_job_runs(checkpoint, tmp_path)
-    cfg = serve_config(checkpoint, tmp_path, f"serve.checkpoint={seed0}", "serve.budget_ms=5000")
+    cfg = serve_config(checkpoint, tmp_path, f"serve.checkpoint={seed0}", "serve.device.budget_ms=5000")
     cloud = CloudService(cfg, seed0)
     version = cloud.state.editor.version
     users = histories(runtime)
@@ -157,9 +158,9 @@ def test_a_teacher_of_another_vocabulary_is_refused_at_start_up(checkpoint, runt
     other = np.array([*runtime.item_tokens[:-1], "not-an-item"])
     seed0, seed1 = main_job_runs(checkpoint, tmp_path, tokens=other)
     cfg = serve_config(checkpoint, tmp_path, f"serve.checkpoint={seed0}")
-    with pytest.raises(CheckpointError, match="cloud.teacher cannot teach this device"):
+    with pytest.raises(CheckpointError, match="serve.cloud.teacher cannot teach this device"):
         CloudService(cfg, seed0)
-    explicit = serve_config(checkpoint, tmp_path, f"serve.checkpoint={seed0}", f"cloud.teacher=[{seed1}]")
+    explicit = serve_config(checkpoint, tmp_path, f"serve.checkpoint={seed0}", f"serve.cloud.teacher=[{seed1}]")
     with pytest.raises(CheckpointError, match=str(seed0)):
         CloudService(explicit, seed0)
     proc = persona_process(["serve", "--role", "cloud", "--cloud-port", str(free_port()), f"serve.checkpoint={seed0}",
@@ -182,7 +183,7 @@ def test_the_cloud_solves_from_the_state_the_device_sent_and_reads_the_checkpoin
     moved = state + torch.randn(state.shape, generator=torch.Generator().manual_seed(1))  # not the history's state
     seq, length = runtime.encode_histories([ids])
     target = EnsembleTeacher.load([seed0, seed1]).log_probs(seq, length)
-    want = distilled_edit(runtime.model, seq, length, target, cfg.cloud.distill, states=moved).db[-1][0]
+    want = distilled_edit(runtime.model, seq, length, target, cfg.serve.cloud.distill, states=moved).db[-1][0]
     with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=60, headers=AUTH) as c:
 
         def edit(**extra) -> torch.Tensor:
@@ -215,13 +216,13 @@ def test_the_device_fetches_the_item_delta_with_the_bank_and_ranks_with_it_with_
         states = runtime.model.user_state(seq, length)
     delta = fit_item_delta(runtime.model, states, teacher.log_probs(seq, length), ItemDeltaConfig(rows=200))
     run_layout.item_delta_file(seed0).write_text(ItemTableDelta.of(delta.ids, delta.rows, "fp32").model_dump_json())
-    cfg = serve_config(checkpoint, tmp_path, f"serve.checkpoint={seed0}", "serve.budget_ms=5000")
+    cfg = serve_config(checkpoint, tmp_path, f"serve.checkpoint={seed0}", "serve.device.budget_ms=5000")
     cloud = CloudService(cfg, seed0)
     snapshot = cloud.state.editor.snapshot()
     offline_rt = DeviceRuntime(runtime.model, runtime.item_tokens)
     offline_rt.set_prototypes(PrototypeSnapshot.model_validate_json(snapshot.model_dump_json()))  # as fetched
     target = teacher.log_probs(seq, length)
-    edits = distilled_edit(runtime.model, seq, length, target, cfg.cloud.distill, items=offline_rt.scoring_items)
+    edits = distilled_edit(runtime.model, seq, length, target, cfg.serve.cloud.distill, items=offline_rt.scoring_items)
     n_layers = len(runtime.model.head.layers)
     with LiveServer(create_cloud_app(cloud, API_KEY)) as cl, httpx.Client(timeout=60, headers=AUTH) as c:
         device = DeviceService(cfg, load_artifacts(cfg), cl.url, API_KEY)
@@ -233,7 +234,7 @@ def test_the_device_fetches_the_item_delta_with_the_bank_and_ranks_with_it_with_
             tokens = lambda ids: [str(runtime.item_tokens[i]) for i in ids]  # noqa: E731
             for u in range(N_USERS):
                 body = c.post(f"{dev.url}/v1/rank", json={"user_id": f"u{u}", "k": 10}).json()
-                edit = last_bias_edit(edits.db[-1][u], n_layers, cfg.cloud.distill.clip)
+                edit = last_bias_edit(edits.db[-1][u], n_layers, cfg.serve.cloud.distill.clip)
                 want, _ = offline_rt.rank(rows[u], 10, exclude=set(rows[u]), edit=edit)
                 assert body["adaptation"] == "cloud-edit" and [it["item_id"] for it in body["items"]] == tokens(want)
             assert c.put(f"{dev.url}/v1/cloud", json={"enabled": False}).status_code == 200

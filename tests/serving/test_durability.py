@@ -25,8 +25,8 @@ def start_device(checkpoint, tmp_path, port: int) -> subprocess.Popen:
     ckpt, workdir = checkpoint
     cmd = [
         sys.executable, "-m", "cli.main", "serve", "--role", "device", "--port", str(port),
-        f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'events.db'}",
-        f"serve.prototype_cache={tmp_path / 'prototypes.json'}", "serve.http.access_log=false",
+        f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.device.db_path={tmp_path / 'events.db'}",
+        f"serve.device.prototype_cache={tmp_path / 'prototypes.json'}", "serve.http.access_log=false",
         f"serve.operator_key={API_KEY}",
     ]
     log = open(tmp_path / f"device-{port}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 - closed with the process
@@ -125,8 +125,9 @@ def test_role_all_serves_device_and_cloud_in_one_process(checkpoint, tmp_path):
     port, cloud_port = free_ports(2)
     cmd = [
         sys.executable, "-m", "cli.main", "serve", "--role", "all", "--port", str(port), "--cloud-port",
-        str(cloud_port), f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'e.db'}",
-        f"serve.prototype_cache={tmp_path / 'p.json'}", "serve.api_key=k", f"output_dir={tmp_path / 'runs'}",
+        str(cloud_port), f"serve.checkpoint={ckpt}", f"data.workdir={workdir}",
+        f"serve.device.db_path={tmp_path / 'e.db'}", f"serve.device.prototype_cache={tmp_path / 'p.json'}",
+        "serve.api_key=k", f"output_dir={tmp_path / 'runs'}",
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     device, cloud = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{cloud_port}"
@@ -160,8 +161,9 @@ def test_two_workers_share_port_event_log_and_metrics(checkpoint, tmp_path):
     port = free_port()
     cmd = [
         sys.executable, "-m", "cli.main", "serve", "--role", "device", "--workers", "2", "--port", str(port),
-        f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'e.db'}",
-        f"serve.prototype_cache={tmp_path / 'p.json'}", "serve.http.access_log=false", f"serve.operator_key={API_KEY}",
+        f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.device.db_path={tmp_path / 'e.db'}",
+        f"serve.device.prototype_cache={tmp_path / 'p.json'}", "serve.http.access_log=false",
+        f"serve.operator_key={API_KEY}",
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -1,6 +1,6 @@
 """The device model behind one interface (serving.engine): the torch and the onnx engine give the same states,
 prototypes and rankings on the same windows, edits and bank; received edits are checked against the head; the
-ONNX export is written when missing or older than the checkpoint; and a device service on ``serve.runtime=onnx``
+ONNX export is written when missing or older than the checkpoint; and a device service on ``serve.device.runtime=onnx``
 answers over HTTP with the torch service's rankings (a real adapter + bank in the cloud: code edits, the OOD rule,
 the cache gate, the fallbacks)."""
 
@@ -34,7 +34,7 @@ def setup(checkpoint, runtime, tmp_path_factory):
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("engines")
     ckpt = real_editor_checkpoint(checkpoint, runtime, tmp)
-    cfg = serve_config((ckpt, checkpoint[1]), tmp, "serve.runtime=onnx")
+    cfg = serve_config((ckpt, checkpoint[1]), tmp, "serve.device.runtime=onnx")
     art = load_artifacts(cfg)
     torch_engine = load_engine(serve_config((ckpt, checkpoint[1]), tmp), art)
     onnx_engine = load_engine(cfg, art)
@@ -111,7 +111,7 @@ def test_an_edit_that_is_not_the_heads_is_refused(setup):
 
 def test_the_onnx_export_is_written_when_missing_or_older_than_the_checkpoint(setup, checkpoint):
     *_, ckpt, tmp = setup
-    cfg = serve_config((ckpt, checkpoint[1]), tmp, "serve.runtime=onnx")
+    cfg = serve_config((ckpt, checkpoint[1]), tmp, "serve.device.runtime=onnx")
     out = onnx_export_dir(cfg)
     done = out / META_FILE
     stamp = done.stat().st_mtime_ns
@@ -119,14 +119,15 @@ def test_the_onnx_export_is_written_when_missing_or_older_than_the_checkpoint(se
     newer = done.stat().st_mtime + 5
     os.utime(ckpt / "model.pt", (newer, newer))  # a retrained checkpoint
     assert onnx_export_dir(cfg) == out and done.stat().st_mtime_ns != stamp
-    elsewhere = serve_config((ckpt, checkpoint[1]), tmp, "serve.runtime=onnx", f"serve.onnx_dir={tmp / 'mine'}")
+    elsewhere = serve_config((ckpt, checkpoint[1]), tmp, "serve.device.runtime=onnx",
+                             f"serve.device.onnx_dir={tmp / 'mine'}")
     assert (onnx_export_dir(elsewhere) / META_FILE).is_file()
 
 
 def test_a_device_on_onnx_ranks_as_the_device_on_torch_over_http(setup, checkpoint, runtime):
     torch_engine, _, editor, ckpt, tmp = setup
-    overrides = ("serve.budget_ms=5000", "serve.refresh_every=1")
-    cfgs = {rt: serve_config((ckpt, checkpoint[1]), tmp / rt, f"serve.runtime={rt}", *overrides)
+    overrides = ("serve.device.budget_ms=5000", "serve.device.refresh_every=1")
+    cfgs = {rt: serve_config((ckpt, checkpoint[1]), tmp / rt, f"serve.device.runtime={rt}", *overrides)
             for rt in ("torch", "onnx")}  # fmt: skip
     rng = random.Random(3)
     tok = runtime.item_tokens

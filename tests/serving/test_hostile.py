@@ -19,7 +19,7 @@ MAX_UNKNOWN = 40
 @pytest.fixture(scope="module")
 def live(checkpoint, runtime, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
-    with device_and_cloud(checkpoint, runtime, tmp, f"serve.max_unknown_items={MAX_UNKNOWN}") as (device, cloud):
+    with device_and_cloud(checkpoint, runtime, tmp, f"serve.device.max_unknown_items={MAX_UNKNOWN}") as (device, cloud):
         with httpx.Client(timeout=30) as client:
             yield device.url, cloud.url, client
 

@@ -84,8 +84,8 @@ def test_persona_serve_starts_and_stops(checkpoint, tmp_path):
     ckpt, workdir = checkpoint
     port = free_port()
     cmd = serve_command("device", port, [f"serve.checkpoint={ckpt}", f"data.workdir={workdir}",
-                                         f"serve.db_path={tmp_path / 'events.db'}",
-                                         f"serve.prototype_cache={tmp_path / 'prototypes.json'}",
+                                         f"serve.device.db_path={tmp_path / 'events.db'}",
+                                         f"serve.device.prototype_cache={tmp_path / 'prototypes.json'}",
                                          f"serve.operator_key={API_KEY}"])  # fmt: skip
     proc = start_service(cmd, port, tmp_path / "device.log", "device")
     try:

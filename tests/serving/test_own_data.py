@@ -52,18 +52,19 @@ def test_serve_state_is_per_dataset_by_default(tmp_path):
     paths = {}
     for name in ("ml-100k", "amazon-beauty"):
         cfg = load_app_config(overrides=[f"dataset={name}", f"output_dir={tmp_path}"])
-        assert cfg.serve.db_path is None and cfg.serve.prototype_cache is None
-        paths[name] = cfg.serve.state_paths(cfg.output_dir, cfg.dataset)
+        assert cfg.serve.device.db_path is None and cfg.serve.device.prototype_cache is None
+        paths[name] = cfg.serve.device.state_paths(cfg.output_dir, cfg.dataset)
     assert paths["ml-100k"] == (tmp_path / "serve" / "ml-100k" / "events.db",
                                 tmp_path / "serve" / "ml-100k" / "prototypes.json")
     assert paths["amazon-beauty"][0] != paths["ml-100k"][0] and paths["amazon-beauty"][1] != paths["ml-100k"][1]
-    explicit = [f"serve.db_path={tmp_path / 'e.db'}", f"serve.prototype_cache={tmp_path / 'p.json'}"]
+    explicit = [f"serve.device.db_path={tmp_path / 'e.db'}", f"serve.device.prototype_cache={tmp_path / 'p.json'}"]
     cfg = load_app_config(overrides=explicit)
-    assert cfg.serve.state_paths(cfg.output_dir, cfg.dataset) == (tmp_path / "e.db", tmp_path / "p.json")
+    assert cfg.serve.device.state_paths(cfg.output_dir, cfg.dataset) == (tmp_path / "e.db", tmp_path / "p.json")
 
 
 def test_device_service_opens_its_datasets_event_log(checkpoint, tmp_path):
-    """With no serve.db_path / serve.prototype_cache, the device keeps its state under <output_dir>/serve/<dataset>/."""
+    """With no serve.device.db_path / serve.device.prototype_cache, the device keeps its state under
+    <output_dir>/serve/<dataset>/."""
     from serving.artifacts import load_artifacts
     from serving.device_app import DeviceService
 

@@ -221,7 +221,7 @@ def device(checkpoint, runtime, tmp_path):
     """A device service (no cloud) with a cached 3-prototype bank, 40 users with stored events."""
     dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
     RandomEditor(dim, n_layers, version="batch-v1").snapshot().save(tmp_path / "prototypes.json")
-    cfg = serve_config(checkpoint, tmp_path, "serve.batch_wait_ms=2")
+    cfg = serve_config(checkpoint, tmp_path, "serve.device.batch_wait_ms=2")
     service = DeviceService(cfg, load_artifacts(cfg))
     rng = random.Random(7)
     users = {f"user{u}": [rng.randrange(1, runtime.n_items) for _ in range(rng.randrange(1, 80))] for u in range(40)}

@@ -46,11 +46,11 @@ def test_device_serves_the_real_editors_code_edits_and_the_bytes_are_small(check
 
 
 def test_a_dynamic_cloud_publishes_its_learnt_bank_and_the_device_takes_it(checkpoint, runtime, tmp_path):
-    """``serve.dynamic_bank=true``: the bank learns from the histories devices send and is published under a
-    new version every ``serve.bank_publish_every`` answers; the device refetches it (ETag) and keeps ranking."""
+    """``serve.cloud.dynamic_bank=true``: the bank learns from the histories devices send and is published under a
+    new version every ``serve.cloud.bank_publish_every`` answers; the device refetches it (ETag) and keeps ranking."""
     ckpt = real_editor_checkpoint(checkpoint, runtime, tmp_path)
-    cfg = serve_config((ckpt, checkpoint[1]), tmp_path, "serve.dynamic_bank=true", "serve.bank_publish_every=3",
-                       "serve.refresh_every=1")
+    cfg = serve_config((ckpt, checkpoint[1]), tmp_path, "serve.cloud.dynamic_bank=true",
+                       "serve.cloud.bank_publish_every=3", "serve.device.refresh_every=1")
     cloud = CloudService(cfg, ckpt)
     first = cloud.state.editor.version
     items = [str(t) for t in runtime.item_tokens[[5, 17, 99, 120, 3, 42, 7]]]

@@ -31,7 +31,7 @@ def test_a_conditions_numbers():
     outcome = Outcome(ranks=[0, 1, K, 3], kinds=["cloud-edit", "cloud-edit", "prototype-cache", "error"],
                       latency=[0.010, 0.030, 0.020, 0.040], errors=1)  # fmt: skip
     found = {"edits:ok": 2.0, "edits:timeout": 1.0, "fallback:timeout": 1.0, "ask:asked": 3.0}
-    got = condition_result("exact", ["serve.refresh_every=1"], outcome, found, {"up": 1000, "down": 600}, 1.234)
+    got = condition_result("exact", ["serve.device.refresh_every=1"], outcome, found, {"up": 1000, "down": 600}, 1.234)
     assert got["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(5)) / 4)
     assert got["hit@10"] == 0.75 and got["mrr@10"] == pytest.approx((1 + 1 / 2 + 1 / 4) / 4)
     assert got["adaptation"] == {"cloud-edit": 0.5, "prototype-cache": 0.25, "base": 0.0, "error": 0.25}
@@ -40,7 +40,7 @@ def test_a_conditions_numbers():
     assert got["policy"] == {"asked": 3.0}
     assert got["downlink_bytes_per_edit"] == 300.0 and got["uplink_bytes_per_edit"] == 500.0  # per answered edit
     assert got["p50_ms"] == 30.0 and got["p99_ms"] == 40.0 and got["non_200"] == 1 and got["seconds"] == 1.2
-    assert got["ranks"] == [0, 1, K, 3] and got["overrides"] == ["serve.refresh_every=1"]
+    assert got["ranks"] == [0, 1, K, 3] and got["overrides"] == ["serve.device.refresh_every=1"]
     dead = condition_result("cloud-down", [], Outcome([K], ["base"], [0.001]), {}, {"up": 0, "down": 0}, 0.1)
     assert dead["downlink_bytes_per_edit"] is None and dead["cloud_requests_per_event"] == 0.0
 
@@ -80,17 +80,17 @@ def test_a_real_device_replayed_through_the_link(checkpoint, runtime, tmp_path):
     tokens = [str(t) for t in runtime.item_tokens]
     history = {"u1": tokens[5:12], "u2": tokens[40:44]}
     rows = rows_of(["u1", "u2", "u1", "u2"], [tokens[60], tokens[61], tokens[62], tokens[63]], history)
-    device = [f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.db_path={tmp_path / 'events.db'}",
-              f"serve.prototype_cache={tmp_path / 'prototypes.json'}", f"serve.api_key={API_KEY}",
+    device = [f"serve.checkpoint={ckpt}", f"data.workdir={workdir}", f"serve.device.db_path={tmp_path / 'events.db'}",
+              f"serve.device.prototype_cache={tmp_path / 'prototypes.json'}", f"serve.api_key={API_KEY}",
               f"serve.operator_key={API_KEY}"]  # fmt: skip
     with LiveServer(create_cloud_app(cloud, API_KEY)) as cl:
-        got = run_condition("exact", ["serve.refresh_every=1", "serve.budget_ms=10000"], rows, 2, API_KEY,
+        got = run_condition("exact", ["serve.device.refresh_every=1", "serve.device.budget_ms=10000"], rows, 2, API_KEY,
                             tmp_path / "device.log", device, cl.port, (0.005, None))  # fmt: skip
     assert got["rows"] == 4 and got["non_200"] == 0 and len(got["ranks"]) == 4
     assert got["adaptation"]["cloud-edit"] == 1.0  # every row asked the cloud, within the long budget
     assert got["edit_requests"].get("ok", 0) >= 4 and got["cloud_requests_per_event"] >= 1.0
     assert got["downlink_bytes_per_edit"] > 100  # the edit responses, measured on the link
-    assert got["overrides"] == ["serve.refresh_every=1", "serve.budget_ms=10000"]
+    assert got["overrides"] == ["serve.device.refresh_every=1", "serve.device.budget_ms=10000"]
 
 
 def test_the_exact_replay_equals_the_offline_served_method_on_every_row(checkpoint, runtime, tmp_path):
@@ -103,7 +103,7 @@ def test_the_exact_replay_equals_the_offline_served_method_on_every_row(checkpoi
     from tests.serving.conftest import real_editor_checkpoint
 
     ckpt = real_editor_checkpoint(checkpoint, runtime, tmp_path)
-    cfg = serve_config((ckpt, checkpoint[1]), tmp_path, "serve.refresh_every=1", "serve.budget_ms=10000")
+    cfg = serve_config((ckpt, checkpoint[1]), tmp_path, "serve.device.refresh_every=1", "serve.device.budget_ms=10000")
     rows = load_rows(cfg, ckpt, 0.02, seed=0)
     assert rows.consistent > 0.95 and len(rows.user) > 20
     assert (rows.served_rank != rows.static_rank).any()  # the adapter's edit moves targets: the check can fail

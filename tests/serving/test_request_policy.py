@@ -54,7 +54,8 @@ def _events_through_a_live_device(checkpoint, runtime, tmp_path, n_items: int, *
     (its adaptation and the calls after it)."""
     dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
     editor = RandomEditor(dim, n_layers)
-    cfg = serve_config(checkpoint, tmp_path, "serve.request_policy=drift", "serve.budget_ms=2000", *overrides)
+    cfg = serve_config(checkpoint, tmp_path, "serve.device.request_policy=drift", "serve.device.budget_ms=2000",
+                       *overrides)
     capp, _ = cloud_app(cfg, lambda: editor)
     items = [str(t) for t in runtime.item_tokens[1 : 1 + n_items]]
     client = httpx.Client(timeout=10, headers=AUTH)
@@ -72,7 +73,7 @@ def _events_through_a_live_device(checkpoint, runtime, tmp_path, n_items: int, *
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_the_device_asks_the_cloud_as_its_policy_says(checkpoint, runtime, tmp_path, rate):
     kinds, calls, again, calls_after = _events_through_a_live_device(
-        checkpoint, runtime, tmp_path, 11, f"serve.request_rate={rate}")
+        checkpoint, runtime, tmp_path, 11, f"serve.device.request_rate={rate}")
     assert calls_after == calls  # nothing new: no new decision
     if rate == 0.0:
         assert calls == 0 and set(kinds) == {"prototype-cache"} and again == "prototype-cache"
@@ -92,11 +93,11 @@ def test_drift_asks_new_devices_first_and_keeps_the_rate():
 
 @pytest.mark.parametrize("max_age", [None, 2])
 def test_a_stale_cloud_edit_gives_way_to_the_cached_bank(checkpoint, runtime, tmp_path, max_age):
-    """``serve.edit_max_age``: while the policy does not ask again, a user's cloud edit is served for at most
+    """``serve.device.edit_max_age``: while the policy does not ask again, a user's cloud edit is served for at most
     that many of its new events; then the device's own fallback (here the prototype cache)."""
-    extra = [] if max_age is None else [f"serve.edit_max_age={max_age}"]
-    kinds, calls, _, _ = _events_through_a_live_device(checkpoint, runtime, tmp_path, 6, "serve.request_rate=0.01",
-                                                       *extra)  # fmt: skip
+    extra = [] if max_age is None else [f"serve.device.edit_max_age={max_age}"]
+    kinds, calls, _, _ = _events_through_a_live_device(checkpoint, runtime, tmp_path, 6,
+                                                       "serve.device.request_rate=0.01", *extra)  # fmt: skip
     assert calls == 1  # the first event (no edit yet) asks; the low rate asks no more
     if max_age is None:
         assert kinds == ["cloud-edit"] * len(kinds)

@@ -85,9 +85,9 @@ def test_cloud_edit_fallback_to_prototype_cache_and_resume(checkpoint, runtime, 
     editor = RandomEditor(dim, n_layers)
     # Wall-clock bounds only where load cannot break them: a 500 ms budget for the loopback cloud's
     # answers, a slow cloud 4x slower than that, and "answered before the slow cloud could" as the bound.
-    cfg = serve_config(checkpoint, tmp_path, "serve.budget_ms=500")
+    cfg = serve_config(checkpoint, tmp_path, "serve.device.budget_ms=500")
     capp, _ = cloud_app(cfg, lambda: editor)
-    budget = cfg.serve.budget_ms / 1e3
+    budget = cfg.serve.device.budget_ms / 1e3
     slow_s = 4 * budget
     items = [str(t) for t in runtime.item_tokens[1:40]]
 
@@ -135,7 +135,7 @@ def test_cloud_edit_fallback_to_prototype_cache_and_resume(checkpoint, runtime, 
             # 3. cloud back but slower than the budget → same, within budget
             editor.delay_s = slow_s
             cloud_srv = LiveServer(capp, port=cloud_srv.port)
-            time.sleep(cfg.serve.cloud_retry_s + 0.1)  # the device retries the cloud after cloud_retry_s
+            time.sleep(cfg.serve.device.cloud_retry_s + 0.1)  # the device retries the cloud after cloud_retry_s
             post_events(c, dev.url, "bob", items[6:8], start=6)
             t0 = time.perf_counter()
             resp = rank(c, dev.url, user_id="bob", k=10)
@@ -219,7 +219,7 @@ def test_cloud_reloads_when_adapter_files_change(checkpoint, runtime, tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "version.txt").write_text("a")
-    cfg = serve_config(checkpoint, tmp_path, f"serve.adapter_dir={adapter}", "serve.reload_poll_s=0.1")
+    cfg = serve_config(checkpoint, tmp_path, f"serve.cloud.adapter_dir={adapter}", "serve.cloud.reload_poll_s=0.1")
     capp, _ = cloud_app(cfg, lambda: RandomEditor(dim, n_layers, version=(adapter / "version.txt").read_text()))
     with LiveServer(capp) as srv, httpx.Client(timeout=10, headers={"X-API-Key": API_KEY}) as c:
         assert c.get(f"{srv.url}/v1/prototypes").json()["version"] == "a"
@@ -256,7 +256,7 @@ def test_a_late_cloud_answer_is_never_served_for_a_newer_history(checkpoint, run
 
     from serving.schemas import EventsRequest, RankRequest
 
-    cfg = serve_config(checkpoint, tmp_path, "serve.budget_ms=100")
+    cfg = serve_config(checkpoint, tmp_path, "serve.device.budget_ms=100")
     items = [str(t) for t in runtime.item_tokens[1:7]]
     svc = DeviceService(cfg, load_artifacts(cfg), None, API_KEY)
     svc.adaptation.client = cloud = GatedCloud(runtime)
@@ -295,12 +295,12 @@ def test_a_late_cloud_answer_is_never_served_for_a_newer_history(checkpoint, run
 
 
 def test_one_slow_answer_does_not_trip_the_breaker_a_slow_cloud_does(checkpoint, runtime, tmp_path):
-    """Answers over budget trip the breaker only when ``serve.breaker_overruns`` of the last
-    ``serve.breaker_window`` were late: under load one late answer must not send every other user to the
+    """Answers over budget trip the breaker only when ``serve.device.breaker_overruns`` of the last
+    ``serve.device.breaker_window`` were late: under load one late answer must not send every other user to the
     fallback for ``cloud_retry_s``."""
     dim, n_layers = runtime.model.head.dim, len(runtime.model.head.layers)
-    cfg = serve_config(checkpoint, tmp_path, "serve.budget_ms=100", "serve.breaker_overruns=2",
-                       "serve.cloud_retry_s=30")  # fmt: skip
+    cfg = serve_config(checkpoint, tmp_path, "serve.device.budget_ms=100", "serve.device.breaker_overruns=2",
+                       "serve.device.cloud_retry_s=30")  # fmt: skip
     editor = RandomEditor(dim, n_layers)
     capp, _ = cloud_app(cfg, lambda: editor)
     items = [str(t) for t in runtime.item_tokens[1:30]]
