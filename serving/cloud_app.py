@@ -34,17 +34,15 @@ from recsys.wire import EditPayload, PrototypeSnapshot
 from serving.config import AppConfig
 from serving.edit_batcher import EditBatcher
 from serving.embeddings_api import OpenAIErrorBodies, describe_backbone, embeddings_router
-from serving.http_guards import app_options, install_http_guards
 from serving.metrics import Metrics
 from serving.schemas import AUTH_ERRORS, ERRORS, EditRequest, Health
 from serving.web import (
-    ServiceMiddleware,
     api_key_dependency,
     field_error,
-    install_error_handlers,
+    install_outer_layers,
     key_first_route,
     metrics_response,
-    service_lifespan,
+    service_app,
 )
 
 log = logging.getLogger(__name__)
@@ -252,42 +250,48 @@ class LazyBackbone(Backbone):
         return self.inner().encode(texts)
 
 
+DESCRIPTION = ("Edits and prototype banks for Persona devices; OpenAI-compatible embeddings. Every route but "
+               "/healthz needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.")
+
+
 def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | None = None) -> FastAPI:
     """The cloud FastAPI app; ``backbone`` defaults to the configured one, built lazily."""
-
-    app = FastAPI(
-        title="Persona cloud",
-        version="1.0",
-        description="Edits and prototype banks for Persona devices; OpenAI-compatible embeddings. "
-        "Every route but /healthz needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
-        lifespan=service_lifespan(service),
-        **app_options(service.s.http),
-    )
-    app.state.service = service
-    install_error_handlers(app)
+    app = service_app(service, "Persona cloud", DESCRIPTION)
     check = api_key_dependency(lambda: api_key)
-    auth = [Depends(check)]  # documents the key in OpenAPI; the route class checks it before the body
     keyed = APIRouter(route_class=key_first_route(check))
+    _keyed_routes(keyed, service, [Depends(check)])  # the dependency documents the key; the route class checks it
+    app.include_router(keyed)
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        return service.health()
+
+    backbone = backbone or LazyBackbone(service.cfg.backbone)
+    app.include_router(embeddings_router(backbone, service.cfg.backbone.served_name(), api_key, describe=False))
+
+    def openapi() -> dict:  # the schema states the backbone's width and token ids (the first call builds it)
+        if app.openapi_schema is None:
+            app.openapi_schema = describe_backbone(FastAPI.openapi(app), backbone)
+        return app.openapi_schema
+
+    app.openapi = openapi
+    # OpenAIErrorBodies outside: the body-size middleware's 413s on /v1/embeddings in OpenAI's shape
+    return install_outer_layers(app, service, outer=(OpenAIErrorBodies, {}))
+
+
+def _keyed_routes(keyed: APIRouter, service: CloudService, auth: list) -> None:
+    """Edits, the bank snapshot, reload and metrics: the API key only."""
     unauthorized = {**AUTH_ERRORS, **ERRORS}
 
-    @keyed.post(
-        "/v1/edits",
-        response_model=EditPayload,
-        response_model_exclude_none=True,  # an absent field is its default (None): fewer bytes on the wire
-        dependencies=auth,
-        responses=unauthorized,
-        summary="an edit of the device head for a recent item history",
-    )
+    @keyed.post("/v1/edits", response_model=EditPayload, dependencies=auth, responses=unauthorized,
+                response_model_exclude_none=True,  # an absent field is its default (None): fewer bytes on the wire
+                summary="an edit of the device head for a recent item history")  # fmt: skip
     async def edits(body: EditRequest) -> EditPayload:
         return await service.edit(body)
 
-    @keyed.get(
-        "/v1/prototypes",
-        response_model=PrototypeSnapshot,
-        dependencies=auth,
-        responses={**unauthorized, 304: {"description": "the device's cached version is current"}},
-        summary="the prototype bank snapshot (ETag = version)",
-    )
+    @keyed.get("/v1/prototypes", response_model=PrototypeSnapshot, dependencies=auth,
+               responses={**unauthorized, 304: {"description": "the device's cached version is current"}},
+               summary="the prototype bank snapshot (ETag = version)")  # fmt: skip
     async def prototypes(if_none_match: str | None = Header(None)):
         version, body = service.state.snapshot_json()
         etag = f'"{version}"'
@@ -305,31 +309,6 @@ def create_cloud_app(service: CloudService, api_key: str, backbone: Backbone | N
             ) from exc
         return {"version": st.editor.version, "prototypes": st.snapshot.size}
 
-    @app.get("/healthz", response_model=Health)
-    async def healthz() -> Health:
-        return service.health()
-
     @keyed.get("/metrics", dependencies=auth, responses=unauthorized, response_class=PlainTextResponse)
     async def metrics():
         return metrics_response(service.metrics)
-
-    app.include_router(keyed)
-    backbone = backbone or LazyBackbone(service.cfg.backbone)
-    app.include_router(embeddings_router(backbone, service.cfg.backbone.served_name(), api_key, describe=False))
-
-    def openapi() -> dict:  # the schema states the backbone's width and token ids (the first call builds it)
-        if app.openapi_schema is None:
-            app.openapi_schema = describe_backbone(FastAPI.openapi(app), backbone)
-        return app.openapi_schema
-
-    app.openapi = openapi
-
-    app.add_middleware(
-        ServiceMiddleware,
-        metrics=service.metrics,
-        max_body_bytes=service.s.http.max_body_bytes,
-        log_requests=service.s.http.access_log,
-    )
-    app.add_middleware(OpenAIErrorBodies)  # outside: the middleware's 413s on /v1/embeddings in OpenAI's shape
-    install_http_guards(app, service.s.http, service.s.host)
-    return app

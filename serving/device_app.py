@@ -34,7 +34,6 @@ from serving.demo import demo_page, page_csp
 from serving.engine import load_engine
 from serving.event_intake import EventIntake
 from serving.event_store import EventStore
-from serving.http_guards import app_options, install_http_guards
 from serving.metrics import Metrics
 from serving.rank_batcher import AdmitRank, RankBatcher
 from serving.ranker import Ranker
@@ -53,13 +52,12 @@ from serving.schemas import (
     TokenResponse,
 )
 from serving.web import (
-    ServiceMiddleware,
     caller_dependency,
     field_error,
-    install_error_handlers,
+    install_outer_layers,
     key_first_route,
     metrics_response,
-    service_lifespan,
+    service_app,
 )
 
 log = logging.getLogger(__name__)
@@ -168,22 +166,28 @@ def require_user(caller: Caller, user_id: str, field: str) -> None:
         raise field_error(field, "the credential does not cover this user", 403)
 
 
+DESCRIPTION = ("On-device ranking with cloud edits, a cached prototype bank, or the base model. Every route but "
+               "/healthz, / and /openapi.json needs `Authorization: Bearer <operator key or user token>`.")
+
+
 def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
     """The device FastAPI app around ``service`` (started and stopped with the app's lifespan); who may call what
     is docs/security.md: ``operator_key`` and the user tokens it issues."""
-    app = FastAPI(
-        title="Persona device",
-        version="1.0",
-        description="On-device ranking with cloud edits, a cached prototype bank, or the base model. Every route "
-        "but /healthz, / and /openapi.json needs `Authorization: Bearer <operator key or user token>`.",
-        lifespan=service_lifespan(service),
-        **app_options(service.s.http),
-    )
-    app.state.service = service
+    app = service_app(service, "Persona device", DESCRIPTION)
     app.state.credentials = creds = Credentials(operator_key)
     app.state.rate_limit = UserRateLimit(service.s.device.user_rate_per_s, service.s.device.user_burst)
-    install_error_handlers(app)
     keyed = APIRouter(route_class=key_first_route(check_caller))
+    _user_routes(keyed, service, creds)
+    _operator_routes(keyed, service)
+    app.include_router(keyed)
+    _open_routes(app, service)
+    app.openapi = _openapi(app, service)
+    # rank requests count as coming from their headers on (AdmitRank, inside the metrics middleware)
+    return install_outer_layers(app, service, inner=(AdmitRank, {"batcher": service.batcher}))
+
+
+def _user_routes(keyed: APIRouter, service: DeviceService, creds: Credentials) -> None:
+    """Token issue (operator), events and ranking (the user a credential covers)."""
     ranker = service.ranker
 
     @keyed.post("/v1/tokens", response_model=TokenResponse, responses=OPERATOR_ERRORS, openapi_extra=BEARER,
@@ -200,13 +204,8 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
             require_user(caller, event.user_id, f"events.{i}.user_id")
         return await service.intake.add(body)
 
-    @keyed.post(
-        "/v1/rank",
-        response_model=RankResponse,
-        summary="rank the full catalogue for a user and/or an explicit history",
-        responses=USER_ERRORS,
-        openapi_extra=BEARER,
-    )
+    @keyed.post("/v1/rank", response_model=RankResponse, responses=USER_ERRORS, openapi_extra=BEARER,
+                summary="rank the full catalogue for a user and/or an explicit history")
     async def rank(body: RankRequest, caller: CallerDep) -> Response:
         if body.user_id is not None:
             require_user(caller, body.user_id, "user_id")
@@ -214,6 +213,10 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
         # encoding (the model still documents the schema; test_schemathesis checks answers against it)
         payload = json.dumps(await ranker.rank(body), separators=(",", ":"))
         return Response(payload, media_type="application/json")
+
+
+def _operator_routes(keyed: APIRouter, service: DeviceService) -> None:
+    """Cutting the cloud and reading the metrics: the operator key only."""
 
     @keyed.put("/v1/cloud", response_model=Health, responses=OPERATOR_ERRORS, openapi_extra=BEARER,
                summary="stop calling the cloud (serve from the cached bank / base model) or call it again (operator)")
@@ -228,7 +231,9 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
         require_operator(caller)
         return metrics_response(service.metrics)
 
-    app.include_router(keyed)
+
+def _open_routes(app: FastAPI, service: DeviceService) -> None:
+    """/healthz and the demo page (a static shell: every call it makes carries the operator's credential)."""
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
@@ -238,9 +243,11 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
     page_headers = {"content-security-policy": page_csp(page)}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def demo() -> HTMLResponse:  # a static shell: every call it makes carries the operator's credential
+    async def demo() -> HTMLResponse:
         return HTMLResponse(page, headers=page_headers)
 
+
+def _openapi(app: FastAPI, service: DeviceService):
     def openapi() -> dict:
         if app.openapi_schema is None:  # k's upper bound is the loaded catalogue
             schema = FastAPI.openapi(app)
@@ -248,11 +255,4 @@ def create_device_app(service: DeviceService, operator_key: str) -> FastAPI:
             schema["components"]["securitySchemes"] = SECURITY_SCHEMES
         return app.openapi_schema
 
-    app.openapi = openapi
-    app.add_middleware(AdmitRank, batcher=service.batcher)  # rank requests count as coming from their headers on
-    app.add_middleware(
-        ServiceMiddleware, metrics=service.metrics, max_body_bytes=service.s.http.max_body_bytes,
-        log_requests=service.s.http.access_log,
-    )
-    install_http_guards(app, service.s.http, service.s.host)
-    return app
+    return openapi

@@ -55,7 +55,12 @@ class Received:
 
 
 class Engine:
-    """The rank path's view of a device runtime (``rt``: torch's or onnx's; they share these methods)."""
+    """The rank path's view of a device runtime (``rt``: torch's or onnx's; they share these methods).
+
+    More than 12 methods because it is one adapter: every call the rank path makes on a runtime (encode,
+    rank, fallback, edit and bank parsing, state distance and wire form) plus four read-only properties;
+    the two subclasses fill in the few that differ by array type.
+    """
 
     def __init__(self, rt: DeviceRuntime | OnnxDeviceRuntime, n_layers: int, dim: int, max_seq_len: int):
         self.rt, self.n_layers, self.dim, self.max_seq_len = rt, n_layers, dim, max_seq_len

@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException
 
+from serving.http_guards import app_options, install_http_guards
 from serving.metrics import Metrics
 
 access_log = logging.getLogger("persona.access")
@@ -254,3 +255,27 @@ def service_lifespan(service: _Service):
             await service.stop()
 
     return lifespan
+
+
+def service_app(service, title: str, description: str) -> FastAPI:
+    """A FastAPI app around ``service``: started and stopped with the app, its HTTP options, error handlers,
+    ``app.state.service`` (what both services' factories begin with)."""
+    app = FastAPI(title=title, version="1.0", description=description, lifespan=service_lifespan(service),
+                  **app_options(service.s.http))  # fmt: skip
+    app.state.service = service
+    install_error_handlers(app)
+    return app
+
+
+def install_outer_layers(app: FastAPI, service, inner: tuple[type, dict] | None = None,
+                         outer: tuple[type, dict] | None = None) -> FastAPI:  # fmt: skip
+    """What both services' factories end with, inside out: the ``inner`` middleware, the metrics / body-size /
+    access-log middleware, the ``outer`` middleware, then the HTTP guards (hosts, CORS, headers)."""
+    http = service.s.http
+    own = (ServiceMiddleware, {"metrics": service.metrics, "max_body_bytes": http.max_body_bytes,
+                               "log_requests": http.access_log})  # fmt: skip
+    for layer in (inner, own, outer):
+        if layer is not None:
+            app.add_middleware(layer[0], **layer[1])
+    install_http_guards(app, http, service.s.host)
+    return app
