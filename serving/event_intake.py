@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 
-from serving.event_store import EventConflict, EventStore, TooManyUnknownItems
+from serving.event_store import EventStore
+from serving.event_writer import EventConflict, TooManyUnknownItems
 from serving.metrics import Metrics
 from serving.schemas import EventsRequest, EventsResponse
 from serving.web import field_error

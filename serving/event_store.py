@@ -21,20 +21,12 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from serving.event_history import HistoryReader, UserHistory
-from serving.event_schema import SCHEMA_V1, SCHEMA_VERSION, open_log
+from serving.event_schema import open_log
 from serving.event_writer import (
-    EventConflict,
-    EventRejected,
     EventWriter,
     Row,
-    TooManyUnknownItems,
     WriteResult,
 )
-
-__all__ = [
-    "SCHEMA_V1", "SCHEMA_VERSION", "EventConflict", "EventRejected", "EventStore", "Row", "TooManyUnknownItems",
-    "UserHistory", "WriteResult",
-]
 
 
 class EventStore:

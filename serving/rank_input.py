@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from serving.event_store import EventStore, UserHistory
+from serving.event_history import UserHistory
+from serving.event_store import EventStore
 from serving.schemas import MAX_UNKNOWN_LISTED, RankRequest
 
 

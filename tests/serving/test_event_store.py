@@ -13,15 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serving.event_store import (
-    SCHEMA_V1,
-    SCHEMA_VERSION,
-    EventConflict,
-    EventRejected,
-    EventStore,
-    TooManyUnknownItems,
-    WriteResult,
-)
+from serving.event_schema import SCHEMA_V1, SCHEMA_VERSION
+from serving.event_store import EventStore
+from serving.event_writer import EventConflict, EventRejected, TooManyUnknownItems, WriteResult
 from tests.serving.test_long_history import VMSteps
 
 CATALOGUE = [str(i) for i in range(1, 51)]  # known item ids "1".."50"
