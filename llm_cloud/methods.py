@@ -47,14 +47,28 @@ from recsys.splits import SplitData
 
 log = logging.getLogger(__name__)
 
-METHODS = ["static", "finetune", "duet", "edit", "proto", "proto-centre", "proto-res", "proto-dyn", "served",
-           "served-dyn", "cached", "no-xlayer", "no-codebook", "context", "no-context", "solid"]
-ADAPTER_OF = {  # method → adapter variant (config overrides)
-    "edit": "main", "proto": "main", "proto-centre": "main", "proto-res": "main", "proto-dyn": "main",
-    "served": "main", "served-dyn": "main", "duet": "duet", "no-xlayer": "no-xlayer", "no-codebook": "no-codebook",
-    "context": "context", "no-context": "no-context", "solid": "solid",
-}
-EDIT_METHODS = ("edit", "duet", "no-xlayer", "no-codebook", "context", "no-context", "solid")  # per-sample edits
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of the evaluation: the adapter variant it reads (None: none) and whether it serves the
+    adapter's per-sample edit itself (no prototype bank)."""
+
+    adapter: str | None = None
+    per_sample: bool = False
+
+
+# the one table of methods, in report order; METHODS, ADAPTER_OF and EDIT_METHODS are read from it
+METHOD_TABLE: dict[str, MethodSpec] = {
+    "static": MethodSpec(), "finetune": MethodSpec(), "duet": MethodSpec("duet", per_sample=True),
+    "edit": MethodSpec("main", per_sample=True), "proto": MethodSpec("main"), "proto-centre": MethodSpec("main"),
+    "proto-res": MethodSpec("main"), "proto-dyn": MethodSpec("main"), "served": MethodSpec("main"),
+    "served-dyn": MethodSpec("main"), "cached": MethodSpec(),
+    "no-xlayer": MethodSpec("no-xlayer", per_sample=True), "no-codebook": MethodSpec("no-codebook", per_sample=True),
+    "context": MethodSpec("context", per_sample=True), "no-context": MethodSpec("no-context", per_sample=True),
+    "solid": MethodSpec("solid", per_sample=True),
+}  # fmt: skip
+METHODS = list(METHOD_TABLE)
+ADAPTER_OF = {name: spec.adapter for name, spec in METHOD_TABLE.items() if spec.adapter}  # method → adapter variant
+EDIT_METHODS = tuple(name for name, spec in METHOD_TABLE.items() if spec.per_sample)  # per-sample edits
 FINETUNE_LRS = (1e-3, 3e-3, 1e-2)  # on-device fine-tuning: 5 Adam steps, lr chosen on validation
 FINETUNE_SELECT_ROWS = 3000
 VARIANTS = {"main": {}, "duet": {"anchor": False}, "no-xlayer": {"cross_layer": False},
