@@ -126,7 +126,8 @@ def main() -> int:
     parser.add_argument("--top-k", type=int, default=64, help="the teacher's list length (64 ids = 256 B)")
     parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks"))
     parser.add_argument("--reuse-selection", action="store_true",
-                        help="take the refresh settings chosen on validation from the existing report's JSON")
+                        help="take the refresh settings chosen on validation from the existing report's JSON "
+                        "(the full run's, else the --teacher-only run's)")
     parser.add_argument("--teacher-only", action="store_true", help="frozen vs fresh teacher only (no device edits)")
     parser.add_argument("--grid", default="", help="indices into the refresh grid to try (default: all)")
     args = parser.parse_args()
@@ -139,7 +140,8 @@ def main() -> int:
     stem = f"teacher_stream-{args.dataset}" + ("-teacher" if args.teacher_only else "")
     grid = [GRID[i] for i in ints(args.grid)] if args.grid else GRID
     if args.reuse_selection:
-        selection = json.loads((Path(args.out) / f"{stem}.json").read_text())["selection"]
+        done = [Path(args.out) / f"{name}.json" for name in (stem, f"{stem}-teacher")]  # a full run, or --teacher-only
+        selection = json.loads(next(p for p in done if p.is_file()).read_text())["selection"]
         refresh = RefreshConfig(**max(selection[1:], key=lambda s: s["valid_ndcg@10"])["config"])
     else:
         refresh, selection = select_refresh(members, split, args.limit, grid)
