@@ -59,7 +59,8 @@ class AdapterLossSum(nn.Module):
         base = self._base[0]
         _, edit = self.adapter(window, codes, state, base, context)
         logp = torch.log_softmax(edited_logits(base, state, edit), dim=-1)
-        return -(logp.gather(1, targets.clamp(min=0)) * (targets > 0)).sum()
+        # no next item (0, n_future > 1 near a sequence's end): left out, not -inf · 0 (NaN) at the padding id
+        return -logp.gather(1, targets.clamp(min=0)).masked_fill(targets <= 0, 0.0).sum()
 
 
 def loop_settings(cfg: AdapterConfig, valid_metric: str, dist_timeout_s: float) -> LoopSettings:

@@ -1,4 +1,4 @@
-"""LLM item knowledge in the device model: side file, whitening, side views, new-item scores, slices."""
+"""LLM item knowledge in the device model: side file, whitening, side views, new-item scores."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 
 from recsys.checkpoint import export_for_device, load_checkpoint, save_checkpoint
 from recsys.config import ModelConfig
-from recsys.evaluate import target_slices
 from recsys.item_side import ItemSideError, load_item_side, save_item_side, whiten
 from recsys.models import MODELS, EditableSeqRec, score_with_edit
 from recsys.train import make_windows, next_item_loss
@@ -154,14 +153,6 @@ def test_cached_inference_table_follows_weight_updates(tmp_path):
     with torch.no_grad():
         model.side.proj.weight.mul_(2.0)
     assert not torch.allclose(score_with_edit(model, seq, length), a)
-
-
-def test_target_slices_new_seen_and_tail():
-    counts = np.array([0, 50, 40, 30, 20, 10, 5, 4, 3, 2, 1, 0, 0], dtype=float)  # 10 seen, 2 new
-    masks = target_slices(torch.tensor([1, 2, 3, 11, 12, 10]), counts)
-    assert masks["new"].tolist() == [False, False, False, True, True, False]
-    assert masks["seen"].tolist() == [True, True, True, False, False, True]
-    assert masks["tail"].tolist() == [False, False, True, False, False, True]  # head = top 2 of 10 seen
 
 
 def test_recsys_and_codebook_import_nothing_above_them():

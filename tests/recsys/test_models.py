@@ -87,16 +87,6 @@ def test_unknown_model_name():
         get_spec("caser")
 
 
-def test_windows_cover_every_target_once():
-    seq = torch.arange(1, 31).numpy()
-    x, y = make_windows([seq], max_len=8)
-    targets = sorted(int(t) for t in y[y > 0])
-    assert targets == list(range(2, 31))
-    for xi, yi in zip(x, y):  # each target's input is the item right before it
-        n = int((yi > 0).sum())
-        assert torch.equal(yi[:n], xi[:n] + 1)
-
-
 @pytest.mark.parametrize("name", sorted(n for n, spec in MODELS.items() if spec.causal))
 def test_trailing_padding_changes_neither_states_nor_loss(name):
     """Causal models drop trailing padding (user_state, the training loss): the results equal the padded ones

@@ -11,7 +11,9 @@ from llm_cloud.pipeline import load_item_codebook
 from tests.llm_cloud.helpers import ml100k_embeddings
 
 
-def test_persona_codebook_writes_artifacts_and_report(tmp_path, workdir, emb_cache, capsys):
+def test_persona_codebook_writes_artifacts_and_report(tmp_path, tmp_path_factory, workdir, capsys):
+    emb_cache = tmp_path_factory.getbasetemp() / "emb-cache"  # the session's cache (tests/llm_cloud, tests/codebook)
+    emb_cache.mkdir(exist_ok=True)
     items = ml100k_embeddings(workdir, emb_cache)  # fills the cache the CLI reads
     args = ["codebook", "dataset=ml-100k", f"data.workdir={workdir}", f"output_dir={tmp_path / 'runs'}",
             f"reports_dir={tmp_path / 'reports'}", f"backbone.cache_dir={emb_cache}", "backbone.progress=false"]

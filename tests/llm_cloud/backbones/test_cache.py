@@ -15,7 +15,7 @@ from llm_cloud.backbones import BackboneError, CachedBackbone
 from llm_cloud.backbones.cache import texts_digest
 from tests.llm_cloud.helpers import FailsOnBatch, Wrapped, minilm
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 TEXTS = ["Toy Story (1995)", "GoldenEye (1995)", "Four Rooms (1995)", "Get Shorty (1995)", "Copycat (1995)"]
 
