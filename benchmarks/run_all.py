@@ -13,7 +13,6 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = [
     "adaptation_cost.py",
     "encode_codebook.py",
-    "rqvae_vs_rq.py",
     "train_ddp.py",
     "train_speed.py",
     "serve_load.py",
