@@ -17,7 +17,7 @@ from tests.serving.conftest import API_KEY, AUTH, LiveServer, RandomEditor, rank
 from tests.serving.test_services import cloud_app, post_events
 
 SERVING = str(Path(serving.__file__).parent)
-ROUTE = "create_device_app.<locals>.rank"
+ROUTE = "_user_routes.<locals>.rank"
 STEPS = {"read_rank_input", "RankBatcher.encode", "Adaptation.choose", "RankBatcher.score"}
 
 
@@ -74,7 +74,7 @@ def test_a_rank_request_crosses_six_functions_and_nothing_calls_back_up(checkpoi
     assert graph.callees(ROUTE) == {"require_user", "Ranker.rank"}
     assert graph.callees("Ranker.rank") == STEPS | {"Ranker.catalogue"}
     assert graph.callers("Ranker.") <= {ROUTE, "Ranker.rank", "DeviceService.catalogue", None}  # nothing from below
-    routes = {f"create_device_app.<locals>.{name}" for name in ("cloud_switch", "healthz", "openapi")}
+    routes = {"_operator_routes.<locals>.cloud_switch", "_open_routes.<locals>.healthz", "_openapi.<locals>.openapi"}
     outside = {c for c in graph.callers("DeviceService.") if not (c or "").startswith("DeviceService.")}
     assert outside <= {None, "service_lifespan.<locals>.lifespan", *routes}  # the app and its routes only
     assert service.batcher.stats.requests == service.batcher.scorer.stats.requests == 4  # once per request
