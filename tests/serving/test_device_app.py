@@ -87,3 +87,22 @@ def test_the_demo_page_and_the_openapi_bound_on_k(device):
     schema = client.get("/openapi.json").json()
     assert schema["components"]["schemas"]["RankRequest"]["properties"]["k"]["maximum"] == N_ITEMS - 1
     assert client.post("/v1/rank", json={"history": ["1"], "k": N_ITEMS}, headers=OPERATOR).status_code == 422
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_a_bert4rec_checkpoint_is_served_as_it_ranks_offline(tmp_path, workdir, runtime):
+    """The third device model through the same service: the live ranking equals the runtime's offline one."""
+    from recsys.checkpoint import load_checkpoint
+    from recsys.runtime import DeviceRuntime
+
+    cfg = tiny_config(tmp_path, workdir, "model=bert4rec", f"serve.device.runtime={runtime}")
+    tiny_checkpoint(cfg)
+    model, _, tokens = load_checkpoint(cfg.serve.checkpoint)
+    assert model.spec.name == "bert4rec"
+    expected = DeviceRuntime(model, tokens).rank([1, 2, 3], 5, exclude={1, 2, 3})[0]
+    service = DeviceService(cfg, load_artifacts(cfg))
+    with TestClient(create_device_app(service, "operator-key"), base_url="http://127.0.0.1") as client:
+        alice = user_token(client, "alice")
+        client.post("/v1/events", json=events("alice", "1", "2", "3"), headers=alice)
+        ranked = client.post("/v1/rank", json={"user_id": "alice", "k": 5}, headers=alice).json()
+    assert [i["item_id"] for i in ranked["items"]] == [str(tokens[i]) for i in expected]
