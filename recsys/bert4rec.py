@@ -20,7 +20,7 @@ from recbole.model.sequential_recommender import BERT4Rec
 from torch import nn
 
 from recsys.config import ModelConfig
-from recsys.losses import catalogue_ce_sum
+from recsys.losses import catalogue_ce_sum, used_width
 from recsys.model_spec import ModelSpec
 from recsys.sasrec import sasrec_params
 
@@ -81,7 +81,7 @@ class ClozeLoss(nn.Module):
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         real = targets > 0
-        width = max(int(real.any(0).nonzero().max()) + 1, 1) if real.any() else 1
+        width = used_width(real)
         seq, real = targets[:, :width], real[:, :width]
         masked = real & (torch.rand(seq.shape, device=seq.device) < MASK_RATIO)
         lengths = real.sum(1)

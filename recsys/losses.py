@@ -28,6 +28,12 @@ def catalogue_ce_sum(model: nn.Module, states: torch.Tensor, targets: torch.Tens
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+def used_width(mask: torch.Tensor) -> int:
+    """Columns up to the last one where any row of ``mask`` ``[B, T]`` is set (at least 1): trailing padding
+    columns carry no loss term, and cost as much as real ones."""
+    return max(int(mask.any(0).nonzero().max()) + 1, 1) if mask.any() else 1
+
+
 class PositionLossSum(nn.Module):
     """Summed next-item cross-entropy over the non-padding positions of a batch of windows."""
 
@@ -37,7 +43,7 @@ class PositionLossSum(nn.Module):
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         mask = targets > 0
-        width = max(int(mask.any(0).nonzero().max()) + 1, 1) if mask.any() else 1  # trailing padding: no loss
+        width = used_width(mask)
         inputs, targets, mask = inputs[:, :width], targets[:, :width], mask[:, :width]
         items = self.model.item_embeddings  # one table per batch (side views drop ID views per batch)
         states = self.model.position_states(inputs, items)
