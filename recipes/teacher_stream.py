@@ -124,14 +124,13 @@ def teacher_table(split: SplitData, members: EnsembleTeacher, refresh: RefreshCo
     stream, n_valid = stream_of(split, limit)
     test = stream.part(n_valid, len(stream))
     fresh_teacher = FreshTeacher(copy.deepcopy(members), split.train_sequences, refresh)
-    passes = {"teacher, frozen": frozen_versions(members, stream, n_valid),
-              "teacher, fresh": fresh_teacher.versions(stream, n_valid)}  # fmt: skip
-    table, versions = {}, []
-    for name, teacher_versions in passes.items():
-        tp = teacher_pass(teacher_versions, stream, n_valid, [], DistillConfig(), k=10, solve=False)
-        table[name] = [row_metrics(tp.ranks, test.target, split.train_counts)]
-        versions = tp.versions
-    return table, versions
+    def ranked(versions) -> TeacherPass:
+        return teacher_pass(versions, stream, n_valid, [], DistillConfig(), k=10, solve=False)
+
+    frozen, fresh = ranked(frozen_versions(members, stream, n_valid)), ranked(fresh_teacher.versions(stream, n_valid))
+    table = {name: [row_metrics(tp.ranks, test.target, split.train_counts)]
+             for name, tp in (("teacher, frozen", frozen), ("teacher, fresh", fresh))}  # fmt: skip
+    return table, fresh.versions
 
 
 def row_metrics(ranks: torch.Tensor, targets: torch.Tensor, train_counts: np.ndarray) -> dict[str, float]:
