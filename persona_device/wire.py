@@ -170,6 +170,7 @@ class Decoder:
     weights: np.ndarray  # [L, D·D + D, code_dim]
     biases: np.ndarray  # [L, D·D + D]
     centres: np.ndarray  # [K, L, code_dim]
+    _centre_parts: dict[int, list[np.ndarray]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @staticmethod
     def from_dict(data: dict) -> Decoder:
@@ -191,6 +192,12 @@ class Decoder:
         d = self.dim
         return [r[: d * d].reshape(d, d) for r in raw] + [r[d * d :] for r in raw]
 
+    def centre_parts(self, k: int) -> list[np.ndarray]:
+        """:meth:`parts` of prototype ``k``'s code, computed once per snapshot, not per ``code`` edit."""
+        if k not in self._centre_parts:
+            self._centre_parts[k] = self.parts(self.centres[k])
+        return self._centre_parts[k]
+
     def decode(self, payload: Payload, prototypes: list[Edit | None]) -> Edit:
         """A ``code`` payload's edit; relative to prototype k: ``E_k + clamp(own − centre_k, ±residual_clip)``."""
         n = self.n_layers
@@ -200,7 +207,7 @@ class Decoder:
             if not 0 <= k < self.n_prototypes or k >= len(prototypes) or prototypes[k] is None:
                 raise ValueError(f"prototype_id {k} is not in the cached bank")
             proto = prototypes[k].dW + prototypes[k].db
-            theirs = self.parts(self.centres[k])
+            theirs = self.centre_parts(k)
             r = self.residual_clip
             mine = [p + np.clip(m - t, -r, r) for p, m, t in zip(proto, mine, theirs)]
         return Edit(mine[:n], mine[n:], payload.clip)
